@@ -1,0 +1,1 @@
+"""Stateless workers that react to events: the dispatcher and the runners."""

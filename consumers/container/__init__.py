@@ -1,0 +1,1 @@
+"""The container runner: one fresh, isolated Docker container per execution attempt."""

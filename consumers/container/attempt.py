@@ -1,0 +1,345 @@
+"""One attempt of one execution in a fresh container: setup, live output, outcome, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TypeVar
+
+import structlog
+
+from consumers.container.runtime import (
+    LABEL_ATTEMPT,
+    LABEL_EXECUTION,
+    LABEL_RUNNER,
+    ContainerRuntime,
+    ContainerSpec,
+    ExitState,
+)
+from consumers.logpump import LineSplitter, LogPump
+from cronium_bus.bus import Bus
+from cronium_bus.errors import CroniumError
+from cronium_bus.events import (
+    Cancelled,
+    ErrorInfo,
+    Failed,
+    LogChunk,
+    LogStream,
+    PhaseDurations,
+    Queued,
+    ResourceUsage,
+    Started,
+    Succeeded,
+    TerminalEvent,
+    TimedOut,
+    utcnow,
+)
+from cronium_bus.ids import new_id
+from cronium_bus.settings import Settings
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+SCRIPT_FILES: Final = {"bash": "script.sh", "python": "script.py", "node": "script.js"}
+INTERPRETERS: Final = {"bash": "bash", "python": "python3", "node": "node"}
+_SAMPLE_S: Final = 0.1
+_DRAIN_S: Final = 5.0
+
+
+@dataclass(frozen=True)
+class RunnerContext:
+    """What every attempt of one runner process shares."""
+
+    bus: Bus
+    runtime: ContainerRuntime
+    pool: ThreadPoolExecutor
+    runner_id: str
+    settings: Settings
+
+
+class Attempt:
+    """Runs one queued attempt and returns its terminal event (the caller publishes it)."""
+
+    def __init__(self, ctx: RunnerContext, queued: Queued) -> None:
+        self.ctx = ctx
+        self.queued = queued
+        self.request = queued.request
+        self.cancel_requested = asyncio.Event()
+        self.image = ctx.settings.runner.images[self.request.runtime]
+        self.image_id: str | None = None
+        self.output_bytes = 0
+        self.output_limited = False
+        self.peak_memory: int | None = None
+        self.cpu_ms: float | None = None
+        self._container_id: str | None = None
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.ctx.pool, fn, *args)
+
+    def _envelope(self) -> dict[str, object]:
+        q = self.queued
+        return {
+            "event_id": new_id("ev"),
+            "time": utcnow(),
+            "execution_id": q.execution_id,
+            "attempt": q.attempt,
+            "correlation_id": q.correlation_id,
+            "causation_id": q.event_id,
+            "producer": self.ctx.bus.producer,
+            "user": q.user,
+        }
+
+    @property
+    def runtime_dir(self) -> Path:
+        """The per-attempt host directory mounted read-only at ``/cronium``."""
+        q = self.queued
+        return self.ctx.settings.runtime_dir / f"{q.execution_id}-{q.attempt}"
+
+    def cancel(self) -> None:
+        """Ask the attempt to stop; it ends ``cancelled``."""
+        self.cancel_requested.set()
+
+    def cancelled_before_start(self) -> Cancelled:
+        """The terminal event of an attempt cancelled while still queued."""
+        return Cancelled(
+            **self._envelope(),  # type: ignore[arg-type]
+            runner=self.ctx.runner_id,
+            error=ErrorInfo(kind="cancelled", message="cancelled before it started"),
+        )
+
+    async def run(self) -> TerminalEvent:
+        """Set up, run and clean up; never raises for a script's or the engine's failure."""
+        t0 = time.monotonic()
+        await self.ctx.bus.publish(
+            Started(**self._envelope(), runner=self.ctx.runner_id, image=self.image)  # type: ignore[arg-type]
+        )
+        t_run = t_end = t0
+        exit_state: ExitState | None = None
+        timed_out = False
+        error: ErrorInfo | None = None
+        pump: LogPump | None = None
+        try:
+            self.image_id = await self._call(self.ctx.runtime.image_id, self.image)
+            spec = self._spec()
+            self._prepare_dir()
+            self._container_id = await self._call(self.ctx.runtime.create, spec)
+            pump = self._make_pump()
+            pump_task = asyncio.create_task(self._pump(pump, self._container_id))
+            await self._call(self.ctx.runtime.start, self._container_id)
+            t_run = time.monotonic()
+            exit_state, timed_out = await self._supervise(self._container_id)
+            t_end = time.monotonic()
+            try:
+                await asyncio.wait_for(pump_task, _DRAIN_S)
+            except TimeoutError:
+                log.warning("output did not close after exit", execution_id=self.queued.execution_id)
+        except CroniumError as exc:
+            error = ErrorInfo(kind=exc.kind, message=exc.message, hint=exc.hint)
+        except Exception as exc:
+            log.exception("attempt failed in the runner", execution_id=self.queued.execution_id)
+            error = ErrorInfo(
+                kind="infrastructure",
+                message=f"{type(exc).__name__}: {exc}",
+                hint="the runner or Docker engine failed; see the runner's log",
+            )
+        finally:
+            if t_end == t0:
+                t_end = time.monotonic()
+            if pump is not None:
+                await pump.flush_all()
+            await self._cleanup()
+        t_done = time.monotonic()
+        durations = PhaseDurations(
+            setup_ms=round((t_run - t0) * 1000, 3) if t_run > t0 else round((t_end - t0) * 1000, 3),
+            run_ms=round((t_end - t_run) * 1000, 3) if t_run > t0 else 0.0,
+            cleanup_ms=round((t_done - t_end) * 1000, 3),
+        )
+        return self._outcome(exit_state, timed_out, error, durations, pump)
+
+    def _spec(self) -> ContainerSpec:
+        lim, req, q = self.ctx.settings.limits, self.request, self.queued
+        script = f"/cronium/{SCRIPT_FILES[req.runtime]}"
+        return ContainerSpec(
+            image=self.image,
+            command=[INTERPRETERS[req.runtime], script],
+            labels={
+                LABEL_EXECUTION: q.execution_id,
+                LABEL_ATTEMPT: str(q.attempt),
+                LABEL_RUNNER: self.ctx.runner_id,
+            },
+            runtime_dir=self.runtime_dir,
+            cpus=req.limits.cpus or lim.default_cpus,
+            memory_bytes=req.limits.memory_bytes or lim.default_memory,
+            pids=req.limits.pids or lim.default_pids,
+            tmp_size=lim.tmp_size,
+            workspace_size=lim.workspace_size,
+            network=req.network and lim.allow_network,
+            env={"CRONIUM_EXECUTION_ID": q.execution_id, "CRONIUM_ATTEMPT": str(q.attempt)},
+        )
+
+    def _prepare_dir(self) -> None:
+        d = self.runtime_dir
+        d.mkdir(parents=True, exist_ok=True, mode=0o755)
+        d.chmod(0o755)
+        script = d / SCRIPT_FILES[self.request.runtime]
+        script.write_text(self.request.code)
+        script.chmod(0o644)
+
+    def _make_pump(self) -> LogPump:
+        r = self.ctx.settings.runner
+
+        async def publish(stream: LogStream, first_seq: int, lines: list[str]) -> None:
+            await self.ctx.bus.publish(
+                LogChunk(
+                    **self._envelope(),  # type: ignore[arg-type]
+                    stream=stream,
+                    first_seq=first_seq,
+                    lines=tuple(lines),
+                )
+            )
+
+        return LogPump(
+            publish, flush_s=r.log_flush, max_lines=r.log_chunk_lines, max_bytes=r.log_chunk_bytes
+        )
+
+    async def _pump(self, pump: LogPump, container_id: str) -> None:
+        """Move output from the engine's attach stream to log chunks, with backpressure."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[LogStream, bytes] | None] = asyncio.Queue(maxsize=64)
+        runtime = self.ctx.runtime
+
+        def reader() -> None:
+            try:
+                for item in runtime.attach(container_id):
+                    asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+            finally:
+                asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+        reader_future = loop.run_in_executor(self.ctx.pool, reader)
+        max_line = self.ctx.settings.runner.max_line_bytes
+        splitters = {"stdout": LineSplitter(max_line), "stderr": LineSplitter(max_line)}
+        cap = self.ctx.settings.limits.output_cap
+        next_sample = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_sample:
+                self._sample_usage(container_id)
+                next_sample = now + _SAMPLE_S
+            deadline = pump.next_deadline()
+            wait = min(deadline if deadline is not None else _SAMPLE_S, _SAMPLE_S)
+            try:
+                item = await asyncio.wait_for(queue.get(), timeout=wait)
+            except TimeoutError:
+                await pump.flush_due()
+                continue
+            if item is None:
+                break
+            stream, data = item
+            if self.output_limited:
+                continue  # drain without keeping anything more
+            if self.output_bytes + len(data) > cap:
+                data = data[: cap - self.output_bytes]
+                self.output_limited = True
+                await self._call(runtime.kill, container_id)
+            self.output_bytes += len(data)
+            await pump.add(stream, splitters[stream].feed(data))
+            await pump.flush_due()
+        for stream, splitter in splitters.items():
+            await pump.add(stream, splitter.close())  # type: ignore[arg-type]
+        await pump.flush_all()
+        await reader_future
+
+    def _sample_usage(self, container_id: str) -> None:
+        peak, cpu = self.ctx.runtime.usage(container_id)
+        if peak is not None:
+            self.peak_memory = max(peak, self.peak_memory or 0)
+        if cpu is not None:
+            self.cpu_ms = max(cpu, self.cpu_ms or 0.0)
+
+    async def _supervise(self, container_id: str) -> tuple[ExitState, bool]:
+        """Wait for the exit, enforcing the timeout and cancellation."""
+        runtime = self.ctx.runtime
+        wait_future = asyncio.ensure_future(self._call(runtime.wait, container_id))
+        cancel_task = asyncio.create_task(self.cancel_requested.wait())
+        timeout = self.request.timeout_s or self.ctx.settings.limits.default_timeout
+        try:
+            done, _ = await asyncio.wait(
+                {wait_future, cancel_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            cancel_task.cancel()
+        if wait_future in done:
+            return wait_future.result(), False
+        if cancel_task in done:
+            await self._call(runtime.kill, container_id)
+            return await wait_future, False
+        grace = self.ctx.settings.limits.stop_grace
+        await self._call(runtime.stop, container_id, grace)
+        return await wait_future, True
+
+    async def _cleanup(self) -> None:
+        if self._container_id is not None:
+            self._sample_usage(self._container_id)
+            try:
+                await self._call(self.ctx.runtime.remove, self._container_id)
+            except Exception as exc:
+                log.warning("container not removed; will be reaped", error=str(exc),
+                            container_id=self._container_id[:12])
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    def _outcome(
+        self,
+        exit_state: ExitState | None,
+        timed_out: bool,
+        error: ErrorInfo | None,
+        durations: PhaseDurations,
+        pump: LogPump | None,
+    ) -> TerminalEvent:
+        common = {
+            **self._envelope(),
+            "runner": self.ctx.runner_id,
+            "exit_code": exit_state.exit_code if exit_state else None,
+            "durations": durations,
+            "usage": ResourceUsage(
+                peak_memory_bytes=self.peak_memory,
+                cpu_time_ms=round(self.cpu_ms, 3) if self.cpu_ms is not None else None,
+                output_bytes=self.output_bytes,
+            ),
+            "image": self.image,
+            "image_id": self.image_id,
+            "stdout_lines": pump.lines_sent("stdout") if pump else 0,
+            "stderr_lines": pump.lines_sent("stderr") if pump else 0,
+        }
+        if error is not None or exit_state is None:
+            return Failed(**common, error=error or ErrorInfo(  # type: ignore[arg-type]
+                kind="infrastructure", message="the container did not report an exit"))
+        lim = self.ctx.settings.limits
+        if self.cancel_requested.is_set():
+            return Cancelled(**common, error=ErrorInfo(  # type: ignore[arg-type]
+                kind="cancelled", message="cancelled while running"))
+        if timed_out:
+            timeout = self.request.timeout_s or lim.default_timeout
+            return TimedOut(**common, error=ErrorInfo(  # type: ignore[arg-type]
+                kind="timeout",
+                message=f"ran past its timeout of {timeout:g}s and was stopped",
+                hint="raise --timeout, or make the script finish sooner"))
+        if self.output_limited:
+            return Failed(**common, error=ErrorInfo(  # type: ignore[arg-type]
+                kind="output_limit",
+                message=f"printed more than the output cap of {lim.output_cap:,} bytes; stopped",
+                hint="print less, or write bulk data to output() instead of the log"))
+        if exit_state.oom_killed:
+            memory = self.request.limits.memory_bytes or lim.default_memory
+            return Failed(**common, error=ErrorInfo(  # type: ignore[arg-type]
+                kind="oom",
+                message=f"killed for using more than its memory limit of {memory:,} bytes",
+                hint="raise --memory (up to the maximum), or use less memory"))
+        if exit_state.exit_code != 0:
+            return Failed(**common, error=ErrorInfo(  # type: ignore[arg-type]
+                kind="nonzero_exit", message=f"the script exited with code {exit_state.exit_code}"))
+        return Succeeded(**common)  # type: ignore[arg-type]

@@ -1,0 +1,222 @@
+"""The container boundary: a ``ContainerRuntime`` Protocol and its Docker implementation.
+
+Methods are blocking (docker-py is synchronous); the runner calls them from its own thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Protocol
+
+import docker
+import docker.errors
+import requests.exceptions
+import structlog
+from docker.models.containers import Container
+
+from cronium_bus.errors import CroniumError, ErrorKind
+from cronium_bus.events import LogStream
+
+log = structlog.get_logger(__name__)
+
+LABEL_EXECUTION: Final = "org.cronium.execution"
+LABEL_ATTEMPT: Final = "org.cronium.attempt"
+LABEL_RUNNER: Final = "org.cronium.runner"
+SANDBOX_UID: Final = 1000
+_CGROUP: Final = Path("/sys/fs/cgroup")
+
+
+class ImageUnavailableError(CroniumError):
+    """The runtime image is not present on the engine."""
+
+    kind: ErrorKind = "image_unavailable"
+
+
+class ContainerEngineError(CroniumError):
+    """The engine failed (not reachable, refused a call)."""
+
+    kind: ErrorKind = "infrastructure"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerSpec:
+    """Everything needed to create one sandbox."""
+
+    image: str
+    command: list[str]
+    labels: dict[str, str]
+    runtime_dir: Path
+    cpus: float
+    memory_bytes: int
+    pids: int
+    tmp_size: int
+    workspace_size: int
+    network: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExitState:
+    """How a container ended."""
+
+    exit_code: int
+    oom_killed: bool
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A container of ours found on the engine."""
+
+    container_id: str
+    labels: dict[str, str]
+    running: bool
+
+
+class ContainerRuntime(Protocol):
+    """What the runner needs from a container engine."""
+
+    def image_id(self, image: str) -> str: ...
+    def create(self, spec: ContainerSpec) -> str: ...
+    def attach(self, container_id: str) -> Iterator[tuple[LogStream, bytes]]: ...
+    def start(self, container_id: str) -> None: ...
+    def wait(self, container_id: str) -> ExitState: ...
+    def stop(self, container_id: str, grace: float) -> None: ...
+    def kill(self, container_id: str) -> None: ...
+    def remove(self, container_id: str) -> None: ...
+    def usage(self, container_id: str) -> tuple[int | None, float | None]: ...
+    def leftovers(self) -> list[Leftover]: ...
+
+
+def sandbox_options(spec: ContainerSpec) -> dict[str, object]:
+    """docker-py ``create`` options for the DESIGN.md isolation defaults (pure, testable)."""
+    return {
+        "image": spec.image,
+        "command": spec.command,
+        "labels": spec.labels,
+        "user": f"{SANDBOX_UID}:{SANDBOX_UID}",
+        "working_dir": "/workspace",
+        "environment": dict(spec.env),
+        "network_mode": "bridge" if spec.network else "none",
+        "read_only": True,
+        "tmpfs": {
+            "/tmp": f"rw,nosuid,nodev,size={spec.tmp_size},mode=1777",
+            "/workspace": f"rw,nosuid,nodev,size={spec.workspace_size},uid={SANDBOX_UID},"
+            f"gid={SANDBOX_UID},mode=0700",
+        },
+        "volumes": {str(spec.runtime_dir): {"bind": "/cronium", "mode": "ro"}},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": spec.pids,
+        "mem_limit": spec.memory_bytes,
+        "memswap_limit": spec.memory_bytes,  # no swap on top of the limit
+        "nano_cpus": int(spec.cpus * 1e9),
+        "log_config": {"type": "none"},  # output is streamed by attach, never kept by the engine
+        "hostname": "sandbox",
+        "ipc_mode": "private",
+        "stdin_open": False,
+        "detach": True,
+    }
+
+
+class DockerRuntime:
+    """:class:`ContainerRuntime` on a Docker engine through docker-py."""
+
+    def __init__(self, pool_size: int = 16) -> None:
+        try:
+            self.client = docker.from_env(max_pool_size=pool_size)
+            self.client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise ContainerEngineError(
+                f"cannot reach the Docker engine: {exc}",
+                hint="start it (`make setup` does) or set DOCKER_HOST",
+            ) from exc
+
+    def _get(self, container_id: str) -> Container:
+        return self.client.containers.get(container_id)
+
+    def image_id(self, image: str) -> str:
+        try:
+            found = self.client.images.get(image)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageUnavailableError(
+                f"image {image} is not on this Docker engine",
+                hint="build the runtime images with `make images`",
+            ) from exc
+        return str(found.id)
+
+    def create(self, spec: ContainerSpec) -> str:
+        try:
+            container = self.client.containers.create(**sandbox_options(spec))
+        except docker.errors.ImageNotFound as exc:
+            raise ImageUnavailableError(
+                f"image {spec.image} is not on this Docker engine",
+                hint="build the runtime images with `make images`",
+            ) from exc
+        return str(container.id)
+
+    def attach(self, container_id: str) -> Iterator[tuple[LogStream, bytes]]:
+        stream = self._get(container_id).attach(
+            stdout=True, stderr=True, stream=True, logs=False, demux=True
+        )
+        for out, err in stream:
+            if out:
+                yield "stdout", out
+            if err:
+                yield "stderr", err
+
+    def start(self, container_id: str) -> None:
+        self._get(container_id).start()
+
+    def wait(self, container_id: str) -> ExitState:
+        container = self._get(container_id)
+        result = container.wait()
+        container.reload()
+        state = container.attrs.get("State", {})
+        return ExitState(
+            exit_code=int(result.get("StatusCode", state.get("ExitCode", -1))),
+            oom_killed=bool(state.get("OOMKilled", False)),
+        )
+
+    def stop(self, container_id: str, grace: float) -> None:
+        try:
+            self._get(container_id).stop(timeout=max(0, round(grace)))
+        except docker.errors.NotFound:
+            return
+
+    def kill(self, container_id: str) -> None:
+        try:
+            self._get(container_id).kill()
+        except docker.errors.APIError as exc:  # not running any more, or gone
+            log.debug("kill skipped", container_id=container_id[:12], reason=str(exc))
+
+    def remove(self, container_id: str) -> None:
+        try:
+            self._get(container_id).remove(force=True, v=True)
+        except docker.errors.NotFound:
+            return
+
+    def usage(self, container_id: str) -> tuple[int | None, float | None]:
+        """Peak memory (bytes) and CPU time (ms) from cgroup v1, while the container exists."""
+        peak = _read_int(_CGROUP / "memory" / "docker" / container_id / "memory.max_usage_in_bytes")
+        cpu_ns = _read_int(_CGROUP / "cpuacct" / "docker" / container_id / "cpuacct.usage")
+        return peak, (cpu_ns / 1e6 if cpu_ns is not None else None)
+
+    def leftovers(self) -> list[Leftover]:
+        found = self.client.containers.list(all=True, filters={"label": LABEL_EXECUTION})
+        return [
+            Leftover(
+                container_id=str(c.id),
+                labels=dict(c.labels),
+                running=c.status in {"running", "restarting", "paused", "created"},
+            )
+            for c in found
+        ]
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None

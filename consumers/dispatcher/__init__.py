@@ -1,0 +1,1 @@
+"""The dispatcher: validates requests and routes them to a runner lane, or rejects them."""

@@ -1,0 +1,159 @@
+"""The dispatcher consumer: ``execution.requested`` → ``rejected`` or ``queued`` on a lane.
+
+Bad input never crashes it: an undecodable or invalid request becomes ``rejected`` with a reason;
+a message it cannot even attribute to an execution, or one that keeps failing, is dead-lettered
+after bounded redeliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from consumers.deadletter import dead_letter
+from consumers.dispatcher.validate import validate_request
+from cronium_bus.bus import Bus
+from cronium_bus.codec import decode, encode
+from cronium_bus.errors import EventDecodeError
+from cronium_bus.events import ErrorInfo, Queued, Rejected, Requested, utcnow
+from cronium_bus.health import Heartbeat
+from cronium_bus.ids import is_valid_id, new_id
+from cronium_bus.lifecycle import Stopper
+from cronium_bus.provision import provision
+from cronium_bus.subjects import EXEC_STREAM, REQUESTS, job_subject
+
+log = structlog.get_logger(__name__)
+DURABLE = "dispatcher"
+
+
+class Dispatcher:
+    """Validates requests and routes them; one or many may run (they share a durable consumer)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.settings = bus.settings
+
+    async def handle(self, msg: Msg) -> None:
+        """Process one message from the request subject; ack it when done."""
+        tokens = msg.subject.split(".")
+        subject_id = tokens[2] if len(tokens) == 4 else ""
+        if not is_valid_id(subject_id):
+            await dead_letter(self.bus.js, DURABLE, msg, f"invalid execution id in {msg.subject!r}")
+            return
+        try:
+            event = decode(msg.data, max_bytes=self.settings.limits.max_request)
+        except EventDecodeError as exc:
+            await self._reject(msg, subject_id, None, ErrorInfo(
+                kind="validation", message=exc.reason, hint=exc.hint))
+            return
+        if not isinstance(event, Requested):
+            await self._reject(msg, subject_id, None, ErrorInfo(
+                kind="validation",
+                message=f"{event.type} was published on the request subject",
+                hint="publish only execution.requested on cronium.exec.<id>.requested",
+            ))
+            return
+        if event.execution_id != subject_id:
+            await self._reject(msg, subject_id, event, ErrorInfo(
+                kind="validation",
+                message=f"execution_id {event.execution_id!r} does not match subject id "
+                f"{subject_id!r}",
+                hint="publish on cronium.exec.<execution_id>.requested",
+            ))
+            return
+        result = validate_request(event.request, self.settings)
+        if isinstance(result, ErrorInfo):
+            await self._reject(msg, subject_id, event, result)
+            return
+        delay = (
+            result.not_before.timestamp() - utcnow().timestamp() if result.not_before else 0.0
+        )
+        queued = Queued(
+            event_id=new_id("ev"),
+            time=utcnow(),
+            execution_id=event.execution_id,
+            attempt=1,
+            correlation_id=event.correlation_id,
+            causation_id=event.event_id,
+            producer=self.bus.producer,
+            user=event.user,
+            request=result,
+            lane=job_subject(result.runner, result.priority),
+            not_before=result.not_before,
+        )
+        await self.bus.publish(queued)
+        await self.bus.js.publish(
+            queued.lane,
+            encode(queued),
+            headers={"Nats-Msg-Id": f"{queued.execution_id}:{queued.attempt}:job"},
+        )
+        await msg.ack()
+        log.info("queued", execution_id=event.execution_id, lane=queued.lane,
+                 delay_s=round(max(delay, 0.0), 3))
+
+    async def _reject(
+        self, msg: Msg, execution_id: str, event: Requested | None, error: ErrorInfo
+    ) -> None:
+        rejected = Rejected(
+            event_id=new_id("ev"),
+            time=utcnow(),
+            execution_id=execution_id,
+            correlation_id=event.correlation_id if event else execution_id,
+            causation_id=event.event_id if event else None,
+            producer=self.bus.producer,
+            user=event.user if event else "unknown",
+            error=error,
+        )
+        await self.bus.publish(rejected)
+        await msg.ack()
+        log.warning("rejected", execution_id=execution_id, reason=error.message)
+
+    async def run(self, stopper: Stopper) -> None:
+        """Consume requests until stopped."""
+        await provision(self.bus.js, self.settings)
+        config = ConsumerConfig(
+            durable_name=DURABLE,
+            filter_subject=REQUESTS,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.settings.runner.ack_wait,
+            max_deliver=self.settings.runner.max_deliver + 1,
+            max_ack_pending=1000,
+        )
+        sub = await self.bus.js.pull_subscribe(
+            REQUESTS, durable=DURABLE, stream=EXEC_STREAM, config=config
+        )
+        async with Heartbeat(self.bus.js, "dispatcher", self.settings.runner.heartbeat) as hb:
+            while not stopper.stopping:
+                try:
+                    msgs = await sub.fetch(64, timeout=1.0)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    break
+                except (nats.errors.Error, nats.js.errors.Error) as exc:
+                    log.warning("fetch failed; retrying", error=str(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                hb.in_flight = len(msgs)
+                for msg in msgs:
+                    await self._handle_safely(msg)
+                hb.in_flight = 0
+
+    async def _handle_safely(self, msg: Msg) -> None:
+        try:
+            await self.handle(msg)
+        except Exception as exc:
+            deliveries = msg.metadata.num_delivered
+            reason = f"{type(exc).__name__}: {exc}"
+            if deliveries >= self.settings.runner.max_deliver:
+                await dead_letter(self.bus.js, DURABLE, msg, reason)
+            else:
+                log.warning("handling failed; will retry", subject=msg.subject,
+                            deliveries=deliveries, error=reason)
+                await msg.nak(delay=min(2.0**deliveries, 30.0))

@@ -1,0 +1,93 @@
+"""Validation of a request against the configured maxima (pure; no I/O).
+
+Every rejection says what was asked, what is allowed, and what to change.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from cronium_bus.events import ErrorInfo, Limits, Request
+from cronium_bus.settings import Settings
+from cronium_bus.units import format_size
+
+
+def _reject(message: str, hint: str) -> ErrorInfo:
+    return ErrorInfo(kind="validation", message=message, hint=hint)
+
+
+def validate_request(request: Request, settings: Settings) -> Request | ErrorInfo:
+    """The request with defaults filled in, or why it cannot run."""
+    lim = settings.limits
+    code_bytes = len(request.code.encode())
+    if not request.code.strip():
+        return _reject("the script is empty", "pass a file or -c CODE with something to run")
+    if code_bytes > lim.max_code:
+        return _reject(
+            f"the script is {format_size(code_bytes)}, over the limit of {format_size(lim.max_code)}",
+            "move data out of the script into input, or raise limits.max_code",
+        )
+    if "\x00" in request.code:
+        return _reject("the script contains a NUL byte", "scripts must be text")
+    input_bytes = len(msgspec.json.encode(request.input))
+    if input_bytes > lim.max_input:
+        return _reject(
+            f"input is {format_size(input_bytes)}, over the limit of {format_size(lim.max_input)}",
+            "pass a smaller input, or raise limits.max_input",
+        )
+    timeout = request.timeout_s if request.timeout_s is not None else lim.default_timeout
+    if not lim.min_timeout <= timeout <= lim.max_timeout:
+        return _reject(
+            f"timeout {timeout:g}s is outside {lim.min_timeout:g}s..{lim.max_timeout:g}s",
+            f"ask for a timeout between {lim.min_timeout:g}s and {lim.max_timeout:g}s",
+        )
+    cpus = request.limits.cpus if request.limits.cpus is not None else lim.default_cpus
+    if cpus > lim.max_cpus:
+        return _reject(
+            f"{cpus:g} CPUs asked, the maximum is {lim.max_cpus:g}",
+            f"ask for --cpus {lim.max_cpus:g} or less",
+        )
+    memory = request.limits.memory_bytes or lim.default_memory
+    if memory > lim.max_memory:
+        return _reject(
+            f"{format_size(memory)} of memory asked, the maximum is {format_size(lim.max_memory)}",
+            f"ask for --memory {lim.max_memory // 1024**2}m or less",
+        )
+    if memory < 6 * 1024**2:
+        return _reject(
+            f"{format_size(memory)} of memory is too little to start a container",
+            "ask for at least 6m",
+        )
+    pids = request.limits.pids or lim.default_pids
+    if pids > lim.max_pids:
+        return _reject(
+            f"{pids} processes asked, the maximum is {lim.max_pids}",
+            f"ask for --pids {lim.max_pids} or less",
+        )
+    if request.network and not lim.allow_network:
+        return _reject(
+            "network access was asked but policy forbids it",
+            "drop the network flag, or have an operator set limits.allow_network",
+        )
+    if request.runner == "container" and request.targets:
+        return _reject(
+            "targets were given for a container run", "use runner 'ssh' to run on servers"
+        )
+    if request.runner == "ssh":
+        if not request.targets:
+            return _reject("an ssh run needs at least one target", "name one or more servers")
+        if len(request.targets) > lim.max_targets:
+            return _reject(
+                f"{len(request.targets)} targets, the maximum is {lim.max_targets}",
+                "split the run, or raise limits.max_targets",
+            )
+    if request.runtime not in settings.runner.images:
+        return _reject(
+            f"no image is configured for runtime {request.runtime!r}",
+            "set runner.images in the settings",
+        )
+    return msgspec.structs.replace(
+        request,
+        timeout_s=timeout,
+        limits=Limits(cpus=cpus, memory_bytes=memory, pids=pids),
+    )

@@ -1,0 +1,157 @@
+"""The bus client: one NATS connection with JetStream, publishing events with ``Nats-Msg-Id``.
+
+``Bus`` is an async context manager with an idempotent close. Message ids make publishing
+idempotent inside the streams' duplicate window: every lifecycle event of an attempt has a
+deterministic id, and all terminal events of an attempt share one (``<id>:<attempt>:terminal``),
+so a runner that publishes twice — after a crash or a redelivery — still yields one terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import socket
+from types import TracebackType
+from typing import Self
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from cronium_bus.codec import encode
+from cronium_bus.errors import BusUnavailableError
+from cronium_bus.events import Event, HelperCalled, LogChunk, Terminal, short_type
+from cronium_bus.settings import Settings
+from cronium_bus.subjects import exec_subject, log_subject
+
+log = structlog.get_logger(__name__)
+_DRAIN_TIMEOUT_S = 3.0
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+def message_id(event: Event) -> str:
+    """The deterministic ``Nats-Msg-Id`` of an event (see module docstring)."""
+    if event.type == "execution.requested":
+        return event.execution_id
+    if isinstance(event, Terminal):
+        return f"{event.execution_id}:{event.attempt}:terminal"
+    if isinstance(event, LogChunk):
+        return f"{event.execution_id}:{event.attempt}:{event.stream}:{event.first_seq}"
+    if isinstance(event, HelperCalled) or event.type in {
+        "execution.cancel_requested",
+        "execution.output_set",
+        "execution.condition_set",
+        "variable.set",
+    }:
+        return event.event_id
+    return f"{event.execution_id}:{event.attempt}:{short_type(event.type)}"
+
+
+def subject_of(event: Event) -> str:
+    """Where an event is published: log chunks on the log subject, the rest on the exec subject."""
+    if isinstance(event, LogChunk):
+        return log_subject(event.execution_id)
+    return exec_subject(event.execution_id, event.type)
+
+
+class Bus:
+    """A connection to NATS and JetStream for one process."""
+
+    def __init__(self, settings: Settings, *, name: str = "cronium") -> None:
+        self.settings = settings
+        self.name = name
+        self.producer = f"{name}@{socket.gethostname()}"
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._state = _State.NEW
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect with reconnect and backoff; raise :class:`BusUnavailableError` if unreachable."""
+        if self._state is _State.CONNECTED:
+            return
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error", error=str(exc))
+
+        async def on_disconnect() -> None:
+            log.warning("nats disconnected; reconnecting", url=self.settings.nats_url)
+
+        async def on_reconnect() -> None:
+            log.info("nats reconnected", url=self.settings.nats_url)
+
+        try:
+            self._nc = await nats.connect(
+                servers=[self.settings.nats_url],
+                name=self.name,
+                connect_timeout=self.settings.connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            raise BusUnavailableError(
+                f"cannot reach NATS at {self.settings.nats_url}: {exc or type(exc).__name__}",
+                hint="start the stack with `cronium up`, or point --nats-url / CRONIUM_NATS_URL "
+                "at a running server",
+            ) from exc
+        self._js = self._nc.jetstream(timeout=10.0)
+        self._state = _State.CONNECTED
+
+    @property
+    def nc(self) -> Client:
+        """The core NATS client."""
+        if self._nc is None or self._state is not _State.CONNECTED:
+            raise BusUnavailableError("bus is not connected", hint="use `async with Bus(...)`")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context."""
+        if self._js is None or self._state is not _State.CONNECTED:
+            raise BusUnavailableError("bus is not connected", hint="use `async with Bus(...)`")
+        return self._js
+
+    async def publish(self, event: Event, *, subject: str | None = None) -> PubAck:
+        """Publish one event to JetStream with its deterministic message id."""
+        return await self.js.publish(
+            subject or subject_of(event),
+            encode(event),
+            headers={"Nats-Msg-Id": message_id(event)},
+        )
+
+    async def close(self) -> None:
+        """Drain and close; safe to call more than once."""
+        if self._state is not _State.CONNECTED or self._nc is None:
+            self._state = _State.CLOSED
+            return
+        self._state = _State.CLOSED
+        try:
+            await asyncio.wait_for(self._nc.drain(), _DRAIN_TIMEOUT_S)
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            log.debug("drain did not finish; closing", error=str(exc) or type(exc).__name__)
+        if not self._nc.is_closed:
+            await self._nc.close()

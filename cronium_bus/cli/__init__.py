@@ -1,0 +1,1 @@
+"""The ``cronium`` command line: the composition root of the service."""

@@ -1,0 +1,40 @@
+"""``cronium``: run scripts in isolated containers over an event bus, and inspect them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cronium_bus import __version__
+from cronium_bus.cli import exitcodes, inspect, run, stack
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = argparse.ArgumentParser(
+        prog="cronium",
+        description="Cronium's execution service: run bash, python and node scripts in "
+        "isolated containers, with every lifecycle change and log line an event on NATS "
+        "JetStream.",
+        epilog="Start the embedded stack with `cronium up`, then e.g. "
+        "`cronium run --runtime python -c 'print(6*7)'`.\n\n" + exitcodes.TABLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cronium {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    stack.add_parsers(sub)
+    run.add_parser(sub)
+    inspect.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run the command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""``cronium run``: publish a request, stream its output live, exit with the script's code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from cronium_bus.bus import Bus
+from cronium_bus.cli import exitcodes
+from cronium_bus.cli.common import add_client_options, fail, run_client
+from cronium_bus.cli.watch import Watch
+from cronium_bus.events import (
+    PRIORITIES,
+    AnyEvent,
+    Limits,
+    Request,
+    Requested,
+    Runtime,
+    utcnow,
+)
+from cronium_bus.ids import is_valid_id, new_id
+from cronium_bus.state import ExecutionState
+from cronium_bus.units import parse_duration, parse_size
+
+_EXTENSIONS: Final[dict[str, Runtime]] = {
+    ".sh": "bash", ".bash": "bash", ".py": "python", ".js": "node", ".mjs": "node", ".cjs": "node",
+}
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``cronium run``."""
+    p = sub.add_parser(
+        "run",
+        help="run a script and stream its output",
+        description="Publish an execution request, print the script's stdout and stderr live on "
+        "the matching streams, wait for the end and exit with the script's exit code.",
+        epilog=exitcodes.TABLE + "\nexamples:\n"
+        "  cronium run --runtime python -c 'print(6*7)'\n"
+        "  cronium run job.sh --timeout 5m --memory 256m --input '{\"n\": 3}'\n"
+        "  echo 'console.log(1)' | cronium run --runtime node -\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", nargs="?", metavar="FILE",
+                   help="script file to run ('-' reads standard input)")
+    p.add_argument("-c", dest="code", metavar="CODE", help="script text to run instead of FILE")
+    p.add_argument("--runtime", choices=["bash", "python", "node"],
+                   help="interpreter (default: from FILE's extension)")
+    p.add_argument("--timeout", metavar="DUR", help="stop the script after DUR (e.g. 30s, 5m, 1h)")
+    p.add_argument("--cpus", metavar="N", type=float, help="CPU limit (e.g. 0.5)")
+    p.add_argument("--memory", metavar="SIZE", help="memory limit (e.g. 256m, 1g)")
+    p.add_argument("--pids", metavar="N", type=int, help="process limit")
+    p.add_argument("--input", metavar="JSON|@FILE", help="input for the script, JSON or @file")
+    p.add_argument("--priority", choices=list(reversed(PRIORITIES)), default="normal")
+    p.add_argument("--id", metavar="ID", help="execution id to use (idempotency key)")
+    p.add_argument("--user", metavar="NAME", help="user the execution belongs to")
+    p.add_argument("--detach", action="store_true", help="print the execution id and return")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON summary on stdout; the script's output goes to stderr")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    add_client_options(p)
+    p.set_defaults(handler=main)
+
+
+class UsageError(Exception):
+    """A flag or the script could not be used."""
+
+
+def build_request(args: argparse.Namespace) -> Request:
+    """The request the flags describe, or :class:`UsageError` saying what is wrong."""
+    if args.code is not None and args.file is not None:
+        raise UsageError("give either FILE or -c CODE, not both")
+    if args.code is not None:
+        code = args.code
+    elif args.file == "-":
+        code = sys.stdin.read()
+    elif args.file:
+        path = Path(args.file)
+        try:
+            code = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read {path}: {exc}") from exc
+    else:
+        raise UsageError("nothing to run: give FILE or -c CODE")
+    runtime = args.runtime or (
+        _EXTENSIONS.get(Path(args.file).suffix) if args.file and args.file != "-" else None
+    )
+    if runtime is None:
+        raise UsageError("say which interpreter: --runtime bash|python|node")
+    try:
+        timeout = parse_duration(args.timeout) if args.timeout else None
+        memory = parse_size(args.memory) if args.memory else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.cpus is not None and not args.cpus > 0:
+        raise UsageError("--cpus must be a positive number")
+    if args.pids is not None and args.pids <= 0:
+        raise UsageError("--pids must be a positive number")
+    return Request(
+        runtime=runtime,
+        code=code,
+        timeout_s=timeout,
+        limits=Limits(cpus=args.cpus, memory_bytes=memory or None, pids=args.pids),
+        input=read_input(args.input),
+        priority=args.priority,
+    )
+
+
+def read_input(value: str | None) -> Any:
+    """``--input`` as JSON: inline, or ``@FILE``."""
+    if value is None:
+        return None
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read input file {value[1:]}: {exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--input is not valid JSON: {exc}") from exc
+
+
+def exit_code_of(state: ExecutionState) -> int:
+    """The process exit code for a final state (see ``exitcodes``)."""
+    kind = state.error.kind if state.error else None
+    if state.status == "succeeded":
+        return exitcodes.OK
+    if state.status == "rejected":
+        return exitcodes.USAGE
+    if state.status == "timed_out":
+        return exitcodes.TIMED_OUT
+    if state.status == "cancelled":
+        return exitcodes.CANCELLED
+    if kind == "oom":
+        return exitcodes.OOM
+    if kind == "output_limit":
+        return exitcodes.OUTPUT_LIMIT
+    if kind == "nonzero_exit" and state.exit_code is not None:
+        return state.exit_code
+    return exitcodes.INFRASTRUCTURE
+
+
+def summary(state: ExecutionState) -> dict[str, Any]:
+    """The ``--json`` summary of a final state."""
+    current = state.attempt_state(state.attempt)
+    return {
+        "execution_id": state.execution_id,
+        "status": state.status,
+        "attempt": state.attempt,
+        "exit_code": state.exit_code,
+        "error": msgspec.to_builtins(state.error) if state.error else None,
+        "output": state.output,
+        "condition": state.condition,
+        "runner": current.runner if current else None,
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``cronium run``."""
+    try:
+        request = build_request(args)
+    except UsageError as exc:
+        return fail(str(exc), "see `cronium run --help`", exitcodes.USAGE)
+    if args.id is not None and not is_valid_id(args.id):
+        return fail(f"--id {args.id!r} is not a valid id", "use 1-64 of [A-Za-z0-9_-]",
+                    exitcodes.USAGE)
+    execution_id = args.id or new_id("ex")
+    progress = not args.quiet and not args.json and sys.stderr.isatty()
+
+    async def body(bus: Bus) -> int:
+        user = args.user or bus.settings.user
+        event = Requested(
+            event_id=new_id("ev"), time=utcnow(), execution_id=execution_id,
+            correlation_id=execution_id, producer=bus.producer, user=user, request=request,
+        )
+        size = len(msgspec.json.encode(event))
+        if size > bus.settings.limits.max_request:
+            return fail(f"the request is {size:,} bytes, over the limit of "
+                        f"{bus.settings.limits.max_request:,}",
+                        "make the script or input smaller", exitcodes.USAGE)
+        if args.detach:
+            await bus.publish(event)
+            print(json.dumps({"execution_id": execution_id}) if args.json else execution_id)
+            return exitcodes.OK
+
+        def on_event(ev: AnyEvent, state: ExecutionState) -> None:
+            if progress and ev.type != "log.chunk":
+                print(f"\x1b[2m▸ {describe(ev, state)}\x1b[0m", file=sys.stderr, flush=True)
+
+        watch = Watch(bus, execution_id, out=sys.stderr if args.json else sys.stdout,
+                      on_event=on_event)
+        await watch.start()
+        try:
+            await bus.publish(event)
+            state = await watch.wait_final()
+        finally:
+            await watch.close()
+        if args.json:
+            print(json.dumps(summary(state)))
+        elif state.error and state.error.kind != "nonzero_exit":
+            print(f"cronium: {state.status}: {state.error.message}", file=sys.stderr)
+            if state.error.hint:
+                print(f"hint: {state.error.hint}", file=sys.stderr)
+        return exit_code_of(state)
+
+    return run_client(args, body)
+
+
+def describe(event: AnyEvent, state: ExecutionState) -> str:
+    """One progress line for a lifecycle event."""
+    text = f"{event.type.split('.', 1)[-1]} {event.execution_id}"
+    if event.attempt > 1:
+        text += f" (attempt {event.attempt})"
+    current = state.attempt_state(event.attempt)
+    if event.type == "execution.started" and current and current.runner:
+        text += f" on {current.runner}"
+    if state.final and state.error:
+        text += f": {state.error.message}"
+    return text

@@ -1,0 +1,169 @@
+"""``cronium up`` (the embedded stack) and ``cronium consume NAME`` (one consumer alone)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Final, TypeAlias
+
+import structlog
+from pydantic import ValidationError
+
+from cronium_bus.bus import Bus
+from cronium_bus.cli import exitcodes
+from cronium_bus.cli.common import add_client_options, fail, settings_from
+from cronium_bus.embedded import NatsServer, Supervisor, child_env
+from cronium_bus.errors import BusUnavailableError, CroniumError
+from cronium_bus.health import read_beats
+from cronium_bus.lifecycle import Stopper, run_service
+from cronium_bus.logging import configure_logging
+from cronium_bus.provision import provision
+from cronium_bus.settings import Settings
+
+log = structlog.get_logger(__name__)
+_Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+_READY_TIMEOUT_S: Final = 60.0
+
+
+def _dispatcher(bus: Bus) -> Callable[[Stopper], Awaitable[None]]:
+    from consumers.dispatcher.service import Dispatcher
+
+    return Dispatcher(bus).run
+
+
+def _container(bus: Bus) -> Callable[[Stopper], Awaitable[None]]:
+    from consumers.container.service import ContainerRunner
+
+    return ContainerRunner(bus).run
+
+
+CONSUMERS: Final[dict[str, Callable[[Bus], Callable[[Stopper], Awaitable[None]]]]] = {
+    "dispatcher": _dispatcher,
+    "container": _container,
+}
+
+
+def add_parsers(sub: _Sub) -> None:
+    """Register ``up`` and ``consume``."""
+    p = sub.add_parser(
+        "up", help="run the embedded stack in the foreground",
+        description="Start nats-server (JetStream in DATA_DIR) unless --nats-url names a running "
+        "server, provision streams and buckets, and run every consumer as a supervised child "
+        "process (restarted if it dies). Prints one line when ready. Ctrl-C or SIGTERM stops "
+        "everything cleanly.",
+    )
+    p.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help="where JetStream and runtime files live (default: $CRONIUM_DATA_DIR or "
+                   "~/.local/share/cronium)")
+    p.add_argument("--nats-port", type=int, metavar="PORT",
+                   help="port of the embedded nats-server on 127.0.0.1 (default 4222; 0 = any)")
+    p.add_argument("--consumers", default=",".join(CONSUMERS), metavar="LIST",
+                   help=f"comma-separated consumers to run (default: {','.join(CONSUMERS)})")
+    add_client_options(p)
+    p.set_defaults(handler=up)
+
+    p = sub.add_parser(
+        "consume", help="run one consumer in the foreground (how the service scales out)",
+        description="Run one consumer against the stack's NATS. Start as many as you like, on "
+        "as many hosts as you like: they share durable consumers.",
+    )
+    p.add_argument("name", choices=sorted(CONSUMERS), metavar="NAME",
+                   help=f"one of: {', '.join(sorted(CONSUMERS))}")
+    add_client_options(p)
+    p.set_defaults(handler=consume)
+
+
+def consume(args: argparse.Namespace) -> int:
+    """``cronium consume NAME``."""
+    try:
+        settings = settings_from(args)
+    except (ValidationError, FileNotFoundError) as exc:
+        return fail(f"invalid settings: {exc}", "see `cronium config`", exitcodes.USAGE)
+    configure_logging(settings.log_level, settings.log_format)
+    structlog.contextvars.bind_contextvars(consumer=args.name)
+
+    async def main() -> None:
+        async with Bus(settings, name=f"consumer-{args.name}") as bus:
+            service = CONSUMERS[args.name](bus)
+            log.info("consumer starting", nats_url=settings.nats_url)
+            await run_service(service)
+            log.info("consumer stopped")
+
+    try:
+        asyncio.run(main())
+    except BusUnavailableError as exc:
+        return fail(exc.message, exc.hint, exitcodes.UNAVAILABLE)
+    except CroniumError as exc:
+        return fail(exc.message, exc.hint, exitcodes.INFRASTRUCTURE)
+    return exitcodes.OK
+
+
+def up(args: argparse.Namespace) -> int:
+    """``cronium up``."""
+    try:
+        settings = settings_from(args, data_dir=args.data_dir, nats_port=args.nats_port)
+    except (ValidationError, FileNotFoundError) as exc:
+        return fail(f"invalid settings: {exc}", "see `cronium config`", exitcodes.USAGE)
+    names = [n.strip() for n in args.consumers.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONSUMERS]
+    if unknown:
+        return fail(f"unknown consumer {', '.join(unknown)}",
+                    f"choose from {', '.join(CONSUMERS)}", exitcodes.USAGE)
+    configure_logging(settings.log_level, settings.log_format)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    server: NatsServer | None = None
+    if args.nats_url is None:
+        server = NatsServer(settings.data_dir, settings.nats_port,
+                            max_payload_mb=max(1, settings.streams.max_msg_size // 1024**2))
+        try:
+            server.start()
+        except CroniumError as exc:
+            return fail(exc.message, exc.hint, exitcodes.INFRASTRUCTURE)
+        settings = settings.model_copy(update={"nats_url": server.url})
+    supervisor = Supervisor(child_env(settings.nats_url, settings.data_dir))
+    for name in names:
+        extra = ["--config", str(args.config)] if args.config else []
+        supervisor.add(name, extra)
+    try:
+        return asyncio.run(_run_stack(settings, supervisor, names))
+    except BusUnavailableError as exc:
+        return fail(exc.message, exc.hint, exitcodes.UNAVAILABLE)
+    finally:
+        supervisor.stop()
+        if server is not None:
+            server.stop()
+
+
+async def _run_stack(settings: Settings, supervisor: Supervisor, names: list[str]) -> int:
+    stopper = Stopper()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopper.stop)
+    async with Bus(settings, name="cronium-up") as bus:
+        await provision(bus.js, settings)
+        supervisor.tick()
+        ready = False
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while not stopper.stopping:
+            supervisor.tick()
+            if not ready:
+                beats = {b.kind: b for b in await read_beats(bus.js) if b.healthy()}
+                if all(n in beats for n in names):
+                    ready = True
+                    pids = ", ".join(f"{n} pid {beats[n].pid}" for n in names)
+                    print(f"cronium ready: {settings.nats_url} data {settings.data_dir} ({pids})",
+                          flush=True)
+                elif time.monotonic() > deadline:
+                    missing = [n for n in names if n not in beats]
+                    print(f"cronium degraded: {', '.join(missing)} not healthy after "
+                          f"{_READY_TIMEOUT_S:.0f}s (see the log above); still trying",
+                          file=sys.stderr, flush=True)
+                    deadline = float("inf")
+            await stopper.wait(0.25 if not ready else 1.0)
+    print("cronium stopping", file=sys.stderr, flush=True)
+    return exitcodes.OK

@@ -1,0 +1,103 @@
+"""Following one execution live: its lifecycle events and its log lines, until it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Callable
+from typing import Final, TextIO
+
+from cronium_bus.bus import Bus
+from cronium_bus.events import AnyEvent, LogChunk, Terminal
+from cronium_bus.history import Follower, follow_execution, follow_logs
+from cronium_bus.state import ExecutionState, apply
+
+_LINES_GRACE_S: Final = 5.0
+
+
+class Watch:
+    """Prints an execution's lines to the matching streams and folds its lifecycle."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        execution_id: str,
+        *,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        on_event: Callable[[AnyEvent, ExecutionState], None] | None = None,
+    ) -> None:
+        max_bytes = bus.settings.streams.max_msg_size
+        self.execution_id = execution_id
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.on_event = on_event
+        self.state: ExecutionState | None = None
+        self.terminal: Terminal | None = None
+        self.printed = {"stdout": 0, "stderr": 0}
+        self._events = follow_execution(bus.js, execution_id, max_bytes=max_bytes)
+        self._logs = follow_logs(bus.js, execution_id, max_bytes=max_bytes)
+        self._final = asyncio.Event()
+        self._lines_changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Subscribe to both subjects (call before publishing a request)."""
+        await self._events.start()
+        await self._logs.start()
+        self._tasks = [
+            asyncio.create_task(self._follow_events(self._events)),
+            asyncio.create_task(self._follow_logs(self._logs)),
+        ]
+
+    async def _follow_events(self, events: Follower) -> None:
+        async for event in events:
+            self.state = apply(self.state, event)
+            if isinstance(event, Terminal) and event.attempt == self.state.attempt:
+                self.terminal = event
+            if self.on_event is not None:
+                self.on_event(event, self.state)
+            if self.state.final:
+                self._final.set()
+
+    async def _follow_logs(self, logs: Follower) -> None:
+        async for event in logs:
+            if not isinstance(event, LogChunk):
+                continue
+            if self.state is not None and event.attempt != self.state.attempt:
+                continue
+            skip = max(0, self.printed[event.stream] - event.first_seq)  # redelivered chunk
+            lines = event.lines[skip:]
+            if not lines:
+                continue
+            target = self.out if event.stream == "stdout" else self.err
+            target.write("".join(f"{line}\n" for line in lines))
+            target.flush()
+            self.printed[event.stream] = event.first_seq + len(event.lines)
+            self._lines_changed.set()
+
+    async def wait_final(self, timeout: float | None = None) -> ExecutionState:
+        """Wait for the final state, then until every line it reports has been printed."""
+        await asyncio.wait_for(self._final.wait(), timeout)
+        assert self.state is not None
+        if self.terminal is not None:
+            want = {"stdout": self.terminal.stdout_lines, "stderr": self.terminal.stderr_lines}
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + _LINES_GRACE_S
+            while any(self.printed[s] < n for s, n in want.items()):
+                self._lines_changed.clear()
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._lines_changed.wait(), remaining)
+        return self.state
+
+    async def close(self) -> None:
+        """Stop following."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._events.close()
+        await self._logs.close()

@@ -1,0 +1,293 @@
+"""The event catalogue: every lifecycle change and log chunk of an execution.
+
+Wire types are frozen ``msgspec.Struct`` classes. Every event shares one envelope (``Event``) and is
+told apart by its ``type`` tag; ``schema_version`` is the version of that type's schema. The JSON
+Schemas in ``schemas/`` are generated from these classes (``make schemas``) and a test fails when
+they drift, so a producer in any language can validate what it sends.
+
+Lifecycle (DESIGN.md): ``requested → rejected`` or ``requested → queued → started →
+succeeded | failed | timed_out | cancelled | lost``; a failed or lost attempt with retries left goes
+``retry_scheduled → queued`` with ``attempt + 1``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from cronium_bus.errors import ErrorKind
+from cronium_bus.ids import ID_PATTERN
+
+SCHEMA_VERSION: Final = 1
+
+Runtime = Literal["bash", "python", "node"]
+Priority = Literal["low", "normal", "high", "critical"]
+RunnerKind = Literal["container", "ssh"]
+LogStream = Literal["stdout", "stderr"]
+Backoff = Literal["fixed", "exponential"]
+
+PRIORITIES: Final[tuple[Priority, ...]] = ("critical", "high", "normal", "low")
+"""Lanes in the order a runner prefers them."""
+
+Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, description="[A-Za-z0-9_-]{1,64}")]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,128}$")]
+PositiveInt = Annotated[int, msgspec.Meta(ge=0)]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------- request parts
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Resource limits asked for by a request; ``None`` means the configured default."""
+
+    cpus: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    memory_bytes: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    pids: Annotated[int, msgspec.Meta(gt=0)] | None = None
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a failed attempt is retried: ``max_attempts`` counts the first attempt too."""
+
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+    backoff: Backoff = "exponential"
+    base_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    max_delay_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.1
+    retry_on: tuple[ErrorKind, ...] = ("runner_lost", "infrastructure")
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a producer asks to run. Unknown fields are refused so a typo is never ignored."""
+
+    runtime: Runtime
+    code: str
+    runner: RunnerKind = "container"
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    limits: Limits = Limits()
+    input: Any = None
+    priority: Priority = "normal"
+    secrets: tuple[Name, ...] = ()
+    targets: tuple[str, ...] = ()
+    network: bool = False
+    event_ref: Name | None = None
+    retry: RetryPolicy | None = None
+    not_before: datetime | None = None
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Why something failed: a kind from one enum, a message, and what to do about it."""
+
+    kind: ErrorKind
+    message: str
+    hint: str = ""
+
+
+class PhaseDurations(msgspec.Struct, frozen=True, kw_only=True):
+    """Milliseconds spent preparing, running and cleaning up one attempt."""
+
+    setup_ms: float = 0.0
+    run_ms: float = 0.0
+    cleanup_ms: float = 0.0
+
+
+class ResourceUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """What an attempt consumed, where the runner could measure it."""
+
+    peak_memory_bytes: int | None = None
+    cpu_time_ms: float | None = None
+    output_bytes: int = 0
+
+
+# --------------------------------------------------------------------------- the envelope
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Envelope shared by every event. ``type`` (the tag) names the event."""
+
+    event_id: Id
+    schema_version: int = SCHEMA_VERSION
+    time: datetime
+    execution_id: Id
+    attempt: Annotated[int, msgspec.Meta(ge=1)] = 1
+    correlation_id: Id
+    causation_id: Id | None = None
+    producer: Annotated[str, msgspec.Meta(max_length=128)]
+    user: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+    @property
+    def type(self) -> str:
+        """The event's type tag, e.g. ``execution.requested``."""
+        tag = self.__struct_config__.tag
+        assert isinstance(tag, str)
+        return tag
+
+
+class Requested(Event, frozen=True, kw_only=True, tag="execution.requested"):
+    """A producer asks for an execution. Published on ``cronium.exec.<id>.requested``."""
+
+    request: Request
+
+
+class Rejected(Event, frozen=True, kw_only=True, tag="execution.rejected"):
+    """The request cannot run; terminal. ``error.hint`` says how to fix the request."""
+
+    error: ErrorInfo
+
+
+class Queued(Event, frozen=True, kw_only=True, tag="execution.queued"):
+    """Validated and placed on a runner lane (``cronium.jobs.<runner>.<priority>``)."""
+
+    request: Request
+    lane: str
+    not_before: datetime | None = None
+
+
+class Started(Event, frozen=True, kw_only=True, tag="execution.started"):
+    """A runner holds the attempt and the script is starting."""
+
+    runner: str
+    image: str | None = None
+    target: str | None = None
+
+
+class Terminal(Event, frozen=True, kw_only=True):
+    """Fields every terminal event carries."""
+
+    runner: str = ""
+    exit_code: int | None = None
+    error: ErrorInfo | None = None
+    durations: PhaseDurations = PhaseDurations()
+    usage: ResourceUsage = ResourceUsage()
+    image: str | None = None
+    image_id: str | None = None
+    stdout_lines: PositiveInt = 0
+    stderr_lines: PositiveInt = 0
+
+
+class Succeeded(Terminal, frozen=True, kw_only=True, tag="execution.succeeded"):
+    """The script exited 0."""
+
+
+class Failed(Terminal, frozen=True, kw_only=True, tag="execution.failed"):
+    """The attempt failed; ``error.kind`` says how (nonzero_exit, oom, output_limit, ...)."""
+
+
+class TimedOut(Terminal, frozen=True, kw_only=True, tag="execution.timed_out"):
+    """The script ran past its timeout and was stopped (SIGTERM, grace, SIGKILL)."""
+
+
+class Cancelled(Terminal, frozen=True, kw_only=True, tag="execution.cancelled"):
+    """Cancelled on request, before or while running."""
+
+
+class Lost(Terminal, frozen=True, kw_only=True, tag="execution.lost"):
+    """The runner holding the attempt stopped proving it was alive."""
+
+
+class RetryScheduled(Event, frozen=True, kw_only=True, tag="execution.retry_scheduled"):
+    """The attempt failed with retries left; attempt ``next_attempt`` is queued at ``at``."""
+
+    next_attempt: Annotated[int, msgspec.Meta(ge=2)]
+    at: datetime
+    reason: ErrorInfo
+
+
+class CancelRequested(Event, frozen=True, kw_only=True, tag="execution.cancel_requested"):
+    """Someone asked to cancel the execution."""
+
+    reason: str = ""
+
+
+class LogChunk(Event, frozen=True, kw_only=True, tag="log.chunk"):
+    """Consecutive lines of one stream; line ``i`` has sequence number ``first_seq + i``."""
+
+    stream: LogStream
+    first_seq: PositiveInt
+    lines: tuple[str, ...]
+    source: str | None = None
+
+
+class HelperCalled(Event, frozen=True, kw_only=True, tag="helper.called"):
+    """A script called a helper (input, output, getVariable, ...). The audit record of it."""
+
+    helper: str
+    key: str | None = None
+    ok: bool = True
+    detail: str = ""
+
+
+class OutputSet(Event, frozen=True, kw_only=True, tag="execution.output_set"):
+    """The script set its output (``output(data)``)."""
+
+    output: Any
+
+
+class ConditionSet(Event, frozen=True, kw_only=True, tag="execution.condition_set"):
+    """The script set its condition (``setCondition(bool)``)."""
+
+    condition: bool
+
+
+class VariableSet(Event, frozen=True, kw_only=True, tag="variable.set"):
+    """The script set a user-scoped variable. The value lives in the variables bucket."""
+
+    key: Name
+    size_bytes: PositiveInt
+
+
+TerminalEvent = Succeeded | Failed | TimedOut | Cancelled | Lost
+AnyEvent = (
+    Requested
+    | Rejected
+    | Queued
+    | Started
+    | Succeeded
+    | Failed
+    | TimedOut
+    | Cancelled
+    | Lost
+    | RetryScheduled
+    | CancelRequested
+    | LogChunk
+    | HelperCalled
+    | OutputSet
+    | ConditionSet
+    | VariableSet
+)
+
+EVENT_TYPES: Final[dict[str, type[Event]]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (
+        Requested,
+        Rejected,
+        Queued,
+        Started,
+        Succeeded,
+        Failed,
+        TimedOut,
+        Cancelled,
+        Lost,
+        RetryScheduled,
+        CancelRequested,
+        LogChunk,
+        HelperCalled,
+        OutputSet,
+        ConditionSet,
+        VariableSet,
+    )
+}
+TERMINAL_TYPES: Final = frozenset(
+    t for t, cls in EVENT_TYPES.items() if issubclass(cls, Terminal)
+)
+
+
+def short_type(event_type: str) -> str:
+    """The last part of a type tag, used as the subject's last token (``requested``)."""
+    return event_type.rsplit(".", 1)[-1]

@@ -1,0 +1,125 @@
+"""Reading an execution's events back from the streams."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from cronium_bus.codec import decode
+from cronium_bus.errors import EventDecodeError
+from cronium_bus.events import AnyEvent
+from cronium_bus.state import ExecutionState, fold
+from cronium_bus.subjects import EXEC_STREAM, LOGS_STREAM, exec_events, log_subject
+
+log = structlog.get_logger(__name__)
+_BATCH = 256
+
+
+async def read_subject(
+    js: JetStreamContext, stream: str, subject: str, *, max_bytes: int
+) -> AsyncIterator[AnyEvent]:
+    """Every decodable event stored on ``subject`` now, in stream order (then stops).
+
+    Uses an ephemeral pull consumer: its pending count at creation says how many to fetch, so an
+    empty subject answers at once instead of waiting for a timeout.
+    """
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.ALL,
+        inactive_threshold=30.0,
+        mem_storage=True,
+    )
+    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    try:
+        remaining = (await sub.consumer_info()).num_pending
+        while remaining > 0:
+            try:
+                msgs = await sub.fetch(min(remaining, _BATCH), timeout=5.0)
+            except nats.errors.TimeoutError:
+                break  # messages aged out while reading
+            remaining -= len(msgs)
+            for msg in msgs:
+                try:
+                    yield decode(msg.data, max_bytes=max_bytes)
+                except EventDecodeError as exc:
+                    log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
+    finally:
+        await sub.unsubscribe()
+
+
+async def execution_events(
+    js: JetStreamContext, execution_id: str, *, max_bytes: int
+) -> list[AnyEvent]:
+    """The lifecycle events of one execution, in stream order."""
+    return [
+        e
+        async for e in read_subject(js, EXEC_STREAM, exec_events(execution_id), max_bytes=max_bytes)
+    ]
+
+
+async def execution_state(
+    js: JetStreamContext, execution_id: str, *, max_bytes: int
+) -> ExecutionState | None:
+    """The folded state of one execution, or ``None`` if nothing is known of it."""
+    return fold(await execution_events(js, execution_id, max_bytes=max_bytes))
+
+
+class Follower:
+    """Every event on ``subject`` from the start of the stream, then live ones.
+
+    An ordered push consumer: gapless, and recreated by nats-py after a reconnect. Call
+    :meth:`start` before publishing what you want to see (e.g. a request), then iterate.
+    """
+
+    def __init__(self, js: JetStreamContext, stream: str, subject: str, *, max_bytes: int) -> None:
+        self.js = js
+        self.stream = stream
+        self.subject = subject
+        self.max_bytes = max_bytes
+        self._sub: JetStreamContext.PushSubscription | None = None
+
+    async def start(self) -> Follower:
+        """Create the subscription."""
+        if self._sub is None:
+            self._sub = await self.js.subscribe(
+                self.subject, stream=self.stream, ordered_consumer=True
+            )
+        return self
+
+    async def __aiter__(self) -> AsyncIterator[AnyEvent]:
+        sub = (await self.start())._sub
+        assert sub is not None
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=3600)
+            except nats.errors.TimeoutError:
+                continue
+            try:
+                yield decode(msg.data, max_bytes=self.max_bytes)
+            except EventDecodeError as exc:
+                log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
+
+    async def close(self) -> None:
+        """Unsubscribe; idempotent."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except (nats.errors.Error, asyncio.CancelledError):
+                log.debug("unsubscribe after close")
+
+
+def follow_logs(js: JetStreamContext, execution_id: str, *, max_bytes: int) -> Follower:
+    """Live tail of one execution's log chunks (from the first one still in the stream)."""
+    return Follower(js, LOGS_STREAM, log_subject(execution_id), max_bytes=max_bytes)
+
+
+def follow_execution(js: JetStreamContext, execution_id: str, *, max_bytes: int) -> Follower:
+    """Live lifecycle events of one execution (from the first one)."""
+    return Follower(js, EXEC_STREAM, exec_events(execution_id), max_bytes=max_bytes)

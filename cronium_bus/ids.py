@@ -1,0 +1,32 @@
+"""Execution identifiers.
+
+The producer chooses the execution id; it is the idempotency key (``Nats-Msg-Id``) of the request
+and a token of every subject of the execution, so it may hold only characters that are safe in a
+NATS subject token and a file name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def is_valid_id(value: str) -> bool:
+    """Whether ``value`` may be used as an execution, correlation or event id."""
+    return bool(_ID_RE.fullmatch(value))
+
+
+def new_id(prefix: str = "ex") -> str:
+    """A new time-ordered id: ``<prefix>_`` + 10 chars of milliseconds + 16 random chars."""
+    millis = int(time.time() * 1000)
+    rand = int.from_bytes(os.urandom(10), "big")
+    head = "".join(_CROCKFORD[(millis >> shift) & 31] for shift in range(45, -1, -5))
+    tail = "".join(_CROCKFORD[(rand >> shift) & 31] for shift in range(75, -1, -5))
+    return f"{prefix}_{head}{tail}"
+
+
+ID_PATTERN = _ID_RE.pattern

@@ -1,0 +1,153 @@
+"""Idempotent provisioning of streams and buckets from settings.
+
+Run at start by ``cronium up`` and by every consumer; a changed limit in the settings updates the
+stream in place.
+"""
+
+from __future__ import annotations
+
+import nats.js.errors
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from cronium_bus.errors import BusUnavailableError
+from cronium_bus.settings import Settings
+from cronium_bus.subjects import (
+    DLQ_ALL,
+    DLQ_STREAM,
+    EXEC_ALL,
+    EXEC_STREAM,
+    HEARTBEAT_BUCKET,
+    JOBS_ALL,
+    JOBS_STREAM,
+    LOGS_ALL,
+    LOGS_STREAM,
+    SECRETS_BUCKET,
+    VARIABLES_BUCKET,
+)
+
+log = structlog.get_logger(__name__)
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    """The streams of the service, as the settings define them."""
+    s = settings.streams
+    common = {
+        "storage": StorageType.FILE,
+        "num_replicas": s.replicas,
+        "duplicate_window": s.duplicate_window,
+        "max_msg_size": s.max_msg_size,
+    }
+    return [
+        StreamConfig(
+            name=EXEC_STREAM,
+            description="Execution lifecycle events (source of truth)",
+            subjects=[EXEC_ALL],
+            retention=RetentionPolicy.LIMITS,
+            max_age=s.exec_max_age,
+            max_bytes=s.exec_max_bytes,
+            discard=DiscardPolicy.OLD,
+            **common,
+        ),
+        StreamConfig(
+            name=JOBS_STREAM,
+            description="Runner lanes: one subject per runner kind and priority",
+            subjects=[JOBS_ALL],
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_age=s.exec_max_age,
+            discard=DiscardPolicy.OLD,
+            **common,
+        ),
+        StreamConfig(
+            name=LOGS_STREAM,
+            description="Log chunks for live tail; archived by the projector",
+            subjects=[LOGS_ALL],
+            retention=RetentionPolicy.LIMITS,
+            max_age=s.logs_max_age,
+            max_bytes=s.logs_max_bytes,
+            discard=DiscardPolicy.OLD,
+            **common,
+        ),
+        StreamConfig(
+            name=DLQ_STREAM,
+            description="Messages a consumer gave up on, with the reason in headers",
+            subjects=[DLQ_ALL],
+            retention=RetentionPolicy.LIMITS,
+            max_age=s.exec_max_age,
+            discard=DiscardPolicy.OLD,
+            **common,
+        ),
+    ]
+
+
+def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
+    """The KV buckets of the service."""
+    replicas = settings.streams.replicas
+    return [
+        KeyValueConfig(
+            bucket=HEARTBEAT_BUCKET,
+            description="Consumer heartbeats (liveness); entries expire",
+            ttl=max(10.0, settings.runner.heartbeat * 5),
+            history=1,
+            replicas=replicas,
+            storage=StorageType.FILE,
+        ),
+        KeyValueConfig(
+            bucket=VARIABLES_BUCKET,
+            description="User-scoped script variables",
+            history=5,
+            replicas=replicas,
+            storage=StorageType.FILE,
+            max_value_size=1024 * 1024,
+        ),
+        KeyValueConfig(
+            bucket=SECRETS_BUCKET,
+            description="Secrets, encrypted at rest with the settings' key",
+            history=1,
+            replicas=replicas,
+            storage=StorageType.FILE,
+            max_value_size=64 * 1024,
+        ),
+    ]
+
+
+async def provision(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update every stream and bucket; safe to run any number of times."""
+    for config in stream_configs(settings):
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(config)
+            log.debug("stream created", stream=config.name)
+            continue
+        except nats.js.errors.ServiceUnavailableError as exc:
+            raise BusUnavailableError(
+                "JetStream is not enabled on this NATS server",
+                hint="run nats-server with -js (cronium up does this)",
+            ) from exc
+        try:
+            await js.update_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            raise BusUnavailableError(
+                f"stream {config.name} exists with settings that cannot be changed: {exc}",
+                hint="back up and delete the stream, or restore the previous settings",
+            ) from exc
+    for bucket in bucket_configs(settings):
+        await ensure_bucket(js, bucket)
+
+
+async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """Open a KV bucket, creating it if missing."""
+    try:
+        return await js.key_value(config.bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_key_value(config)

@@ -1,0 +1,151 @@
+"""Settings, read once in the entry point and passed down as objects.
+
+Sources, highest priority first: explicit overrides (CLI flags), environment variables with the
+prefix ``CRONIUM_`` (nested fields with ``__``, e.g. ``CRONIUM_LIMITS__MAX_MEMORY=1g``), a TOML file
+(``--config FILE`` or ``CRONIUM_CONFIG``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from cronium_bus.units import parse_duration, parse_size
+
+Bytes = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cronium"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LimitSettings(_Section):
+    """Defaults and maxima of container jobs (DESIGN.md: tighten, never loosen)."""
+
+    default_cpus: float = Field(0.5, gt=0)
+    max_cpus: float = Field(2.0, gt=0)
+    default_memory: Bytes = 512 * 1024**2
+    max_memory: Bytes = 2 * 1024**3
+    default_pids: int = Field(100, gt=0)
+    max_pids: int = Field(1000, gt=0)
+    default_timeout: Seconds = 3600.0
+    min_timeout: Seconds = 1.0
+    max_timeout: Seconds = 86400.0
+    stop_grace: Seconds = 5.0
+    tmp_size: Bytes = 100 * 1024**2
+    workspace_size: Bytes = 500 * 1024**2
+    output_cap: Bytes = 16 * 1024**2
+    max_request: Bytes = 1024**2
+    max_code: Bytes = 256 * 1024
+    max_input: Bytes = 256 * 1024
+    max_targets: int = Field(100, ge=1)
+    allow_network: bool = False
+
+
+class StreamSettings(_Section):
+    """Retention of the JetStream streams (changing one updates the stream at start)."""
+
+    replicas: int = Field(1, ge=1, le=5)
+    exec_max_age: Seconds = 30 * 86400.0
+    exec_max_bytes: Bytes = 8 * 1024**3
+    logs_max_age: Seconds = 86400.0
+    logs_max_bytes: Bytes = 4 * 1024**3
+    duplicate_window: Seconds = 120.0
+    max_msg_size: Bytes = 16 * 1024**2
+
+
+class RunnerSettings(_Section):
+    """How a runner takes and runs work."""
+
+    slots: int = Field(4, ge=1, le=256)
+    ack_wait: Seconds = 30.0
+    max_deliver: int = Field(5, ge=1)
+    heartbeat: Seconds = 2.0
+    log_flush: Seconds = 0.1
+    log_chunk_lines: int = Field(500, ge=1)
+    log_chunk_bytes: Bytes = 64 * 1024
+    max_line_bytes: Bytes = 16 * 1024
+    images: dict[str, str] = Field(
+        default_factory=lambda: {
+            "bash": "cronium/runtime-bash:1",
+            "python": "cronium/runtime-python:1",
+            "node": "cronium/runtime-node:1",
+        }
+    )
+    runtime_dir: Path | None = None
+
+
+class Settings(BaseSettings):
+    """Everything configurable. ``cronium config`` prints the effective values."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CRONIUM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_port: int = Field(4222, ge=0, le=65535)
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    user: str = Field(default_factory=getpass.getuser, min_length=1, max_length=128)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    secret_key: SecretStr | None = None
+    clickhouse_url: SecretStr | None = None
+    connect_timeout: Seconds = 5.0
+    limits: LimitSettings = LimitSettings()
+    streams: StreamSettings = StreamSettings()
+    runner: RunnerSettings = RunnerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags, then environment, then the TOML file (if any)."""
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def runtime_dir(self) -> Path:
+        """Where per-execution runtime directories are created."""
+        return self.runner.runtime_dir or self.data_dir / "run"
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data, secrets replaced by ``"**********"``."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        for key in ("secret_key", "clickhouse_url"):
+            if data.get(key) is not None:
+                data[key] = "**********"
+        return data
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings once. ``config_file`` (or ``CRONIUM_CONFIG``) names a TOML file."""
+    path = config_file or (Path(p) if (p := os.environ.get("CRONIUM_CONFIG")) else None)
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    cls: type[Settings] = Settings
+    if path is not None:
+        cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    return cls(**{k: v for k, v in overrides.items() if v is not None})
