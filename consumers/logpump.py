@@ -34,7 +34,9 @@ class LineSplitter:
             if nl < 0:
                 if len(self._buf) > self.max_line_bytes:
                     if not self._skipping:
-                        lines.append(self._decode(self._buf[: self.max_line_bytes]) + TRUNCATED)
+                        lines.append(
+                            self._decode(bytes(self._buf[: self.max_line_bytes])) + TRUNCATED
+                        )
                         self._skipping = True
                     del self._buf[:]
                 return lines
@@ -75,9 +77,7 @@ class _Pending:
 class LogPump:
     """Batches lines of stdout and stderr into chunks and hands them to ``publish``."""
 
-    def __init__(
-        self, publish: Publish, *, flush_s: float, max_lines: int, max_bytes: int
-    ) -> None:
+    def __init__(self, publish: Publish, *, flush_s: float, max_lines: int, max_bytes: int) -> None:
         self._publish = publish
         self.flush_s = flush_s
         self.max_lines = max_lines

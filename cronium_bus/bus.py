@@ -91,33 +91,45 @@ class Bus:
         if self._state is _State.CONNECTED:
             return
 
-        async def on_error(exc: Exception) -> None:
-            log.warning("nats error", error=str(exc))
-
         async def on_disconnect() -> None:
+            if self._state is not _State.CONNECTED:
+                return  # closing on purpose
             log.warning("nats disconnected; reconnecting", url=self.settings.nats_url)
 
         async def on_reconnect() -> None:
             log.info("nats reconnected", url=self.settings.nats_url)
 
+        connected = False
+
+        async def on_error(exc: Exception) -> None:
+            if connected:
+                log.warning("nats error", error=str(exc))
+
+        # nats-py retries the first connection forever when reconnecting is allowed, so the
+        # first connection is bounded here; once connected, reconnects go on without limit.
         try:
-            self._nc = await nats.connect(
-                servers=[self.settings.nats_url],
-                name=self.name,
-                connect_timeout=self.settings.connect_timeout,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=[self.settings.nats_url],
+                    name=self.name,
+                    connect_timeout=min(2.0, self.settings.connect_timeout),
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                ),
+                timeout=self.settings.connect_timeout,
             )
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             raise BusUnavailableError(
-                f"cannot reach NATS at {self.settings.nats_url}: {exc or type(exc).__name__}",
+                f"cannot reach NATS at {self.settings.nats_url} "
+                f"(waited {self.settings.connect_timeout:g}s)",
                 hint="start the stack with `cronium up`, or point --nats-url / CRONIUM_NATS_URL "
                 "at a running server",
             ) from exc
+        connected = True
         self._js = self._nc.jetstream(timeout=10.0)
         self._state = _State.CONNECTED
 

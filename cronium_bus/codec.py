@@ -64,13 +64,14 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent:
             event_type=probe.type,
         )
     try:
-        return _decoder.decode(data)
+        event: AnyEvent = _decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise EventDecodeError(
             f"invalid {probe.type}: {exc}",
             hint=f"validate against schemas/{probe.type}.v{SCHEMA_VERSION}.json",
             event_type=probe.type,
         ) from exc
+    return event
 
 
 def decode_as(data: bytes, cls: type[_E], *, max_bytes: int = DEFAULT_MAX_BYTES) -> _E:

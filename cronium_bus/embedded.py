@@ -107,8 +107,9 @@ class NatsServer:
                 return
             time.sleep(0.05)
         self.stop()
-        raise CroniumError("nats-server did not start in time",
-                           hint=f"see {self.data_dir / 'nats-server.log'}")
+        raise CroniumError(
+            "nats-server did not start in time", hint=f"see {self.data_dir / 'nats-server.log'}"
+        )
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``grace``); idempotent."""
@@ -173,8 +174,12 @@ class Supervisor:
             child.restarts += 1
             child.proc = None
             child.next_start = now + child.backoff
-            log.warning("consumer exited; restarting", consumer=child.name, code=code,
-                        restart_in_s=child.backoff)
+            log.warning(
+                "consumer exited; restarting",
+                consumer=child.name,
+                code=code,
+                restart_in_s=child.backoff,
+            )
             child.backoff = min(child.backoff * 2, _MAX_BACKOFF_S)
 
     def stop(self, grace: float = 20.0) -> None:

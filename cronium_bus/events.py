@@ -13,7 +13,7 @@ succeeded | failed | timed_out | cancelled | lost``; a failed or lost attempt wi
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypedDict
 
 import msgspec
 
@@ -283,9 +283,36 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
         VariableSet,
     )
 }
-TERMINAL_TYPES: Final = frozenset(
-    t for t, cls in EVENT_TYPES.items() if issubclass(cls, Terminal)
-)
+TERMINAL_TYPES: Final = frozenset(t for t, cls in EVENT_TYPES.items() if issubclass(cls, Terminal))
+
+
+class EnvelopeFields(TypedDict):
+    """The envelope of a new event, ready to splat into an event constructor."""
+
+    event_id: str
+    time: datetime
+    execution_id: str
+    attempt: int
+    correlation_id: str
+    causation_id: str | None
+    producer: str
+    user: str
+
+
+def follow_up(cause: Event, producer: str, *, attempt: int | None = None) -> EnvelopeFields:
+    """The envelope of an event caused by ``cause``: same execution, correlation and user."""
+    from cronium_bus.ids import new_id
+
+    return EnvelopeFields(
+        event_id=new_id("ev"),
+        time=utcnow(),
+        execution_id=cause.execution_id,
+        attempt=cause.attempt if attempt is None else attempt,
+        correlation_id=cause.correlation_id,
+        causation_id=cause.event_id,
+        producer=producer,
+        user=cause.user,
+    )
 
 
 def short_type(event_type: str) -> str:

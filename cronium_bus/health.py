@@ -96,8 +96,8 @@ class Heartbeat:
         try:
             kv = await self.js.key_value(HEARTBEAT_BUCKET)
             await kv.delete(self.instance)
-        except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
-            log.debug("heartbeat not removed", error=str(exc))
+        except (nats.errors.Error, nats.js.errors.Error, OSError) as err:
+            log.debug("heartbeat not removed", error=str(err))
 
 
 async def read_beats(js: JetStreamContext) -> list[Beat]:

@@ -37,7 +37,7 @@ async def read_subject(
     )
     sub = await js.pull_subscribe(subject, stream=stream, config=config)
     try:
-        remaining = (await sub.consumer_info()).num_pending
+        remaining = (await sub.consumer_info()).num_pending or 0
         while remaining > 0:
             try:
                 msgs = await sub.fetch(min(remaining, _BATCH), timeout=5.0)

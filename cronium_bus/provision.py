@@ -40,12 +40,6 @@ log = structlog.get_logger(__name__)
 def stream_configs(settings: Settings) -> list[StreamConfig]:
     """The streams of the service, as the settings define them."""
     s = settings.streams
-    common = {
-        "storage": StorageType.FILE,
-        "num_replicas": s.replicas,
-        "duplicate_window": s.duplicate_window,
-        "max_msg_size": s.max_msg_size,
-    }
     return [
         StreamConfig(
             name=EXEC_STREAM,
@@ -55,7 +49,10 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             max_age=s.exec_max_age,
             max_bytes=s.exec_max_bytes,
             discard=DiscardPolicy.OLD,
-            **common,
+            storage=StorageType.FILE,
+            num_replicas=s.replicas,
+            duplicate_window=s.duplicate_window,
+            max_msg_size=s.max_msg_size,
         ),
         StreamConfig(
             name=JOBS_STREAM,
@@ -64,7 +61,10 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             retention=RetentionPolicy.WORK_QUEUE,
             max_age=s.exec_max_age,
             discard=DiscardPolicy.OLD,
-            **common,
+            storage=StorageType.FILE,
+            num_replicas=s.replicas,
+            duplicate_window=s.duplicate_window,
+            max_msg_size=s.max_msg_size,
         ),
         StreamConfig(
             name=LOGS_STREAM,
@@ -74,7 +74,10 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             max_age=s.logs_max_age,
             max_bytes=s.logs_max_bytes,
             discard=DiscardPolicy.OLD,
-            **common,
+            storage=StorageType.FILE,
+            num_replicas=s.replicas,
+            duplicate_window=s.duplicate_window,
+            max_msg_size=s.max_msg_size,
         ),
         StreamConfig(
             name=DLQ_STREAM,
@@ -83,7 +86,10 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             retention=RetentionPolicy.LIMITS,
             max_age=s.exec_max_age,
             discard=DiscardPolicy.OLD,
-            **common,
+            storage=StorageType.FILE,
+            num_replicas=s.replicas,
+            duplicate_window=s.duplicate_window,
+            max_msg_size=s.max_msg_size,
         ),
     ]
 

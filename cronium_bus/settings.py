@@ -147,5 +147,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise FileNotFoundError(f"config file {path} does not exist")
     cls: type[Settings] = Settings
     if path is not None:
-        cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+        cls = type(
+            "Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}}
+        )
     return cls(**{k: v for k, v in overrides.items() if v is not None})

@@ -104,7 +104,7 @@ def _apply_attempt(current: AttemptState | None, event: Event) -> AttemptState |
             return None  # first terminal event of an attempt wins
         return msgspec.structs.replace(
             a,
-            status=short_type(event.type),  # type: ignore[arg-type]
+            status=short_type(event.type),
             runner=event.runner or a.runner,
             ended_at=event.time,
             exit_code=event.exit_code,
@@ -121,9 +121,7 @@ def _apply_attempt(current: AttemptState | None, event: Event) -> AttemptState |
             return None
         if isinstance(event, Queued):
             return msgspec.structs.replace(a, status=status, queued_at=event.time)
-        return msgspec.structs.replace(
-            a, status=status, started_at=event.time, runner=event.runner
-        )
+        return msgspec.structs.replace(a, status=status, started_at=event.time, runner=event.runner)
     return None
 
 
@@ -134,9 +132,7 @@ def _derive(state: ExecutionState) -> ExecutionState:
     current = state.attempt_state(state.attempt)
     if current is None:
         previous = state.attempt_state(state.attempt - 1)
-        status: Status = (
-            "retry_scheduled" if previous and previous.retry_at else "requested"
-        )
+        status: Status = "retry_scheduled" if previous and previous.retry_at else "requested"
         return msgspec.structs.replace(state, status=status, final=False)
     if current.terminal and current.retry_at is not None:
         return msgspec.structs.replace(state, status="retry_scheduled", final=False)
@@ -185,7 +181,7 @@ def apply(state: ExecutionState | None, event: AnyEvent | Event) -> ExecutionSta
     updated = _apply_attempt(state.attempt_state(event.attempt), event)
     if updated is None:
         return state
-    attempts = tuple(a for a in state.attempts if a.attempt != event.attempt) + (updated,)
+    attempts = (*(a for a in state.attempts if a.attempt != event.attempt), updated)
     attempt = max(state.attempt, event.attempt)
     if isinstance(event, RetryScheduled):
         attempt = max(attempt, event.next_attempt)

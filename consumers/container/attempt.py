@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from cronium_bus.bus import Bus
 from cronium_bus.errors import CroniumError
 from cronium_bus.events import (
     Cancelled,
+    EnvelopeFields,
     ErrorInfo,
     Failed,
     LogChunk,
@@ -37,9 +38,8 @@ from cronium_bus.events import (
     Succeeded,
     TerminalEvent,
     TimedOut,
-    utcnow,
+    follow_up,
 )
-from cronium_bus.ids import new_id
 from cronium_bus.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -62,6 +62,19 @@ class RunnerContext:
     settings: Settings
 
 
+class TerminalFields(EnvelopeFields):
+    """Fields shared by every terminal event of an attempt."""
+
+    runner: str
+    exit_code: int | None
+    durations: PhaseDurations
+    usage: ResourceUsage
+    image: str
+    image_id: str | None
+    stdout_lines: int
+    stderr_lines: int
+
+
 class Attempt:
     """Runs one queued attempt and returns its terminal event (the caller publishes it)."""
 
@@ -81,18 +94,8 @@ class Attempt:
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.ctx.pool, fn, *args)
 
-    def _envelope(self) -> dict[str, object]:
-        q = self.queued
-        return {
-            "event_id": new_id("ev"),
-            "time": utcnow(),
-            "execution_id": q.execution_id,
-            "attempt": q.attempt,
-            "correlation_id": q.correlation_id,
-            "causation_id": q.event_id,
-            "producer": self.ctx.bus.producer,
-            "user": q.user,
-        }
+    def _envelope(self) -> EnvelopeFields:
+        return follow_up(self.queued, self.ctx.bus.producer)
 
     @property
     def runtime_dir(self) -> Path:
@@ -107,7 +110,7 @@ class Attempt:
     def cancelled_before_start(self) -> Cancelled:
         """The terminal event of an attempt cancelled while still queued."""
         return Cancelled(
-            **self._envelope(),  # type: ignore[arg-type]
+            **self._envelope(),
             runner=self.ctx.runner_id,
             error=ErrorInfo(kind="cancelled", message="cancelled before it started"),
         )
@@ -116,7 +119,7 @@ class Attempt:
         """Set up, run and clean up; never raises for a script's or the engine's failure."""
         t0 = time.monotonic()
         await self.ctx.bus.publish(
-            Started(**self._envelope(), runner=self.ctx.runner_id, image=self.image)  # type: ignore[arg-type]
+            Started(**self._envelope(), runner=self.ctx.runner_id, image=self.image)
         )
         t_run = t_end = t0
         exit_state: ExitState | None = None
@@ -129,7 +132,8 @@ class Attempt:
             self._prepare_dir()
             self._container_id = await self._call(self.ctx.runtime.create, spec)
             pump = self._make_pump()
-            pump_task = asyncio.create_task(self._pump(pump, self._container_id))
+            output = await self._call(self.ctx.runtime.attach, self._container_id)
+            pump_task = asyncio.create_task(self._pump(pump, output, self._container_id))
             await self._call(self.ctx.runtime.start, self._container_id)
             t_run = time.monotonic()
             exit_state, timed_out = await self._supervise(self._container_id)
@@ -137,7 +141,9 @@ class Attempt:
             try:
                 await asyncio.wait_for(pump_task, _DRAIN_S)
             except TimeoutError:
-                log.warning("output did not close after exit", execution_id=self.queued.execution_id)
+                log.warning(
+                    "output did not close after exit", execution_id=self.queued.execution_id
+                )
         except CroniumError as exc:
             error = ErrorInfo(kind=exc.kind, message=exc.message, hint=exc.hint)
         except Exception as exc:
@@ -196,7 +202,7 @@ class Attempt:
         async def publish(stream: LogStream, first_seq: int, lines: list[str]) -> None:
             await self.ctx.bus.publish(
                 LogChunk(
-                    **self._envelope(),  # type: ignore[arg-type]
+                    **self._envelope(),
                     stream=stream,
                     first_seq=first_seq,
                     lines=tuple(lines),
@@ -207,7 +213,9 @@ class Attempt:
             publish, flush_s=r.log_flush, max_lines=r.log_chunk_lines, max_bytes=r.log_chunk_bytes
         )
 
-    async def _pump(self, pump: LogPump, container_id: str) -> None:
+    async def _pump(
+        self, pump: LogPump, output: Iterator[tuple[LogStream, bytes]], container_id: str
+    ) -> None:
         """Move output from the engine's attach stream to log chunks, with backpressure."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[LogStream, bytes] | None] = asyncio.Queue(maxsize=64)
@@ -215,15 +223,19 @@ class Attempt:
 
         def reader() -> None:
             try:
-                for item in runtime.attach(container_id):
+                for item in output:
                     asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
             finally:
                 asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
 
         reader_future = loop.run_in_executor(self.ctx.pool, reader)
         max_line = self.ctx.settings.runner.max_line_bytes
-        splitters = {"stdout": LineSplitter(max_line), "stderr": LineSplitter(max_line)}
+        splitters: dict[LogStream, LineSplitter] = {
+            "stdout": LineSplitter(max_line),
+            "stderr": LineSplitter(max_line),
+        }
         cap = self.ctx.settings.limits.output_cap
+        kill: asyncio.Future[None] | None = None
         next_sample = 0.0
         while True:
             now = time.monotonic()
@@ -245,14 +257,18 @@ class Attempt:
             if self.output_bytes + len(data) > cap:
                 data = data[: cap - self.output_bytes]
                 self.output_limited = True
-                await self._call(runtime.kill, container_id)
+                # kill in the background and keep draining: Docker waits for the output to
+                # be read before it reports the kill done
+                kill = asyncio.ensure_future(self._call(runtime.kill, container_id))
             self.output_bytes += len(data)
             await pump.add(stream, splitters[stream].feed(data))
             await pump.flush_due()
-        for stream, splitter in splitters.items():
-            await pump.add(stream, splitter.close())  # type: ignore[arg-type]
+        for name in ("stdout", "stderr"):
+            await pump.add(name, splitters[name].close())
         await pump.flush_all()
         await reader_future
+        if kill is not None:
+            await kill
 
     def _sample_usage(self, container_id: str) -> None:
         peak, cpu = self.ctx.runtime.usage(container_id)
@@ -288,8 +304,11 @@ class Attempt:
             try:
                 await self._call(self.ctx.runtime.remove, self._container_id)
             except Exception as exc:
-                log.warning("container not removed; will be reaped", error=str(exc),
-                            container_id=self._container_id[:12])
+                log.warning(
+                    "container not removed; will be reaped",
+                    error=str(exc),
+                    container_id=self._container_id[:12],
+                )
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def _outcome(
@@ -300,46 +319,68 @@ class Attempt:
         durations: PhaseDurations,
         pump: LogPump | None,
     ) -> TerminalEvent:
-        common = {
+        common = TerminalFields(
             **self._envelope(),
-            "runner": self.ctx.runner_id,
-            "exit_code": exit_state.exit_code if exit_state else None,
-            "durations": durations,
-            "usage": ResourceUsage(
+            runner=self.ctx.runner_id,
+            exit_code=exit_state.exit_code if exit_state else None,
+            durations=durations,
+            usage=ResourceUsage(
                 peak_memory_bytes=self.peak_memory,
                 cpu_time_ms=round(self.cpu_ms, 3) if self.cpu_ms is not None else None,
                 output_bytes=self.output_bytes,
             ),
-            "image": self.image,
-            "image_id": self.image_id,
-            "stdout_lines": pump.lines_sent("stdout") if pump else 0,
-            "stderr_lines": pump.lines_sent("stderr") if pump else 0,
-        }
+            image=self.image,
+            image_id=self.image_id,
+            stdout_lines=pump.lines_sent("stdout") if pump else 0,
+            stderr_lines=pump.lines_sent("stderr") if pump else 0,
+        )
         if error is not None or exit_state is None:
-            return Failed(**common, error=error or ErrorInfo(  # type: ignore[arg-type]
-                kind="infrastructure", message="the container did not report an exit"))
+            return Failed(
+                **common,
+                error=error
+                or ErrorInfo(kind="infrastructure", message="the container did not report an exit"),
+            )
         lim = self.ctx.settings.limits
         if self.cancel_requested.is_set():
-            return Cancelled(**common, error=ErrorInfo(  # type: ignore[arg-type]
-                kind="cancelled", message="cancelled while running"))
+            return Cancelled(
+                **common,
+                error=ErrorInfo(kind="cancelled", message="cancelled while running"),
+            )
         if timed_out:
             timeout = self.request.timeout_s or lim.default_timeout
-            return TimedOut(**common, error=ErrorInfo(  # type: ignore[arg-type]
-                kind="timeout",
-                message=f"ran past its timeout of {timeout:g}s and was stopped",
-                hint="raise --timeout, or make the script finish sooner"))
+            return TimedOut(
+                **common,
+                error=ErrorInfo(
+                    kind="timeout",
+                    message=f"ran past its timeout of {timeout:g}s and was stopped",
+                    hint="raise --timeout, or make the script finish sooner",
+                ),
+            )
         if self.output_limited:
-            return Failed(**common, error=ErrorInfo(  # type: ignore[arg-type]
-                kind="output_limit",
-                message=f"printed more than the output cap of {lim.output_cap:,} bytes; stopped",
-                hint="print less, or write bulk data to output() instead of the log"))
+            return Failed(
+                **common,
+                error=ErrorInfo(
+                    kind="output_limit",
+                    message=f"printed more than the output cap of {lim.output_cap:,} bytes",
+                    hint="print less, or write bulk data to output() instead of the log",
+                ),
+            )
         if exit_state.oom_killed:
             memory = self.request.limits.memory_bytes or lim.default_memory
-            return Failed(**common, error=ErrorInfo(  # type: ignore[arg-type]
-                kind="oom",
-                message=f"killed for using more than its memory limit of {memory:,} bytes",
-                hint="raise --memory (up to the maximum), or use less memory"))
+            return Failed(
+                **common,
+                error=ErrorInfo(
+                    kind="oom",
+                    message=f"killed for using more than its memory limit of {memory:,} bytes",
+                    hint="raise --memory (up to the maximum), or use less memory",
+                ),
+            )
         if exit_state.exit_code != 0:
-            return Failed(**common, error=ErrorInfo(  # type: ignore[arg-type]
-                kind="nonzero_exit", message=f"the script exited with code {exit_state.exit_code}"))
-        return Succeeded(**common)  # type: ignore[arg-type]
+            return Failed(
+                **common,
+                error=ErrorInfo(
+                    kind="nonzero_exit",
+                    message=f"the script exited with code {exit_state.exit_code}",
+                ),
+            )
+        return Succeeded(**common)

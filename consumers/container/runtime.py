@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import docker
 import docker.errors
 import requests.exceptions
 import structlog
 from docker.models.containers import Container
+from docker.utils.socket import STDERR, frames_iter
 
 from cronium_bus.errors import CroniumError, ErrorKind
 from cronium_bus.events import LogStream
@@ -79,7 +80,9 @@ class ContainerRuntime(Protocol):
 
     def image_id(self, image: str) -> str: ...
     def create(self, spec: ContainerSpec) -> str: ...
-    def attach(self, container_id: str) -> Iterator[tuple[LogStream, bytes]]: ...
+    def attach(self, container_id: str) -> Iterator[tuple[LogStream, bytes]]:
+        """Connect to the container's output now (before start); read it from the iterator."""
+        ...
     def start(self, container_id: str) -> None: ...
     def wait(self, container_id: str) -> ExitState: ...
     def stop(self, container_id: str, grace: float) -> None: ...
@@ -87,9 +90,10 @@ class ContainerRuntime(Protocol):
     def remove(self, container_id: str) -> None: ...
     def usage(self, container_id: str) -> tuple[int | None, float | None]: ...
     def leftovers(self) -> list[Leftover]: ...
+    def close(self) -> None: ...
 
 
-def sandbox_options(spec: ContainerSpec) -> dict[str, object]:
+def sandbox_options(spec: ContainerSpec) -> dict[str, Any]:
     """docker-py ``create`` options for the DESIGN.md isolation defaults (pure, testable)."""
     return {
         "image": spec.image,
@@ -100,8 +104,8 @@ def sandbox_options(spec: ContainerSpec) -> dict[str, object]:
         "environment": dict(spec.env),
         "network_mode": "bridge" if spec.network else "none",
         "read_only": True,
-        "tmpfs": {
-            "/tmp": f"rw,nosuid,nodev,size={spec.tmp_size},mode=1777",
+        "tmpfs": {  # inside the sandbox, not the host's /tmp
+            "/tmp": f"rw,nosuid,nodev,size={spec.tmp_size},mode=1777",  # noqa: S108
             "/workspace": f"rw,nosuid,nodev,size={spec.workspace_size},uid={SANDBOX_UID},"
             f"gid={SANDBOX_UID},mode=0700",
         },
@@ -157,14 +161,24 @@ class DockerRuntime:
         return str(container.id)
 
     def attach(self, container_id: str) -> Iterator[tuple[LogStream, bytes]]:
-        stream = self._get(container_id).attach(
-            stdout=True, stderr=True, stream=True, logs=False, demux=True
+        # The HTTP attach is made here, before start, so no early output can be missed;
+        # only the reading is deferred to the returned iterator, which closes the socket.
+        sock = self.client.api.attach_socket(
+            container_id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0}
         )
-        for out, err in stream:
-            if out:
-                yield "stdout", out
-            if err:
-                yield "stderr", err
+
+        def read() -> Iterator[tuple[LogStream, bytes]]:
+            try:
+                for stream_id, data in frames_iter(sock, tty=False):
+                    if data:
+                        yield ("stderr" if stream_id == STDERR else "stdout"), data
+            finally:
+                inner = getattr(sock, "_sock", None)  # SocketIO over a unix socket
+                sock.close()
+                if inner is not None:
+                    inner.close()
+
+        return read()
 
     def start(self, container_id: str) -> None:
         self._get(container_id).start()
@@ -213,6 +227,11 @@ class DockerRuntime:
             )
             for c in found
         ]
+
+
+    def close(self) -> None:
+        """Close the engine connection pool."""
+        self.client.close()
 
 
 def _read_int(path: Path) -> int | None:

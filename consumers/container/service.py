@@ -80,13 +80,16 @@ class ContainerRunner:
                         continue
                     task = asyncio.create_task(self._run_job(msg))
                     tasks.add(task)
-                    task.add_done_callback(lambda t: (tasks.discard(t), free.release()))
+                    task.add_done_callback(tasks.discard)
+                    task.add_done_callback(lambda _t: free.release())
                 await drain_tasks(tasks, self.settings.limits.stop_grace + 10)
         finally:
-            await bell.unsubscribe()
-            await cancels.unsubscribe()
-            await self.claimer.close()
+            with contextlib.suppress(nats.errors.Error):
+                await bell.unsubscribe()
+                await cancels.unsubscribe()
+                await self.claimer.close()
             self.pool.shutdown(wait=False, cancel_futures=True)
+            self.runtime.close()
 
     async def _ring(self, _msg: Msg) -> None:
         self._doorbell.set()
@@ -146,15 +149,24 @@ class ContainerRunner:
         if current is not None and current.terminal:
             log.info("attempt already settled; acknowledging", status=current.status)
         elif current is not None and current.status == "started":
-            await self.bus.publish(Lost(
-                event_id=new_id("ev"), time=utcnow(), execution_id=queued.execution_id,
-                attempt=queued.attempt, correlation_id=queued.correlation_id,
-                causation_id=queued.event_id, producer=self.bus.producer, user=queued.user,
-                runner=self.ctx.runner_id,
-                error=ErrorInfo(kind="runner_lost",
-                                message=f"runner {current.runner} stopped while running it",
-                                hint="run it again; the attempt was not completed"),
-            ))
+            await self.bus.publish(
+                Lost(
+                    event_id=new_id("ev"),
+                    time=utcnow(),
+                    execution_id=queued.execution_id,
+                    attempt=queued.attempt,
+                    correlation_id=queued.correlation_id,
+                    causation_id=queued.event_id,
+                    producer=self.bus.producer,
+                    user=queued.user,
+                    runner=self.ctx.runner_id,
+                    error=ErrorInfo(
+                        kind="runner_lost",
+                        message=f"runner {current.runner} stopped while running it",
+                        hint="run it again; the attempt was not completed",
+                    ),
+                )
+            )
             await self.reap_leftovers()
         elif state is not None and state.cancel_requested:
             await self.bus.publish(attempt.cancelled_before_start())
@@ -183,8 +195,15 @@ class ContainerRunner:
             owner = left.labels.get(LABEL_RUNNER, "")
             if owner in alive and owner != self.ctx.runner_id:
                 continue
-            if owner == self.ctx.runner_id and left.labels.get("org.cronium.execution") in self.running:
+            if (
+                owner == self.ctx.runner_id
+                and left.labels.get("org.cronium.execution") in self.running
+            ):
                 continue
-            log.warning("reaping leftover container", container_id=left.container_id[:12],
-                        owner=owner, execution_id=left.labels.get("org.cronium.execution"))
+            log.warning(
+                "reaping leftover container",
+                container_id=left.container_id[:12],
+                owner=owner,
+                execution_id=left.labels.get("org.cronium.execution"),
+            )
             await loop.run_in_executor(self.pool, self.runtime.remove, left.container_id)

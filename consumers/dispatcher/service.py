@@ -48,31 +48,43 @@ class Dispatcher:
         try:
             event = decode(msg.data, max_bytes=self.settings.limits.max_request)
         except EventDecodeError as exc:
-            await self._reject(msg, subject_id, None, ErrorInfo(
-                kind="validation", message=exc.reason, hint=exc.hint))
+            await self._reject(
+                msg,
+                subject_id,
+                None,
+                ErrorInfo(kind="validation", message=exc.reason, hint=exc.hint),
+            )
             return
         if not isinstance(event, Requested):
-            await self._reject(msg, subject_id, None, ErrorInfo(
-                kind="validation",
-                message=f"{event.type} was published on the request subject",
-                hint="publish only execution.requested on cronium.exec.<id>.requested",
-            ))
+            await self._reject(
+                msg,
+                subject_id,
+                None,
+                ErrorInfo(
+                    kind="validation",
+                    message=f"{event.type} was published on the request subject",
+                    hint="publish only execution.requested on cronium.exec.<id>.requested",
+                ),
+            )
             return
         if event.execution_id != subject_id:
-            await self._reject(msg, subject_id, event, ErrorInfo(
-                kind="validation",
-                message=f"execution_id {event.execution_id!r} does not match subject id "
-                f"{subject_id!r}",
-                hint="publish on cronium.exec.<execution_id>.requested",
-            ))
+            await self._reject(
+                msg,
+                subject_id,
+                event,
+                ErrorInfo(
+                    kind="validation",
+                    message=f"execution_id {event.execution_id!r} does not match subject id "
+                    f"{subject_id!r}",
+                    hint="publish on cronium.exec.<execution_id>.requested",
+                ),
+            )
             return
         result = validate_request(event.request, self.settings)
         if isinstance(result, ErrorInfo):
             await self._reject(msg, subject_id, event, result)
             return
-        delay = (
-            result.not_before.timestamp() - utcnow().timestamp() if result.not_before else 0.0
-        )
+        delay = result.not_before.timestamp() - utcnow().timestamp() if result.not_before else 0.0
         queued = Queued(
             event_id=new_id("ev"),
             time=utcnow(),
@@ -93,8 +105,12 @@ class Dispatcher:
             headers={"Nats-Msg-Id": f"{queued.execution_id}:{queued.attempt}:job"},
         )
         await msg.ack()
-        log.info("queued", execution_id=event.execution_id, lane=queued.lane,
-                 delay_s=round(max(delay, 0.0), 3))
+        log.info(
+            "queued",
+            execution_id=event.execution_id,
+            lane=queued.lane,
+            delay_s=round(max(delay, 0.0), 3),
+        )
 
     async def _reject(
         self, msg: Msg, execution_id: str, event: Requested | None, error: ErrorInfo
@@ -154,6 +170,10 @@ class Dispatcher:
             if deliveries >= self.settings.runner.max_deliver:
                 await dead_letter(self.bus.js, DURABLE, msg, reason)
             else:
-                log.warning("handling failed; will retry", subject=msg.subject,
-                            deliveries=deliveries, error=reason)
+                log.warning(
+                    "handling failed; will retry",
+                    subject=msg.subject,
+                    deliveries=deliveries,
+                    error=reason,
+                )
                 await msg.nak(delay=min(2.0**deliveries, 30.0))

@@ -24,7 +24,8 @@ def validate_request(request: Request, settings: Settings) -> Request | ErrorInf
         return _reject("the script is empty", "pass a file or -c CODE with something to run")
     if code_bytes > lim.max_code:
         return _reject(
-            f"the script is {format_size(code_bytes)}, over the limit of {format_size(lim.max_code)}",
+            f"the script is {format_size(code_bytes)}, "
+            f"over the limit of {format_size(lim.max_code)}",
             "move data out of the script into input, or raise limits.max_code",
         )
     if "\x00" in request.code:

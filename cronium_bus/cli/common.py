@@ -21,19 +21,23 @@ from cronium_bus.settings import Settings, load_settings
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     """``--nats-url`` and ``--config``, taken by every command that talks to the stack."""
     parser.add_argument(
-        "--nats-url", metavar="URL",
+        "--nats-url",
+        metavar="URL",
         help="NATS server of the stack (default: $CRONIUM_NATS_URL or nats://127.0.0.1:4222)",
     )
     parser.add_argument(
-        "--config", metavar="FILE", type=Path,
+        "--config",
+        metavar="FILE",
+        type=Path,
         help="TOML settings file (default: $CRONIUM_CONFIG); see `cronium config`",
     )
 
 
 def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
     """Read the settings once, with the command line's overrides on top."""
-    return load_settings(getattr(args, "config", None), nats_url=getattr(args, "nats_url", None),
-                         **extra)
+    return load_settings(
+        getattr(args, "config", None), nats_url=getattr(args, "nats_url", None), **extra
+    )
 
 
 def fail(message: str, hint: str = "", code: int = exitcodes.FAILURE) -> int:

@@ -29,9 +29,12 @@ _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def add_parsers(sub: _Sub) -> None:
     """Register the inspection commands."""
-    p = sub.add_parser("logs", help="print an execution's output",
-                       description="Print the stored output of an execution; with --follow, "
-                       "keep printing live lines until it ends.")
+    p = sub.add_parser(
+        "logs",
+        help="print an execution's output",
+        description="Print the stored output of an execution; with --follow, "
+        "keep printing live lines until it ends.",
+    )
     p.add_argument("execution_id", metavar="ID")
     p.add_argument("-f", "--follow", action="store_true", help="follow live output to the end")
     add_client_options(p)
@@ -43,10 +46,13 @@ def add_parsers(sub: _Sub) -> None:
     add_client_options(p)
     p.set_defaults(handler=show)
 
-    p = sub.add_parser("status", help="check the stack and list its consumers",
-                       description="Exit 0 when the stack answers; list consumers with pid and "
-                       f"health. Exit {exitcodes.UNAVAILABLE} when NATS is unreachable, "
-                       f"{exitcodes.FAILURE} when streams are missing.")
+    p = sub.add_parser(
+        "status",
+        help="check the stack and list its consumers",
+        description="Exit 0 when the stack answers; list consumers with pid and "
+        f"health. Exit {exitcodes.UNAVAILABLE} when NATS is unreachable, "
+        f"{exitcodes.FAILURE} when streams are missing.",
+    )
     p.add_argument("--json", action="store_true")
     add_client_options(p)
     p.set_defaults(handler=status)
@@ -58,10 +64,13 @@ def add_parsers(sub: _Sub) -> None:
     add_client_options(p)
     p.set_defaults(handler=cancel)
 
-    p = sub.add_parser("config", help="print the effective settings (secrets redacted)",
-                       description="Settings come from flags, CRONIUM_* environment variables "
-                       "(nested with __, e.g. CRONIUM_LIMITS__MAX_MEMORY=1g) and a TOML file "
-                       "(--config or CRONIUM_CONFIG).")
+    p = sub.add_parser(
+        "config",
+        help="print the effective settings (secrets redacted)",
+        description="Settings come from flags, CRONIUM_* environment variables "
+        "(nested with __, e.g. CRONIUM_LIMITS__MAX_MEMORY=1g) and a TOML file "
+        "(--config or CRONIUM_CONFIG).",
+    )
     add_client_options(p)
     p.set_defaults(handler=config)
 
@@ -69,8 +78,9 @@ def add_parsers(sub: _Sub) -> None:
 def _check_id(execution_id: str) -> int | None:
     if is_valid_id(execution_id):
         return None
-    return fail(f"{execution_id!r} is not an execution id", "ids are 1-64 of [A-Za-z0-9_-]",
-                exitcodes.USAGE)
+    return fail(
+        f"{execution_id!r} is not an execution id", "ids are 1-64 of [A-Za-z0-9_-]", exitcodes.USAGE
+    )
 
 
 def logs(args: argparse.Namespace) -> int:
@@ -91,8 +101,9 @@ def logs(args: argparse.Namespace) -> int:
             finally:
                 await watch.close()
             return exitcodes.OK
-        async for chunk in read_subject(bus.js, LOGS_STREAM, log_subject(args.execution_id),
-                                        max_bytes=max_bytes):
+        async for chunk in read_subject(
+            bus.js, LOGS_STREAM, log_subject(args.execution_id), max_bytes=max_bytes
+        ):
             if isinstance(chunk, LogChunk):
                 target = sys.stdout if chunk.stream == "stdout" else sys.stderr
                 target.write("".join(f"{line}\n" for line in chunk.lines))
@@ -108,20 +119,28 @@ def show(args: argparse.Namespace) -> int:
         return bad
 
     async def body(bus: Bus) -> int:
-        events = await execution_events(bus.js, args.execution_id,
-                                        max_bytes=bus.settings.streams.max_msg_size)
+        events = await execution_events(
+            bus.js, args.execution_id, max_bytes=bus.settings.streams.max_msg_size
+        )
         state = fold(events)
         if state is None:
             return fail(f"no execution {args.execution_id}", "check the id")
         if args.json:
-            print(json.dumps({
-                "state": msgspec.to_builtins(state, builtin_types=()) | {"seen": None},
-                "events": msgspec.to_builtins(events),
-            }, default=str))
+            print(
+                json.dumps(
+                    {
+                        "state": msgspec.to_builtins(state, builtin_types=()) | {"seen": None},
+                        "events": msgspec.to_builtins(events),
+                    },
+                    default=str,
+                )
+            )
             return exitcodes.OK
         t0 = events[0].time
-        print(f"execution {state.execution_id}  user {state.user}  status {state.status}"
-              f"  attempt {state.attempt}")
+        print(
+            f"execution {state.execution_id}  user {state.user}  status {state.status}"
+            f"  attempt {state.attempt}"
+        )
         for event in events:
             offset = (event.time - t0).total_seconds()
             print(f"  +{offset:8.3f}s  {event.type:<28} #{event.attempt}  {_details(event)}")
@@ -137,15 +156,19 @@ def _details(event: Any) -> str:
         parts.append(f"{r.runtime} on {r.runner}, priority {r.priority}")
     if event.type == "execution.queued":
         lim = event.request.limits
-        parts.append(f"lane {event.lane}; cpus {lim.cpus}, memory {lim.memory_bytes}, "
-                     f"pids {lim.pids}, timeout {event.request.timeout_s}s")
+        parts.append(
+            f"lane {event.lane}; cpus {lim.cpus}, memory {lim.memory_bytes}, "
+            f"pids {lim.pids}, timeout {event.request.timeout_s}s"
+        )
     if event.type == "execution.started":
         parts.append(f"runner {event.runner}, image {event.image}")
     if isinstance(event, Terminal):
         d = event.durations
-        parts.append(f"exit {event.exit_code}; setup {d.setup_ms:.0f} ms, run {d.run_ms:.0f} ms,"
-                     f" cleanup {d.cleanup_ms:.0f} ms; {event.stdout_lines} stdout / "
-                     f"{event.stderr_lines} stderr lines")
+        parts.append(
+            f"exit {event.exit_code}; setup {d.setup_ms:.0f} ms, run {d.run_ms:.0f} ms,"
+            f" cleanup {d.cleanup_ms:.0f} ms; {event.stdout_lines} stdout / "
+            f"{event.stderr_lines} stderr lines"
+        )
         if event.usage.peak_memory_bytes:
             parts.append(f"peak memory {event.usage.peak_memory_bytes / 1024**2:.1f} MiB")
     error = getattr(event, "error", None)
@@ -169,14 +192,29 @@ def status(args: argparse.Namespace) -> int:
         except nats.js.errors.BucketNotFoundError:
             beats = []
         now = time.time()
-        rows = [{
-            "kind": b.kind, "instance": b.instance, "pid": b.pid, "host": b.host,
-            "healthy": b.healthy(now), "in_flight": b.in_flight,
-            "last_beat_s": round(now - b.beat_at, 1), "status": b.status,
-        } for b in beats]
+        rows = [
+            {
+                "kind": b.kind,
+                "instance": b.instance,
+                "pid": b.pid,
+                "host": b.host,
+                "healthy": b.healthy(now),
+                "in_flight": b.in_flight,
+                "last_beat_s": round(now - b.beat_at, 1),
+                "status": b.status,
+            }
+            for b in beats
+        ]
         if args.json:
-            print(json.dumps({"nats_url": bus.settings.nats_url, "streams_missing": missing,
-                              "consumers": rows}))
+            print(
+                json.dumps(
+                    {
+                        "nats_url": bus.settings.nats_url,
+                        "streams_missing": missing,
+                        "consumers": rows,
+                    }
+                )
+            )
         else:
             print(f"nats      {bus.settings.nats_url}  (answering)")
             print(f"streams   {'missing: ' + ', '.join(map(str, missing)) if missing else 'ok'}")
@@ -184,8 +222,10 @@ def status(args: argparse.Namespace) -> int:
                 print("consumers none running")
             for r in rows:
                 health = "healthy" if r["healthy"] else "STALE"
-                print(f"  {r['kind']:<12} pid {r['pid']:<8} {health:<8} in flight "
-                      f"{r['in_flight']:<3} last beat {r['last_beat_s']}s ago  {r['instance']}")
+                print(
+                    f"  {r['kind']:<12} pid {r['pid']:<8} {health:<8} in flight "
+                    f"{r['in_flight']:<3} last beat {r['last_beat_s']}s ago  {r['instance']}"
+                )
         if missing:
             return fail("streams are missing", "start the stack with `cronium up`")
         return exitcodes.OK
@@ -199,18 +239,28 @@ def cancel(args: argparse.Namespace) -> int:
         return bad
 
     async def body(bus: Bus) -> int:
-        state = fold(await execution_events(bus.js, args.execution_id,
-                                            max_bytes=bus.settings.streams.max_msg_size))
+        state = fold(
+            await execution_events(
+                bus.js, args.execution_id, max_bytes=bus.settings.streams.max_msg_size
+            )
+        )
         if state is None:
             return fail(f"no execution {args.execution_id}", "check the id")
         if state.final:
             print(f"{args.execution_id} already ended: {state.status}")
             return exitcodes.OK
-        await bus.publish(CancelRequested(
-            event_id=new_id("ev"), time=utcnow(), execution_id=args.execution_id,
-            attempt=state.attempt, correlation_id=state.correlation_id or args.execution_id,
-            producer=bus.producer, user=bus.settings.user, reason=args.reason,
-        ))
+        await bus.publish(
+            CancelRequested(
+                event_id=new_id("ev"),
+                time=utcnow(),
+                execution_id=args.execution_id,
+                attempt=state.attempt,
+                correlation_id=state.correlation_id or args.execution_id,
+                producer=bus.producer,
+                user=bus.settings.user,
+                reason=args.reason,
+            )
+        )
         print(f"cancel requested for {args.execution_id}", file=sys.stderr)
         if args.wait:
             watch = Watch(bus, args.execution_id, out=io.StringIO(), err=io.StringIO())
@@ -230,7 +280,10 @@ def config(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
     except Exception as exc:
-        return fail(f"invalid settings: {exc}", "fix the flag, variable or file named above",
-                    exitcodes.USAGE)
+        return fail(
+            f"invalid settings: {exc}",
+            "fix the flag, variable or file named above",
+            exitcodes.USAGE,
+        )
     print(json.dumps(settings.redacted(), indent=2, default=str))
     return exitcodes.OK

@@ -28,7 +28,12 @@ from cronium_bus.state import ExecutionState
 from cronium_bus.units import parse_duration, parse_size
 
 _EXTENSIONS: Final[dict[str, Runtime]] = {
-    ".sh": "bash", ".bash": "bash", ".py": "python", ".js": "node", ".mjs": "node", ".cjs": "node",
+    ".sh": "bash",
+    ".bash": "bash",
+    ".py": "python",
+    ".js": "node",
+    ".mjs": "node",
+    ".cjs": "node",
 }
 
 
@@ -45,11 +50,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "  echo 'console.log(1)' | cronium run --runtime node -\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("file", nargs="?", metavar="FILE",
-                   help="script file to run ('-' reads standard input)")
+    p.add_argument(
+        "file", nargs="?", metavar="FILE", help="script file to run ('-' reads standard input)"
+    )
     p.add_argument("-c", dest="code", metavar="CODE", help="script text to run instead of FILE")
-    p.add_argument("--runtime", choices=["bash", "python", "node"],
-                   help="interpreter (default: from FILE's extension)")
+    p.add_argument(
+        "--runtime",
+        choices=["bash", "python", "node"],
+        help="interpreter (default: from FILE's extension)",
+    )
     p.add_argument("--timeout", metavar="DUR", help="stop the script after DUR (e.g. 30s, 5m, 1h)")
     p.add_argument("--cpus", metavar="N", type=float, help="CPU limit (e.g. 0.5)")
     p.add_argument("--memory", metavar="SIZE", help="memory limit (e.g. 256m, 1g)")
@@ -59,8 +68,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--id", metavar="ID", help="execution id to use (idempotency key)")
     p.add_argument("--user", metavar="NAME", help="user the execution belongs to")
     p.add_argument("--detach", action="store_true", help="print the execution id and return")
-    p.add_argument("--json", action="store_true",
-                   help="print a JSON summary on stdout; the script's output goes to stderr")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON summary on stdout; the script's output goes to stderr",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     add_client_options(p)
     p.set_defaults(handler=main)
@@ -168,22 +180,31 @@ def main(args: argparse.Namespace) -> int:
     except UsageError as exc:
         return fail(str(exc), "see `cronium run --help`", exitcodes.USAGE)
     if args.id is not None and not is_valid_id(args.id):
-        return fail(f"--id {args.id!r} is not a valid id", "use 1-64 of [A-Za-z0-9_-]",
-                    exitcodes.USAGE)
+        return fail(
+            f"--id {args.id!r} is not a valid id", "use 1-64 of [A-Za-z0-9_-]", exitcodes.USAGE
+        )
     execution_id = args.id or new_id("ex")
     progress = not args.quiet and not args.json and sys.stderr.isatty()
 
     async def body(bus: Bus) -> int:
         user = args.user or bus.settings.user
         event = Requested(
-            event_id=new_id("ev"), time=utcnow(), execution_id=execution_id,
-            correlation_id=execution_id, producer=bus.producer, user=user, request=request,
+            event_id=new_id("ev"),
+            time=utcnow(),
+            execution_id=execution_id,
+            correlation_id=execution_id,
+            producer=bus.producer,
+            user=user,
+            request=request,
         )
         size = len(msgspec.json.encode(event))
         if size > bus.settings.limits.max_request:
-            return fail(f"the request is {size:,} bytes, over the limit of "
-                        f"{bus.settings.limits.max_request:,}",
-                        "make the script or input smaller", exitcodes.USAGE)
+            return fail(
+                f"the request is {size:,} bytes, over the limit of "
+                f"{bus.settings.limits.max_request:,}",
+                "make the script or input smaller",
+                exitcodes.USAGE,
+            )
         if args.detach:
             await bus.publish(event)
             print(json.dumps({"execution_id": execution_id}) if args.json else execution_id)
@@ -193,8 +214,9 @@ def main(args: argparse.Namespace) -> int:
             if progress and ev.type != "log.chunk":
                 print(f"\x1b[2m▸ {describe(ev, state)}\x1b[0m", file=sys.stderr, flush=True)
 
-        watch = Watch(bus, execution_id, out=sys.stderr if args.json else sys.stdout,
-                      on_event=on_event)
+        watch = Watch(
+            bus, execution_id, out=sys.stderr if args.json else sys.stdout, on_event=on_event
+        )
         await watch.start()
         try:
             await bus.publish(event)

@@ -51,29 +51,47 @@ CONSUMERS: Final[dict[str, Callable[[Bus], Callable[[Stopper], Awaitable[None]]]
 def add_parsers(sub: _Sub) -> None:
     """Register ``up`` and ``consume``."""
     p = sub.add_parser(
-        "up", help="run the embedded stack in the foreground",
+        "up",
+        help="run the embedded stack in the foreground",
         description="Start nats-server (JetStream in DATA_DIR) unless --nats-url names a running "
         "server, provision streams and buckets, and run every consumer as a supervised child "
         "process (restarted if it dies). Prints one line when ready. Ctrl-C or SIGTERM stops "
         "everything cleanly.",
     )
-    p.add_argument("--data-dir", type=Path, metavar="DIR",
-                   help="where JetStream and runtime files live (default: $CRONIUM_DATA_DIR or "
-                   "~/.local/share/cronium)")
-    p.add_argument("--nats-port", type=int, metavar="PORT",
-                   help="port of the embedded nats-server on 127.0.0.1 (default 4222; 0 = any)")
-    p.add_argument("--consumers", default=",".join(CONSUMERS), metavar="LIST",
-                   help=f"comma-separated consumers to run (default: {','.join(CONSUMERS)})")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="where JetStream and runtime files live (default: $CRONIUM_DATA_DIR or "
+        "~/.local/share/cronium)",
+    )
+    p.add_argument(
+        "--nats-port",
+        type=int,
+        metavar="PORT",
+        help="port of the embedded nats-server on 127.0.0.1 (default 4222; 0 = any)",
+    )
+    p.add_argument(
+        "--consumers",
+        default=",".join(CONSUMERS),
+        metavar="LIST",
+        help=f"comma-separated consumers to run (default: {','.join(CONSUMERS)})",
+    )
     add_client_options(p)
     p.set_defaults(handler=up)
 
     p = sub.add_parser(
-        "consume", help="run one consumer in the foreground (how the service scales out)",
+        "consume",
+        help="run one consumer in the foreground (how the service scales out)",
         description="Run one consumer against the stack's NATS. Start as many as you like, on "
         "as many hosts as you like: they share durable consumers.",
     )
-    p.add_argument("name", choices=sorted(CONSUMERS), metavar="NAME",
-                   help=f"one of: {', '.join(sorted(CONSUMERS))}")
+    p.add_argument(
+        "name",
+        choices=sorted(CONSUMERS),
+        metavar="NAME",
+        help=f"one of: {', '.join(sorted(CONSUMERS))}",
+    )
     add_client_options(p)
     p.set_defaults(handler=consume)
 
@@ -112,14 +130,20 @@ def up(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.consumers.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONSUMERS]
     if unknown:
-        return fail(f"unknown consumer {', '.join(unknown)}",
-                    f"choose from {', '.join(CONSUMERS)}", exitcodes.USAGE)
+        return fail(
+            f"unknown consumer {', '.join(unknown)}",
+            f"choose from {', '.join(CONSUMERS)}",
+            exitcodes.USAGE,
+        )
     configure_logging(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     server: NatsServer | None = None
     if args.nats_url is None:
-        server = NatsServer(settings.data_dir, settings.nats_port,
-                            max_payload_mb=max(1, settings.streams.max_msg_size // 1024**2))
+        server = NatsServer(
+            settings.data_dir,
+            settings.nats_port,
+            max_payload_mb=max(1, settings.streams.max_msg_size // 1024**2),
+        )
         try:
             server.start()
         except CroniumError as exc:
@@ -156,13 +180,18 @@ async def _run_stack(settings: Settings, supervisor: Supervisor, names: list[str
                 if all(n in beats for n in names):
                     ready = True
                     pids = ", ".join(f"{n} pid {beats[n].pid}" for n in names)
-                    print(f"cronium ready: {settings.nats_url} data {settings.data_dir} ({pids})",
-                          flush=True)
+                    print(
+                        f"cronium ready: {settings.nats_url} data {settings.data_dir} ({pids})",
+                        flush=True,
+                    )
                 elif time.monotonic() > deadline:
                     missing = [n for n in names if n not in beats]
-                    print(f"cronium degraded: {', '.join(missing)} not healthy after "
-                          f"{_READY_TIMEOUT_S:.0f}s (see the log above); still trying",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"cronium degraded: {', '.join(missing)} not healthy after "
+                        f"{_READY_TIMEOUT_S:.0f}s (see the log above); still trying",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     deadline = float("inf")
             await stopper.wait(0.25 if not ready else 1.0)
     print("cronium stopping", file=sys.stderr, flush=True)

@@ -1,0 +1,56 @@
+# Cronium execution bus. Two commands on a fresh machine: `make demo` and `make test`.
+# Every target installs what it needs (Debian packages, the venv, a running Docker engine, images).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup host venv images demo test unit lint typecheck schemas schemas-check bench bench-quick clean
+
+setup: host venv images ## everything: Debian packages, Docker engine, venv, runtime images
+
+host: ## Debian packages and a running Docker engine (idempotent)
+	@bash scripts/setup-host.sh
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	@$(BIN)/pip install -q -e '.[dev]' 2>&1 | grep -vE '^WARNING: Location|BuildBackendWarning|^\s*$$' || true
+	@$(BIN)/python -c 'import cronium_bus, consumers, nats, docker, msgspec' 
+	@touch $(STAMP)
+
+images: host ## build the runtime images locally (no registry)
+	@bash images/build.sh
+
+demo: setup ## run the main job on the embedded stack and show live logs
+	@bash scripts/demo.sh
+
+lint: venv
+	$(BIN)/ruff check cronium_bus consumers projections tests bench
+	$(BIN)/ruff format --check cronium_bus consumers projections tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+schemas: venv ## regenerate schemas/ from the event types
+	$(BIN)/python -m cronium_bus.schemagen
+
+schemas-check: venv
+	$(BIN)/python -m cronium_bus.schemagen --check
+
+test: setup lint typecheck ## the whole suite against real NATS and Docker (exit 5, no tests, fails)
+	$(BIN)/pytest
+
+unit: venv ## only the tests that need no services
+	$(BIN)/pytest -m "not docker"
+
+bench: setup ## benchmarks against baselines, full
+	$(BIN)/python -m bench
+
+bench-quick: setup ## benchmarks, quick mode (under two minutes)
+	$(BIN)/python -m bench --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .cronium

@@ -1,0 +1,91 @@
+"""Shared fixtures: a real nats-server per test module, real Docker, consumers embedded in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from cronium_bus.bus import Bus
+from cronium_bus.embedded import NatsServer
+from cronium_bus.lifecycle import Stopper
+from cronium_bus.provision import provision
+from cronium_bus.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="module")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A real nats-server with JetStream on a free 127.0.0.1 port, for one test module."""
+    server = NatsServer(tmp_path_factory.mktemp("nats"), port=0)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
+    """Settings for one test: the module's server, a temp data dir, test-sized limits."""
+    return load_settings(
+        nats_url=nats_server.url,
+        data_dir=tmp_path / "data",
+        user="tester",
+        runner={"slots": 4, "heartbeat": 0.5, "ack_wait": 5.0},
+        limits={"stop_grace": 1.0, "output_cap": 1024 * 1024},
+    )
+
+
+@pytest.fixture
+async def bus(settings: Settings) -> AsyncIterator[Bus]:
+    """A connected bus with streams and buckets provisioned."""
+    async with Bus(settings, name="test") as b:
+        await provision(b.js, settings)
+        yield b
+
+
+class Embedded:
+    """Consumers running as tasks in the test's event loop (no signal handlers)."""
+
+    def __init__(self) -> None:
+        self.stopper = Stopper()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def stop(self) -> None:
+        self.stopper.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), 30)
+
+
+@pytest.fixture
+async def dispatcher(bus: Bus) -> AsyncIterator[Embedded]:
+    """The dispatcher consuming requests."""
+    from consumers.dispatcher.service import Dispatcher
+
+    emb = Embedded()
+    emb.tasks.append(asyncio.create_task(Dispatcher(bus).run(emb.stopper)))
+    yield emb
+    await emb.stop()
+
+
+@pytest.fixture
+async def runner(bus: Bus, dispatcher: Embedded) -> AsyncIterator[Embedded]:
+    """The dispatcher and a container runner (real Docker)."""
+    from consumers.container.service import ContainerRunner
+
+    emb = Embedded()
+    emb.tasks.append(asyncio.create_task(ContainerRunner(bus).run(emb.stopper)))
+    yield emb
+    await emb.stop()
+
+
+@pytest.fixture(scope="session")
+def cronium_bin() -> str:
+    """The installed ``cronium`` console script."""
+    found = shutil.which("cronium") or str(
+        Path(__file__).resolve().parent.parent / ".venv/bin/cronium"
+    )
+    assert Path(found).exists(), "cronium is not installed: run `make setup`"
+    return found

@@ -1,0 +1,106 @@
+"""The dispatcher against a real nats-server: hostile input is rejected or dead-lettered, and
+the dispatcher keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import nats.errors
+
+from cronium_bus.bus import Bus
+from cronium_bus.codec import encode
+from cronium_bus.events import Limits
+from cronium_bus.history import read_subject
+from cronium_bus.ids import new_id
+from cronium_bus.subjects import DLQ_STREAM, JOBS_STREAM
+from tests.conftest import Embedded
+from tests.helpers import requested, wait_final
+
+
+async def _raw(bus: Bus, data: bytes) -> str:
+    execution_id = new_id("ex")
+    await bus.js.publish(f"cronium.exec.{execution_id}.requested", data)
+    return execution_id
+
+
+async def test_valid_request_is_queued_on_its_lane(bus: Bus, dispatcher: Embedded) -> None:
+    """A good request becomes queued with defaults filled in, and a job lands on the lane."""
+    event = requested("print(1)", priority="high")
+    await bus.publish(event)
+    for _ in range(100):
+        from cronium_bus.history import execution_state
+
+        state = await execution_state(bus.js, event.execution_id, max_bytes=1 << 20)
+        if state is not None and state.status == "queued":
+            break
+        await asyncio.sleep(0.05)
+    assert state is not None and state.status == "queued"
+    assert state.request is not None
+    info = await bus.js.stream_info(JOBS_STREAM, subjects_filter=">")
+    assert info.state.subjects == {"cronium.jobs.container.high": 1}
+
+
+async def test_hostile_requests_are_rejected_with_reasons(bus: Bus, dispatcher: Embedded) -> None:
+    """Malformed JSON, unknown type, wrong version, 10 MB, over-limit memory: each rejected."""
+    good = json.loads(encode(requested("print(1)")))
+    cases = {
+        "malformed JSON": b'{"type": ',
+        "unknown event type": json.dumps({**good, "type": "execution.detonate"}).encode(),
+        "schema_version 7": json.dumps({**good, "schema_version": 7}).encode(),
+        "over the limit of 1,048,576 bytes": b" " * (10 * 1024 * 1024),
+        "not an event envelope": b"[]",
+    }
+    ids = {reason: await _raw(bus, data) for reason, data in cases.items()}
+    mismatched = requested("print(1)")
+    ids["does not match subject id"] = await _raw(bus, encode(mismatched))
+    memory = requested("print(1)", limits=Limits(memory_bytes=999 * 1024**3))
+    await bus.publish(memory)
+    ids["999 GiB of memory asked"] = memory.execution_id
+    for reason, execution_id in ids.items():
+        state = await wait_final(bus, execution_id, timeout=20)
+        assert state.status == "rejected", reason
+        assert state.error is not None and reason in state.error.message, state.error
+        assert state.error.hint
+    # still serving
+    after = requested("print(2)")
+    await bus.publish(after)
+    for _ in range(100):
+        info = await bus.js.stream_info(JOBS_STREAM)
+        if info.state.messages >= 1:
+            break
+        await asyncio.sleep(0.05)
+    assert info.state.messages >= 1
+
+
+async def test_message_with_a_hostile_subject_is_dead_lettered(
+    bus: Bus, dispatcher: Embedded
+) -> None:
+    """A request whose subject id cannot name an execution goes to the DLQ with the reason."""
+    await bus.js.publish("cronium.exec.bad=id.requested", b"{}")
+    for _ in range(100):
+        try:
+            msg = await bus.js.get_last_msg(DLQ_STREAM, "cronium.dlq.dispatcher")
+            break
+        except Exception:  # noqa: BLE001 - not there yet
+            await asyncio.sleep(0.05)
+    assert msg.headers is not None
+    assert "invalid execution id" in msg.headers["Cronium-Reason"]
+    assert msg.headers["Cronium-Subject"] == "cronium.exec.bad=id.requested"
+
+
+async def test_request_over_the_server_limit_fails_at_the_publisher(bus: Bus) -> None:
+    """Over the stream's message cap (16 MiB) the publisher itself gets an error: nothing lost."""
+    try:
+        await bus.js.publish("cronium.exec.ex_huge.requested", b" " * (17 * 1024 * 1024))
+    except (nats.errors.MaxPayloadError, nats.errors.Error) as exc:
+        assert "payload" in str(exc).lower() or "size" in str(exc).lower()
+    else:
+        raise AssertionError("a 17 MiB request was accepted")
+    events = [
+        e
+        async for e in read_subject(
+            bus.js, "CRONIUM_EXEC", "cronium.exec.ex_huge.>", max_bytes=1 << 25
+        )
+    ]
+    assert events == []

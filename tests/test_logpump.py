@@ -1,0 +1,95 @@
+"""Line splitting and batching of output into log chunks (pure logic)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consumers.logpump import TRUNCATED, LineSplitter, LogPump
+
+
+def test_lines_split_across_reads() -> None:
+    """A line cut between two reads is joined; the unterminated tail comes out at close."""
+    s = LineSplitter(100)
+    assert s.feed(b"hel") == []
+    assert s.feed(b"lo\nwor") == ["hello"]
+    assert s.feed(b"ld\r\n\n") == ["world", ""]
+    assert s.feed(b"tail") == []
+    assert s.close() == ["tail"]
+    assert s.close() == []
+
+
+def test_utf8_split_across_reads_is_kept_whole() -> None:
+    """A multi-byte character split between reads decodes intact; bad bytes are replaced."""
+    s = LineSplitter(100)
+    data = "héllo ✓\n".encode()
+    assert s.feed(data[:2]) + s.feed(data[2:]) == ["héllo ✓"]
+    assert s.feed(b"\xff\xfe\n") == ["\ufffd\ufffd"]
+
+
+def test_over_long_lines_are_truncated_once() -> None:
+    """A line over the cap is cut and marked, even when it arrives in many reads."""
+    s = LineSplitter(10)
+    out = s.feed(b"a" * 25) + s.feed(b"b" * 25) + s.feed(b"c\nnext\n")
+    assert out == ["a" * 10 + TRUNCATED, "next"]
+
+
+@given(
+    st.text(alphabet=st.characters(blacklist_characters="\r"), max_size=300),
+    st.lists(st.integers(0, 1200), max_size=15),
+)
+def test_splitting_loses_no_bytes(text: str, cuts: list[int]) -> None:
+    """Whatever the read boundaries (even inside a character), the lines are the text's lines."""
+    data = text.encode()
+    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    s = LineSplitter(10_000)
+    lines = [line for a, b in zip(bounds, bounds[1:], strict=False) for line in s.feed(data[a:b])]
+    lines += s.close()
+    expected = text.split("\n")
+    if expected[-1] == "":
+        expected.pop()
+    assert lines == expected
+
+
+def test_pump_flushes_by_count_and_keeps_sequences() -> None:
+    """Chunks hold at most max_lines lines and sequence numbers are gapless per stream."""
+    sent: list[tuple[str, int, list[str]]] = []
+
+    async def publish(stream: str, first: int, lines: list[str]) -> None:
+        sent.append((stream, first, lines))
+
+    async def go() -> None:
+        pump = LogPump(publish, flush_s=10, max_lines=3, max_bytes=10_000)  # type: ignore[arg-type]
+        await pump.add("stdout", [str(i) for i in range(7)])
+        await pump.add("stderr", ["e"])
+        await pump.flush_all()
+        assert pump.lines_sent("stdout") == 7
+
+    asyncio.run(go())
+    stdout = [(first, lines) for stream, first, lines in sent if stream == "stdout"]
+    assert stdout == [(0, ["0", "1", "2"]), (3, ["3", "4", "5"]), (6, ["6"])]
+    assert ("stderr", 0, ["e"]) in sent
+
+
+def test_pump_flushes_by_time() -> None:
+    """A lone line is flushed once it has waited flush_s, not before."""
+    sent: list[int] = []
+
+    async def publish(stream: str, first: int, lines: list[str]) -> None:
+        sent.append(len(lines))
+
+    async def go() -> None:
+        pump = LogPump(publish, flush_s=0.05, max_lines=100, max_bytes=10_000)  # type: ignore[arg-type]
+        await pump.add("stdout", ["x"])
+        await pump.flush_due()
+        assert sent == []
+        deadline = pump.next_deadline()
+        assert deadline is not None and deadline <= 0.05
+        await asyncio.sleep(0.06)
+        await pump.flush_due()
+        assert sent == [1]
+        assert pump.next_deadline() is None
+
+    asyncio.run(go())
