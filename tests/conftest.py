@@ -1,4 +1,4 @@
-"""Shared fixtures: a real nats-server per test module, real Docker, consumers embedded in-process."""
+"""Shared fixtures: a real nats-server per module, real Docker, consumers embedded in-process."""
 
 from __future__ import annotations
 

@@ -47,9 +47,9 @@ def test_every_type_is_in_the_catalogue() -> None:
     ):
         assert f"execution.{name}" in EVENT_TYPES
     assert {"log.chunk", "helper.called", "variable.set"} <= set(EVENT_TYPES)
-    assert TERMINAL_TYPES == {
+    assert {
         f"execution.{t}" for t in ("succeeded", "failed", "timed_out", "cancelled", "lost")
-    }
+    } == TERMINAL_TYPES
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_bad_messages_raise_one_typed_error(data: bytes, reason: str) -> None:
 
 def test_oversized_message_is_refused_before_parsing() -> None:
     """A 10 MB message is refused by size, with both sizes in the reason."""
-    with pytest.raises(EventDecodeError, match="over the limit of 1,048,576 bytes"):
+    with pytest.raises(EventDecodeError, match=r"over the limit of 1,048,576 bytes"):
         codec.decode(b" " * (10 * 1024 * 1024))
 
 
@@ -98,7 +98,7 @@ def test_wrong_field_types_and_typos_are_named() -> None:
 def test_decode_as_checks_the_class() -> None:
     """decode_as refuses an event of another type."""
     data = codec.encode(requested("print(1)"))
-    with pytest.raises(EventDecodeError, match="expected execution.rejected"):
+    with pytest.raises(EventDecodeError, match=r"expected execution\.rejected"):
         codec.decode_as(data, Rejected)
 
 

@@ -109,5 +109,5 @@ def test_bad_values_are_refused(env: str, value: str, monkeypatch: pytest.Monkey
 
 
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.toml"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.toml"):
         load_settings(tmp_path / "nope.toml")

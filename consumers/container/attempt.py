@@ -303,7 +303,7 @@ class Attempt:
             self._sample_usage(self._container_id)
             try:
                 await self._call(self.ctx.runtime.remove, self._container_id)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reaped at the next start otherwise
                 log.warning(
                     "container not removed; will be reaped",
                     error=str(exc),

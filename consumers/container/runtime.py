@@ -83,6 +83,7 @@ class ContainerRuntime(Protocol):
     def attach(self, container_id: str) -> Iterator[tuple[LogStream, bytes]]:
         """Connect to the container's output now (before start); read it from the iterator."""
         ...
+
     def start(self, container_id: str) -> None: ...
     def wait(self, container_id: str) -> ExitState: ...
     def stop(self, container_id: str, grace: float) -> None: ...
@@ -169,7 +170,7 @@ class DockerRuntime:
 
         def read() -> Iterator[tuple[LogStream, bytes]]:
             try:
-                for stream_id, data in frames_iter(sock, tty=False):
+                for stream_id, data in frames_iter(sock, tty=False):  # type: ignore[no-untyped-call]
                     if data:
                         yield ("stderr" if stream_id == STDERR else "stdout"), data
             finally:
@@ -227,7 +228,6 @@ class DockerRuntime:
             )
             for c in found
         ]
-
 
     def close(self) -> None:
         """Close the engine connection pool."""

@@ -164,7 +164,7 @@ class Dispatcher:
     async def _handle_safely(self, msg: Msg) -> None:
         try:
             await self.handle(msg)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - no failure may stop the dispatcher
             deliveries = msg.metadata.num_delivered
             reason = f"{type(exc).__name__}: {exc}"
             if deliveries >= self.settings.runner.max_deliver:

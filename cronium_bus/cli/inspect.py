@@ -11,6 +11,7 @@ from typing import Any, TypeAlias
 
 import msgspec
 import nats.js.errors
+from pydantic import ValidationError
 
 from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
@@ -279,7 +280,7 @@ def config(args: argparse.Namespace) -> int:
     """``cronium config``."""
     try:
         settings = settings_from(args)
-    except Exception as exc:
+    except (ValidationError, FileNotFoundError) as exc:
         return fail(
             f"invalid settings: {exc}",
             "fix the flag, variable or file named above",
