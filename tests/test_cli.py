@@ -1,0 +1,269 @@
+"""The command-line contract, driven as a user would: `cronium up` in a subprocess, then the
+client commands against it (real nats-server, real Docker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+
+class Stack:
+    def __init__(self, proc: subprocess.Popen[str], url: str, binary: str) -> None:
+        self.proc = proc
+        self.url = url
+        self.binary = binary
+
+    def cli(
+        self,
+        *args: str,
+        timeout: float = 120,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.binary, *args, "--nats-url", self.url],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            env={**os.environ, **(env or {})},
+            check=False,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [self.binary, *args, "--nats-url", self.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(cronium_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`cronium up` on a free port, waited for until it prints its ready line."""
+    data = tmp_path_factory.mktemp("up")
+    with (
+        (data / "up.log").open("w") as log,
+        subprocess.Popen(
+            [cronium_bin, "up", "--data-dir", str(data), "--nats-port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env={
+                **os.environ,
+                "CRONIUM_RUNNER__HEARTBEAT": "0.5",
+                "CRONIUM_LIMITS__STOP_GRACE": "1",
+            },
+        ) as proc,
+    ):
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.match(r"cronium ready: (nats://127\.0\.0\.1:\d+) ", line)
+        assert match, f"no ready line: {line!r}; log: {(data / 'up.log').read_text()[-2000:]}"
+        yield Stack(proc, match.group(1), cronium_bin)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+
+@pytest.mark.parametrize(
+    ("runtime", "code"),
+    [("python", "print(6*7)"), ("bash", "echo $((6*7))"), ("node", "console.log(6*7)")],
+)
+def test_run_prints_42_and_exits_0(stack: Stack, runtime: str, code: str) -> None:
+    """`cronium run --runtime R -c CODE` prints the script's stdout and exits 0."""
+    result = stack.cli("run", "--runtime", runtime, "-c", code)
+    assert (result.returncode, result.stdout) == (0, "42\n"), result.stderr
+
+
+def test_exit_code_and_stderr_pass_through(stack: Stack) -> None:
+    """The script's exit code is the command's; its stderr goes to stderr."""
+    result = stack.cli("run", "--runtime", "bash", "-c", "echo out; echo oops >&2; exit 3")
+    assert result.returncode == 3
+    assert result.stdout == "out\n"
+    assert "oops" in result.stderr
+
+
+def test_too_much_memory_is_rejected_with_exit_2(stack: Stack) -> None:
+    """Asking for 999 GB is rejected by the dispatcher: exit 2 and a reason with a hint."""
+    result = stack.cli("run", "--runtime", "python", "--memory", "999g", "-c", "print(1)")
+    assert result.returncode == 2
+    assert "999 GiB of memory asked, the maximum is 2 GiB" in result.stderr
+    assert "hint: ask for --memory 2048m or less" in result.stderr
+
+
+def test_timeout_exits_124(stack: Stack) -> None:
+    result = stack.cli("run", "--runtime", "bash", "--timeout", "1s", "-c", "sleep 30")
+    assert result.returncode == 124
+    assert "timeout of 1s" in result.stderr
+
+
+def test_file_stdin_input_and_json(stack: Stack, tmp_path: Path) -> None:
+    """A FILE picks the runtime by extension; --json prints a summary; '-' reads stdin."""
+    script = tmp_path / "job.py"
+    script.write_text("import sys\nprint('from file')\nsys.exit(0)\n")
+    result = stack.cli("run", str(script), "--json")
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "succeeded" and summary["exit_code"] == 0
+    assert "from file" in result.stderr
+    piped = stack.cli("run", "--runtime", "node", "-", input="console.log('piped')")
+    assert (piped.returncode, piped.stdout) == (0, "piped\n")
+
+
+def test_logs_follow_sees_a_line_while_the_script_runs(stack: Stack) -> None:
+    """A line printed before a sleep reaches `cronium logs --follow` before the script ends."""
+    code = "import time\nprint('first', flush=True)\ntime.sleep(4)\nprint('second')"
+    detached = stack.cli("run", "--runtime", "python", "--detach", "-c", code)
+    assert detached.returncode == 0
+    execution_id = detached.stdout.strip()
+    with stack.popen("logs", execution_id, "--follow") as follower:
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "first\n"
+        seen_first = time.monotonic()
+        rest, _ = follower.communicate(timeout=60)
+        ended = time.monotonic()
+    assert follower.returncode == 0
+    assert rest == "second\n"
+    assert ended - seen_first > 2.0, "the first line must arrive while the script still runs"
+    again = stack.cli("logs", execution_id)
+    assert again.stdout == "first\nsecond\n"
+
+
+def test_show_prints_the_timeline(stack: Stack) -> None:
+    detached = stack.cli("run", "--runtime", "bash", "--detach", "-c", "echo hi")
+    execution_id = detached.stdout.strip()
+    stack.cli("logs", execution_id, "--follow")
+    shown = stack.cli("show", execution_id)
+    assert shown.returncode == 0
+    for event in (
+        "execution.requested",
+        "execution.queued",
+        "execution.started",
+        "execution.succeeded",
+    ):
+        assert event in shown.stdout
+    data = json.loads(stack.cli("show", execution_id, "--json").stdout)
+    assert data["state"]["status"] == "succeeded"
+    missing = stack.cli("show", "ex_does_not_exist")
+    assert missing.returncode == 1 and "no execution" in missing.stderr
+
+
+def test_cancel_a_running_execution(stack: Stack) -> None:
+    """`cronium cancel ID` ends a running script; its `cronium run` exits 130."""
+    with stack.popen(
+        "run", "--runtime", "bash", "--id", "ex_cancel_me", "-c", "echo up; sleep 60"
+    ) as runner:
+        assert runner.stdout is not None
+        assert runner.stdout.readline() == "up\n"
+        t0 = time.monotonic()
+        cancelled = stack.cli("cancel", "ex_cancel_me", "--wait")
+        assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+        assert time.monotonic() - t0 < 5
+        assert runner.wait(30) == 130
+
+
+def test_status_lists_healthy_consumers(stack: Stack) -> None:
+    result = stack.cli("status", "--json")
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    kinds = {c["kind"] for c in data["consumers"] if c["healthy"]}
+    assert {"dispatcher", "container"} <= kinds
+    assert "dispatcher" in stack.cli("status").stdout
+
+
+def test_a_killed_consumer_is_restarted(stack: Stack) -> None:
+    """SIGKILL of the container consumer: `cronium up` restarts it and it serves again."""
+    before = json.loads(stack.cli("status", "--json").stdout)["consumers"]
+    pid = next(c["pid"] for c in before if c["kind"] == "container" and c["healthy"])
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = json.loads(stack.cli("status", "--json").stdout)["consumers"]
+        if any(c["kind"] == "container" and c["healthy"] and c["pid"] != pid for c in now):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the container consumer was not restarted")
+    result = stack.cli("run", "--runtime", "python", "-c", "print('again')")
+    assert (result.returncode, result.stdout) == (0, "again\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run"], "nothing to run"),
+        (["run", "-c", "print(1)"], "--runtime"),
+        (["run", "--runtime", "python", "--memory", "lots", "-c", "1"], "cannot read size"),
+        (["run", "--runtime", "python", "--timeout", "soon", "-c", "1"], "cannot read duration"),
+        (["run", "--runtime", "python", "--input", "{bad", "-c", "1"], "not valid JSON"),
+        (["run", "--runtime", "python", "--input", "@/nonexistent", "-c", "1"], "cannot read"),
+        (["run", "--runtime", "python", "--cpus", "-1", "-c", "1"], "--cpus"),
+        (["run", "--runtime", "python", "--id", "a.b", "-c", "1"], "not a valid id"),
+        (["run", "--runtime", "ruby", "-c", "1"], "invalid choice"),
+        (["run", "/nonexistent.py"], "cannot read"),
+        (["logs", "bad.id"], "not an execution id"),
+    ],
+)
+def test_bad_flags_exit_2_with_a_message(stack: Stack, args: list[str], message: str) -> None:
+    result = stack.cli(*args)
+    assert result.returncode == 2, result
+    assert message in result.stderr
+
+
+def test_oversized_script_is_refused_before_publishing(stack: Stack) -> None:
+    """A 2 MiB script read from stdin is refused by the CLI with the sizes, exit 2."""
+    result = stack.cli("run", "--runtime", "python", "-", input="#" * (2 * 1024 * 1024))
+    assert result.returncode == 2
+    assert "over the limit" in result.stderr
+
+
+def test_unreachable_stack_exits_69_with_a_hint(cronium_bin: str) -> None:
+    result = subprocess.run(
+        [cronium_bin, "status", "--nats-url", "nats://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "CRONIUM_CONNECT_TIMEOUT": "1"},
+    )
+    assert result.returncode == 69
+    assert "cannot reach NATS" in result.stderr and "cronium up" in result.stderr
+
+
+def test_help_explains_commands_and_exit_codes(cronium_bin: str) -> None:
+    top = subprocess.run([cronium_bin, "--help"], capture_output=True, text=True, check=True)
+    for command in ("up", "consume", "run", "logs", "show", "status", "cancel", "config"):
+        assert command in top.stdout
+    run = subprocess.run([cronium_bin, "run", "--help"], capture_output=True, text=True, check=True)
+    assert "124" in run.stdout and "137" in run.stdout and "--timeout" in run.stdout
+
+
+def test_config_redacts_secrets(cronium_bin: str) -> None:
+    result = subprocess.run(
+        [cronium_bin, "config"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "CRONIUM_SECRET_KEY": "s3cr3t-value"},
+    )
+    data = json.loads(result.stdout)
+    assert data["secret_key"] == "**********"
+    assert "s3cr3t" not in result.stdout
+    bad = subprocess.run(
+        [cronium_bin, "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "CRONIUM_RUNNER__SLOTS": "zero"},
+    )
+    assert bad.returncode == 2 and "invalid settings" in bad.stderr
