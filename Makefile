@@ -16,8 +16,9 @@ host: ## Debian packages and a running Docker engine (idempotent)
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	@$(BIN)/pip install -q -e '.[dev]' 2>&1 | grep -vE '^WARNING: Location|BuildBackendWarning|^\s*$$' || true
+	@echo "[setup] installing the project into $(VENV) (log: $(VENV)/install.log)"
+	@$(BIN)/pip install --upgrade pip >$(VENV)/install.log 2>&1
+	@$(BIN)/pip install -e '.[dev]' >>$(VENV)/install.log 2>&1 || { tail -30 $(VENV)/install.log; exit 1; }
 	@$(BIN)/python -c 'import cronium_bus, consumers, nats, docker, msgspec' 
 	@touch $(STAMP)
 

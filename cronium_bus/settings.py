@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     streams: StreamSettings = StreamSettings()
     runner: RunnerSettings = RunnerSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        """Relative data dirs are taken from the current directory (Docker needs absolute)."""
+        return value.expanduser().resolve()
 
     @classmethod
     def settings_customise_sources(
