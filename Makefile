@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CODE := cronium_bus consumers projections tests $(wildcard bench)
 
 .PHONY: setup host venv images demo test unit lint typecheck schemas schemas-check bench bench-quick clean
 
@@ -29,8 +30,8 @@ demo: setup ## run the main job on the embedded stack and show live logs
 	@bash scripts/demo.sh
 
 lint: venv
-	$(BIN)/ruff check cronium_bus consumers projections tests bench
-	$(BIN)/ruff format --check cronium_bus consumers projections tests bench
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 
 typecheck: venv
 	$(BIN)/mypy

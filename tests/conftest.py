@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -27,15 +28,18 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 
 @pytest.fixture
-def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
+def settings(nats_server: NatsServer, tmp_path: Path) -> Iterator[Settings]:
     """Settings for one test: the module's server, a temp data dir, test-sized limits."""
-    return load_settings(
+    runtime_dir = Path(tempfile.mkdtemp(prefix="crt-", dir="/tmp"))  # short: holds a socket
+    yield load_settings(
         nats_url=nats_server.url,
         data_dir=tmp_path / "data",
         user="tester",
-        runner={"slots": 4, "heartbeat": 0.5, "ack_wait": 5.0},
+        secret_key="test-secret-key-0123456789abcdef",
+        runner={"slots": 4, "heartbeat": 0.5, "ack_wait": 5.0, "runtime_dir": runtime_dir},
         limits={"stop_grace": 1.0, "output_cap": 1024 * 1024},
     )
+    shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
 @pytest.fixture

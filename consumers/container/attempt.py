@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
 
+import msgspec
 import structlog
 
 from consumers.container.runtime import (
@@ -21,7 +22,9 @@ from consumers.container.runtime import (
     ContainerSpec,
     ExitState,
 )
+from consumers.helpers.api import HelperApi
 from consumers.logpump import LineSplitter, LogPump
+from consumers.masking import Masker
 from cronium_bus.bus import Bus
 from cronium_bus.errors import CroniumError
 from cronium_bus.events import (
@@ -40,13 +43,20 @@ from cronium_bus.events import (
     TimedOut,
     follow_up,
 )
+from cronium_bus.secrets import box_from, get_secret
 from cronium_bus.settings import Settings
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 SCRIPT_FILES: Final = {"bash": "script.sh", "python": "script.py", "node": "script.js"}
-INTERPRETERS: Final = {"bash": "bash", "python": "python3", "node": "node"}
+COMMANDS: Final = {
+    "bash": ["bash"],  # helpers come from BASH_ENV (the image sets it)
+    "python": ["python3", "/opt/cronium/python/cronium_launch.py"],
+    "node": ["node", "--require", "/opt/cronium/node/cronium.js"],
+}
+NODE_SHIM: Final = "module.exports = require('/opt/cronium/node/cronium.js');\n"
+MAX_SOCKET_PATH: Final = 100
 _SAMPLE_S: Final = 0.1
 _DRAIN_S: Final = 5.0
 
@@ -90,6 +100,8 @@ class Attempt:
         self.peak_memory: int | None = None
         self.cpu_ms: float | None = None
         self._container_id: str | None = None
+        self.api: HelperApi | None = None
+        self.masker = Masker(())
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.ctx.pool, fn, *args)
@@ -129,7 +141,12 @@ class Attempt:
         try:
             self.image_id = await self._call(self.ctx.runtime.image_id, self.image)
             spec = self._spec()
+            secret_values = await self._load_secrets()
+            self.masker = Masker(secret_values.values())
             self._prepare_dir()
+            self.api = HelperApi(self.ctx.bus, self.queued, secret_values)
+            await self.api.start(self.runtime_dir / "api.sock")
+            self._write_token()
             self._container_id = await self._call(self.ctx.runtime.create, spec)
             pump = self._make_pump()
             output = await self._call(self.ctx.runtime.attach, self._container_id)
@@ -172,7 +189,7 @@ class Attempt:
         script = f"/cronium/{SCRIPT_FILES[req.runtime]}"
         return ContainerSpec(
             image=self.image,
-            command=[INTERPRETERS[req.runtime], script],
+            command=[*COMMANDS[req.runtime], script],
             labels={
                 LABEL_EXECUTION: q.execution_id,
                 LABEL_ATTEMPT: str(q.attempt),
@@ -188,13 +205,45 @@ class Attempt:
             env={"CRONIUM_EXECUTION_ID": q.execution_id, "CRONIUM_ATTEMPT": str(q.attempt)},
         )
 
+    async def _load_secrets(self) -> dict[str, str]:
+        """The secrets the request names, decrypted in memory only."""
+        if not self.request.secrets:
+            return {}
+        box = box_from(self.ctx.settings)
+        values: dict[str, str] = {}
+        for name in self.request.secrets:
+            raw = await get_secret(self.ctx.bus.js, box, name)
+            values[name] = raw.decode("utf-8", errors="replace")
+        return values
+
     def _prepare_dir(self) -> None:
+        """The read-only ``/cronium`` of the sandbox: script, token, input, event metadata."""
         d = self.runtime_dir
+        if len(str(d / "api.sock")) > MAX_SOCKET_PATH:
+            raise CroniumError(
+                f"runtime directory {d} is too long for a Unix socket path",
+                hint="set runner.runtime_dir (CRONIUM_RUNNER__RUNTIME_DIR) to a shorter path",
+            )
         d.mkdir(parents=True, exist_ok=True, mode=0o755)
         d.chmod(0o755)
-        script = d / SCRIPT_FILES[self.request.runtime]
-        script.write_text(self.request.code)
-        script.chmod(0o644)
+        files = {
+            SCRIPT_FILES[self.request.runtime]: self.request.code,
+            "input.json": msgspec.json.encode(self.request.input).decode(),
+            "cronium.js": NODE_SHIM,
+        }
+        for name, text in files.items():
+            path = d / name
+            path.write_text(text)
+            path.chmod(0o644)
+
+    def _write_token(self) -> None:
+        assert self.api is not None
+        path = self.runtime_dir / "token"
+        path.write_text(self.api.token)
+        path.chmod(0o644)
+        event = self.runtime_dir / "event.json"
+        event.write_text(msgspec.json.encode(self.api.event_metadata()).decode())
+        event.chmod(0o644)
 
     def _make_pump(self) -> LogPump:
         r = self.ctx.settings.runner
@@ -261,10 +310,10 @@ class Attempt:
                 # be read before it reports the kill done
                 kill = asyncio.ensure_future(self._call(runtime.kill, container_id))
             self.output_bytes += len(data)
-            await pump.add(stream, splitters[stream].feed(data))
+            await pump.add(stream, self.masker.mask(splitters[stream].feed(data)))
             await pump.flush_due()
         for name in ("stdout", "stderr"):
-            await pump.add(name, splitters[name].close())
+            await pump.add(name, self.masker.mask(splitters[name].close()))
         await pump.flush_all()
         await reader_future
         if kill is not None:
@@ -299,6 +348,8 @@ class Attempt:
         return await wait_future, True
 
     async def _cleanup(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
         if self._container_id is not None:
             self._sample_usage(self._container_id)
             try:

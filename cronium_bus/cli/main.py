@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from cronium_bus import __version__
-from cronium_bus.cli import exitcodes, inspect, run, stack
+from cronium_bus.cli import exitcodes, inspect, run, secret, stack
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_parsers(sub)
     run.add_parser(sub)
     inspect.add_parsers(sub)
+    secret.add_parsers(sub)
     return parser
 
 

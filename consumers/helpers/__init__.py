@@ -1,0 +1,1 @@
+"""The per-execution runtime API that scripts' helpers (input, output, variables, ...) call."""

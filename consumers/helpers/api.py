@@ -1,0 +1,207 @@
+"""The runtime API of one attempt: HTTP over a Unix socket in its runtime directory.
+
+The socket lives in the directory bind-mounted read-only at ``/cronium``, so the script reaches it
+with no network; every request carries the attempt's random token. Each call is validated (JSON,
+size caps, names) and audited as a ``helper.called`` event; output, condition and variables also
+become their own events.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from consumers.helpers.variables import MAX_VALUE_BYTES, VariableStore
+from cronium_bus.bus import Bus
+from cronium_bus.events import (
+    ConditionSet,
+    HelperCalled,
+    OutputSet,
+    Queued,
+    VariableSet,
+    follow_up,
+)
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY: Final = 512 * 1024
+MAX_OUTPUT_BYTES: Final = 256 * 1024
+MAX_CALLS: Final = 10_000
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HelperError(Exception):
+    """A refused helper call: HTTP status, reason and hint for the script."""
+
+    def __init__(self, status: int, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.hint = hint
+
+
+class HelperApi:
+    """Serves one attempt's helper calls while it runs."""
+
+    def __init__(self, bus: Bus, queued: Queued, secrets_by_name: dict[str, str]) -> None:
+        self.bus = bus
+        self.queued = queued
+        self.secrets = secrets_by_name
+        self.token = secrets.token_urlsafe(32)
+        self.variables = VariableStore(bus.js)
+        self.calls = 0
+        self._runner: web.AppRunner | None = None
+
+    def event_metadata(self) -> dict[str, Any]:
+        """What ``event()`` returns to the script."""
+        q, r = self.queued, self.queued.request
+        return {
+            "execution_id": q.execution_id,
+            "attempt": q.attempt,
+            "correlation_id": q.correlation_id,
+            "user": q.user,
+            "runtime": r.runtime,
+            "runner": r.runner,
+            "priority": r.priority,
+            "event_ref": r.event_ref,
+            "timeout_s": r.timeout_s,
+            "requested_at": q.time.isoformat(),
+        }
+
+    async def start(self, socket_path: Path) -> None:
+        """Listen on ``socket_path`` (connectable by the sandbox user)."""
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
+        app.add_routes(
+            [
+                web.get("/v1/input", self._input),
+                web.get("/v1/event", self._event),
+                web.post("/v1/output", self._output),
+                web.post("/v1/condition", self._condition),
+                web.get("/v1/variables/{key}", self._get_variable),
+                web.put("/v1/variables/{key}", self._set_variable),
+                web.get("/v1/secrets/{name}", self._secret),
+            ]
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.UnixSite(self._runner, str(socket_path)).start()
+        socket_path.chmod(0o666)  # noqa: ASYNC240 - one local syscall
+
+    async def stop(self) -> None:
+        """Stop serving; idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        helper = request.path.removeprefix("/v1/").split("/", 1)[0]
+        key = request.match_info.get("key") or request.match_info.get("name")
+        self.calls += 1
+        try:
+            self._admit(request, key)
+            response = await handler(request)
+        except HelperError as exc:
+            await self._audit(helper, key, ok=False, detail=exc.message)
+            return web.json_response({"error": exc.message, "hint": exc.hint}, status=exc.status)
+        except web.HTTPException as exc:
+            await self._audit(helper, key, ok=False, detail=exc.reason)
+            return web.json_response({"error": exc.reason}, status=exc.status)
+        await self._audit(helper, key, ok=True)
+        return response
+
+    def _admit(self, request: web.Request, key: str | None) -> None:
+        """Refuse floods, wrong tokens and unsafe names."""
+        if self.calls > MAX_CALLS:
+            raise HelperError(429, f"more than {MAX_CALLS} helper calls in one execution")
+        auth = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(auth.encode(), f"Bearer {self.token}".encode()):
+            raise HelperError(401, "missing or wrong token")
+        if key is not None and not _NAME.fullmatch(key):
+            raise HelperError(
+                400, f"{key[:64]!r} is not a valid name", "use 1-128 of [A-Za-z0-9_.-]"
+            )
+
+    async def _audit(self, helper: str, key: str | None, *, ok: bool, detail: str = "") -> None:
+        if self.calls > MAX_CALLS + 1:
+            return  # stop auditing a flood; the first refusal was recorded
+        await self.bus.publish(
+            HelperCalled(
+                **follow_up(self.queued, self.bus.producer),
+                helper=helper[:64],
+                key=key,
+                ok=ok,
+                detail=detail[:500],
+            )
+        )
+
+    async def _json_value(self, request: web.Request, limit: int) -> tuple[Any, bytes]:
+        raw = await request.read()
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise HelperError(400, f"the body is not JSON: {exc}", 'send {"value": ...}') from exc
+        if not isinstance(body, dict) or "value" not in body:
+            raise HelperError(400, 'the body must be an object with "value"', 'send {"value": ...}')
+        encoded = msgspec.json.encode(body["value"])
+        if len(encoded) > limit:
+            raise HelperError(
+                413,
+                f"the value is {len(encoded):,} bytes; the limit is {limit:,}",
+                "store less, or split it",
+            )
+        return body["value"], encoded
+
+    async def _input(self, _request: web.Request) -> web.Response:
+        return web.json_response({"value": self.queued.request.input})
+
+    async def _event(self, _request: web.Request) -> web.Response:
+        return web.json_response({"value": self.event_metadata()})
+
+    async def _output(self, request: web.Request) -> web.Response:
+        value, _ = await self._json_value(request, MAX_OUTPUT_BYTES)
+        await self.bus.publish(OutputSet(**follow_up(self.queued, self.bus.producer), output=value))
+        return web.json_response({"value": None})
+
+    async def _condition(self, request: web.Request) -> web.Response:
+        value, _ = await self._json_value(request, 16)
+        if not isinstance(value, bool):
+            raise HelperError(400, "the condition must be true or false")
+        await self.bus.publish(
+            ConditionSet(**follow_up(self.queued, self.bus.producer), condition=value)
+        )
+        return web.json_response({"value": None})
+
+    async def _get_variable(self, request: web.Request) -> web.Response:
+        value = await self.variables.get(self.queued.user, request.match_info["key"])
+        return web.json_response({"value": value})
+
+    async def _set_variable(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        _, encoded = await self._json_value(request, MAX_VALUE_BYTES)
+        await self.variables.put(self.queued.user, key, encoded)
+        await self.bus.publish(
+            VariableSet(
+                **follow_up(self.queued, self.bus.producer), key=key, size_bytes=len(encoded)
+            )
+        )
+        return web.json_response({"value": None})
+
+    async def _secret(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.secrets:
+            raise HelperError(
+                403,
+                f"secret {name} was not requested by this execution",
+                "name it in the request's secrets (cronium run --secret NAME)",
+            )
+        return web.json_response({"value": self.secrets[name]})

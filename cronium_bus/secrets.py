@@ -1,0 +1,126 @@
+"""Secrets encrypted at rest in a NATS KV bucket (AES-256-GCM, key derived from settings).
+
+The key comes from ``secret_key`` (``CRONIUM_SECRET_KEY``); each value is sealed with a random
+nonce and the secret's name as associated data, so a ciphertext cannot be moved to another name.
+Values are decrypted only in the runner's memory and handed to scripts through the runtime API.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Final
+
+import nats.js.errors
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from nats.js import JetStreamContext
+
+from cronium_bus.errors import CroniumError, ErrorKind
+from cronium_bus.settings import Settings
+from cronium_bus.subjects import SECRETS_BUCKET
+
+NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+MAX_SECRET_BYTES: Final = 32 * 1024
+_VERSION: Final = b"v1"
+
+
+class SecretError(CroniumError):
+    """A secret could not be stored or read."""
+
+    kind: ErrorKind = "validation"
+
+
+class SecretBox:
+    """Seals and opens secret values with a key derived from the settings' ``secret_key``."""
+
+    def __init__(self, secret_key: str) -> None:
+        if len(secret_key) < 16:
+            raise SecretError(
+                "secret_key is too short (need at least 16 characters)",
+                hint="generate one with `openssl rand -hex 32` and set CRONIUM_SECRET_KEY",
+            )
+        key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"cronium-secrets-v1"
+        ).derive(secret_key.encode())
+        self._aead = AESGCM(key)
+
+    def seal(self, name: str, value: bytes) -> bytes:
+        """Encrypt ``value`` bound to ``name``."""
+        nonce = os.urandom(12)
+        return _VERSION + nonce + self._aead.encrypt(nonce, value, name.encode())
+
+    def open(self, name: str, sealed: bytes) -> bytes:
+        """Decrypt a value sealed for ``name``."""
+        if not sealed.startswith(_VERSION) or len(sealed) < len(_VERSION) + 12 + 16:
+            raise SecretError(f"secret {name} is not in a known format")
+        nonce, body = sealed[2:14], sealed[14:]
+        try:
+            return self._aead.decrypt(nonce, body, name.encode())
+        except InvalidTag as exc:
+            raise SecretError(
+                f"secret {name} cannot be decrypted with the configured secret_key",
+                hint="the key changed since it was stored: set it again with `cronium secret set`",
+            ) from exc
+
+
+def box_from(settings: Settings) -> SecretBox:
+    """The box for these settings, or a clear error when no key is configured."""
+    if settings.secret_key is None:
+        raise SecretError(
+            "no secret_key is configured",
+            hint="set CRONIUM_SECRET_KEY (e.g. `openssl rand -hex 32`) for the CLI and runners",
+        )
+    return SecretBox(settings.secret_key.get_secret_value())
+
+
+def check_name(name: str) -> None:
+    """Refuse names that are not safe as KV keys."""
+    if not NAME_RE.fullmatch(name):
+        raise SecretError(
+            f"{name!r} is not a valid secret name", hint="use 1-128 of [A-Za-z0-9_.-]"
+        )
+
+
+async def put_secret(js: JetStreamContext, box: SecretBox, name: str, value: bytes) -> None:
+    """Store (or replace) a secret."""
+    check_name(name)
+    if not value:
+        raise SecretError("the secret value is empty")
+    if len(value) > MAX_SECRET_BYTES:
+        raise SecretError(f"the secret is {len(value):,} bytes; the limit is {MAX_SECRET_BYTES:,}")
+    kv = await js.key_value(SECRETS_BUCKET)
+    await kv.put(name, box.seal(name, value))
+
+
+async def get_secret(js: JetStreamContext, box: SecretBox, name: str) -> bytes:
+    """Read and decrypt a secret; :class:`SecretError` when it does not exist."""
+    check_name(name)
+    kv = await js.key_value(SECRETS_BUCKET)
+    try:
+        entry = await kv.get(name)
+    except nats.js.errors.KeyNotFoundError as exc:
+        raise SecretError(
+            f"secret {name} does not exist", hint=f"store it with `cronium secret set {name}`"
+        ) from exc
+    if not entry.value:
+        raise SecretError(f"secret {name} does not exist")
+    return box.open(name, entry.value)
+
+
+async def list_secrets(js: JetStreamContext) -> list[str]:
+    """Names of stored secrets (never their values)."""
+    kv = await js.key_value(SECRETS_BUCKET)
+    try:
+        return sorted(await kv.keys())
+    except nats.js.errors.NoKeysError:
+        return []
+
+
+async def delete_secret(js: JetStreamContext, name: str) -> None:
+    """Remove a secret."""
+    check_name(name)
+    kv = await js.key_value(SECRETS_BUCKET)
+    await kv.purge(name)

@@ -1,0 +1,125 @@
+"""Secrets: encrypted at rest, delivered through the runtime API only, masked in every log."""
+
+from __future__ import annotations
+
+import docker
+import pytest
+
+from cronium_bus.bus import Bus
+from cronium_bus.cli.watch import Watch
+from cronium_bus.secrets import SecretBox, SecretError, box_from, get_secret, put_secret
+from cronium_bus.settings import Settings
+from cronium_bus.subjects import SECRETS_BUCKET
+from tests.conftest import Embedded
+from tests.helpers import requested, run_code, wait_final
+from tests.test_container_runner import lines_of
+
+SECRET = "s3cr3t-Value-42!"
+
+
+def test_box_round_trip_and_binding() -> None:
+    """A sealed value opens only with the same key and under the same name."""
+    box = SecretBox("k" * 32)
+    sealed = box.seal("DB_PASSWORD", b"pw")
+    assert b"pw" not in sealed
+    assert box.open("DB_PASSWORD", sealed) == b"pw"
+    with pytest.raises(SecretError, match="cannot be decrypted"):
+        box.open("OTHER", sealed)
+    with pytest.raises(SecretError, match="cannot be decrypted"):
+        SecretBox("j" * 32).open("DB_PASSWORD", sealed)
+    with pytest.raises(SecretError, match="too short"):
+        SecretBox("short")
+
+
+async def test_stored_encrypted_and_names_checked(bus: Bus, settings: Settings) -> None:
+    """What NATS stores is ciphertext; bad names, empty and huge values are refused."""
+    box = box_from(settings)
+    await put_secret(bus.js, box, "API_TOKEN", SECRET.encode())
+    raw = await (await bus.js.key_value(SECRETS_BUCKET)).get("API_TOKEN")
+    assert raw.value is not None and SECRET.encode() not in raw.value
+    assert await get_secret(bus.js, box, "API_TOKEN") == SECRET.encode()
+    for name, value, message in [
+        ("a/b", b"x", "not a valid"),
+        ("X", b"", "empty"),
+        ("Y", b"x" * 40000, "limit"),
+    ]:
+        with pytest.raises(SecretError, match=message):
+            await put_secret(bus.js, box, name, value)
+    with pytest.raises(SecretError, match="does not exist"):
+        await get_secret(bus.js, box, "MISSING")
+
+
+@pytest.mark.docker
+async def test_secret_is_masked_in_live_log_and_archive(
+    bus: Bus, settings: Settings, runner: Embedded
+) -> None:
+    """A printed secret is masked, even when printed in two pieces across reads; it is not in
+    the environment or in docker inspect."""
+    await put_secret(bus.js, box_from(settings), "API_TOKEN", SECRET.encode())
+    code = """
+import os, sys, time
+s = cronium.secret("API_TOKEN")
+print("token is", s, flush=True)
+sys.stdout.write(s[:5]); sys.stdout.flush(); time.sleep(0.3)
+sys.stdout.write(s[5:] + "\\n"); sys.stdout.flush()
+print("in env:", any(s in v for v in os.environ.values()))
+print("on disk:", any(s in open(os.path.join("/cronium", f), errors="ignore").read()
+                      for f in os.listdir("/cronium") if f != "api.sock"))
+time.sleep(1)
+"""
+    event = requested(code, secrets=("API_TOKEN",))
+    import io
+
+    live_out = io.StringIO()
+    watch = Watch(bus, event.execution_id, out=live_out, err=io.StringIO())
+    await watch.start()
+    await bus.publish(event)
+    client = docker.from_env()
+    inspected = ""
+    for _ in range(100):
+        found = client.containers.list(
+            filters={"label": f"org.cronium.execution={event.execution_id}"}
+        )
+        if found:
+            inspected = str(found[0].attrs)
+            break
+        import asyncio
+
+        await asyncio.sleep(0.05)
+    state = await watch.wait_final()
+    await watch.close()
+    client.close()
+    assert state.status == "succeeded"
+    assert inspected and SECRET not in inspected
+    live = live_out.getvalue()
+    stored = "\n".join((await lines_of(bus, event.execution_id))["stdout"])
+    for text in (live, stored):
+        assert SECRET not in text
+        assert "token is ********" in text
+        assert "********" in text.splitlines()[1]
+        assert "in env: False" in text and "on disk: False" in text
+
+
+@pytest.mark.docker
+async def test_secret_of_another_execution_is_not_readable(
+    bus: Bus, settings: Settings, runner: Embedded
+) -> None:
+    """An execution that did not name a secret cannot read it."""
+    await put_secret(bus.js, box_from(settings), "OTHER_TEAM", b"their-secret-value")
+    state = await run_code(
+        bus,
+        'try:\n    print(cronium.secret("OTHER_TEAM"))\nexcept Exception as e:\n    print("refused:", e)',
+    )
+    assert state.status == "succeeded"
+    out = (await lines_of(bus, state.execution_id))["stdout"]
+    assert out[0].startswith("refused: secret OTHER_TEAM was not requested")
+
+
+@pytest.mark.docker
+async def test_missing_secret_fails_the_run_with_a_hint(bus: Bus, runner: Embedded) -> None:
+    event = requested("print(1)", secrets=("NOPE",))
+    await bus.publish(event)
+    state = await wait_final(bus, event.execution_id)
+    assert state.status == "failed"
+    assert state.error is not None and "NOPE does not exist" in state.error.message
+    assert "cronium secret set NOPE" in state.error.hint
