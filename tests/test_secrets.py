@@ -108,7 +108,8 @@ async def test_secret_of_another_execution_is_not_readable(
     await put_secret(bus.js, box_from(settings), "OTHER_TEAM", b"their-secret-value")
     state = await run_code(
         bus,
-        'try:\n    print(cronium.secret("OTHER_TEAM"))\nexcept Exception as e:\n    print("refused:", e)',
+        'try:\n    print(cronium.secret("OTHER_TEAM"))\n'
+        'except Exception as e:\n    print("refused:", e)',
     )
     assert state.status == "succeeded"
     out = (await lines_of(bus, state.execution_id))["stdout"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
@@ -34,6 +36,8 @@ from cronium_bus.subjects import CANCELS
 log = structlog.get_logger(__name__)
 KIND: Final = "container"
 _IDLE_WAIT_S: Final = 1.0
+_REAP_EVERY_S: Final = 15.0
+_STALE_DIR_S: Final = 120.0  # longer than any setup phase: a younger dir may be in use
 
 
 class ContainerRunner:
@@ -70,6 +74,7 @@ class ContainerRunner:
         cancels = await self.bus.nc.subscribe(CANCELS, cb=self._on_cancel)
         tasks: set[asyncio.Task[None]] = set()
         free = asyncio.Semaphore(self.slots)
+        reaper = asyncio.create_task(self._reap_periodically())
         try:
             async with self.heartbeat:
                 while not stopper.stopping:
@@ -84,6 +89,7 @@ class ContainerRunner:
                     task.add_done_callback(lambda _t: free.release())
                 await drain_tasks(tasks, self.settings.limits.stop_grace + 10)
         finally:
+            reaper.cancel()
             with contextlib.suppress(nats.errors.Error):
                 await bell.unsubscribe()
                 await cancels.unsubscribe()
@@ -207,3 +213,25 @@ class ContainerRunner:
                 execution_id=left.labels.get("org.cronium.execution"),
             )
             await loop.run_in_executor(self.pool, self.runtime.remove, left.container_id)
+        self._reap_runtime_dirs()
+
+    def _reap_runtime_dirs(self) -> None:
+        """Remove runtime directories no attempt of this process uses, once they are stale."""
+        root = self.settings.runtime_dir
+        if not root.is_dir():
+            return
+        ours = {f"{a.queued.execution_id}-{a.queued.attempt}" for a in self.running.values()}
+        now = time.time()
+        for path in root.iterdir():
+            if path.name in ours or now - path.stat().st_mtime < _STALE_DIR_S:
+                continue
+            log.warning("reaping leftover runtime directory", path=str(path))
+            shutil.rmtree(path, ignore_errors=True)
+
+    async def _reap_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(_REAP_EVERY_S)
+            try:
+                await self.reap_leftovers()
+            except Exception:
+                log.exception("reaping failed; will try again")

@@ -1,0 +1,128 @@
+"""The sandbox as a security reviewer would probe it: each hostile script fails inside its own
+container and the runner keeps serving afterwards."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from cronium_bus.bus import Bus
+from cronium_bus.events import Limits
+from cronium_bus.settings import Settings
+from tests.conftest import Embedded
+from tests.helpers import run_code
+from tests.test_container_runner import lines_of
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(autouse=True)
+def _canary() -> Iterator[None]:
+    os.environ["CRONIUM_TEST_CANARY"] = "canary-in-the-runner"
+    yield
+    del os.environ["CRONIUM_TEST_CANARY"]
+
+
+async def still_serving(bus: Bus) -> None:
+    state = await run_code(bus, "print('still here')")
+    assert state.status == "succeeded"
+
+
+async def test_fork_bomb_is_stopped_by_the_pids_limit(bus: Bus, runner: Embedded) -> None:
+    """Forking stops at the pids limit (EAGAIN); a classic bash fork bomb is contained and
+    ended by its timeout."""
+    code = """
+import os, time
+n = 0
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print("stopped after", n, "forks, errno", e.errno)
+"""
+    state = await run_code(bus, code, limits=Limits(pids=50), timeout_s=20.0)
+    out = (await lines_of(bus, state.execution_id))["stdout"]
+    assert out and out[0].startswith("stopped after") and out[0].endswith("errno 11")
+    assert int(out[0].split()[2]) < 50
+    bomb_code = (
+        "bomb() { bomb | bomb & }; bomb 2>/dev/null; sleep 2; "
+        "cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids/pids.current 2>/dev/null; "
+        "echo survived"
+    )
+    bomb = await run_code(bus, bomb_code, "bash", limits=Limits(pids=64), timeout_s=20.0)
+    lines = (await lines_of(bus, bomb.execution_id))["stdout"]
+    assert lines[0] == "64"
+    assert int(lines[1]) <= 64
+    assert lines[-1] == "survived"
+    await still_serving(bus)
+
+
+async def test_filling_tmp_fails_inside_the_script_only(bus: Bus, runner: Embedded) -> None:
+    """/tmp is a 100 MiB tmpfs: writing 200 MiB fails with ENOSPC inside the sandbox."""
+    code = (
+        "dd if=/dev/zero of=/tmp/fill bs=1M count=200 2>&1 | grep -o 'No space left on device'"
+        " | head -1; df -m /tmp | awk 'NR==2 {print $2}'"
+    )
+    state = await run_code(bus, code, "bash")
+    out = (await lines_of(bus, state.execution_id))["stdout"]
+    assert out == ["No space left on device", "100"]
+    await still_serving(bus)
+
+
+async def test_no_network_not_even_loopback_services(
+    bus: Bus, runner: Embedded, settings: Settings
+) -> None:
+    """The host's NATS port on 127.0.0.1 is unreachable; only a private loopback exists."""
+    port = settings.nats_url.rsplit(":", 1)[1]
+    code = f"""
+import socket
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=2)
+    print("connected")
+except OSError as e:
+    print("refused", type(e).__name__)
+print(sorted(n for _, n in socket.if_nameindex()))
+"""
+    state = await run_code(bus, code)
+    out = (await lines_of(bus, state.execution_id))["stdout"]
+    assert out[0].startswith("refused")
+    assert out[1] == "['lo']"
+
+
+ESCALATION = r"""
+id -u
+grep -E '^(CapEff|NoNewPrivs)' /proc/self/status | tr -s '\t ' ' '
+find / -xdev -perm /6000 -type f 2>/dev/null | wc -l
+su root -c id </dev/null >/dev/null 2>&1 && echo su-worked || echo su-failed
+command -v sudo || echo no-sudo
+touch /etc/x 2>&1 | grep -o 'Read-only file system'
+env | grep -c -E 'CANARY|NATS|DOCKER' || true
+"""
+
+
+async def test_no_root_no_capabilities_no_escalation(bus: Bus, runner: Embedded) -> None:
+    """uid 1000, no capabilities, no_new_privs, no setuid binaries, setuid(0) and su fail,
+    / is read-only, and the runner's environment is not visible."""
+    state = await run_code(bus, ESCALATION, "bash")
+    out = (await lines_of(bus, state.execution_id))["stdout"]
+    assert out == [
+        "1000",
+        "CapEff: 0000000000000000",
+        "NoNewPrivs: 1",
+        "0",
+        "su-failed",
+        "no-sudo",
+        "Read-only file system",
+        "0",
+    ]
+    py = await run_code(
+        bus,
+        "import os\ntry:\n    os.setuid(0)\nexcept OSError as e:\n    print('refused', e.errno)",
+    )
+    assert (await lines_of(bus, py.execution_id))["stdout"] == ["refused 1"]
+    await still_serving(bus)
