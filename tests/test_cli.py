@@ -17,6 +17,9 @@ import pytest
 pytestmark = pytest.mark.docker
 
 
+SECRET_ENV = {"CRONIUM_SECRET_KEY": "cli-test-key-0123456789abcdef"}
+
+
 class Stack:
     def __init__(self, proc: subprocess.Popen[str], url: str, binary: str) -> None:
         self.proc = proc
@@ -62,6 +65,7 @@ def stack(cronium_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             text=True,
             env={
                 **os.environ,
+                **SECRET_ENV,
                 "CRONIUM_RUNNER__HEARTBEAT": "0.5",
                 "CRONIUM_LIMITS__STOP_GRACE": "1",
             },
@@ -170,6 +174,28 @@ def test_cancel_a_running_execution(stack: Stack) -> None:
         assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
         assert time.monotonic() - t0 < 5
         assert runner.wait(30) == 130
+
+
+def test_secret_set_then_used_and_masked(stack: Stack) -> None:
+    """`cronium secret set` reads the value from stdin; a run naming it sees it, masked."""
+    stored = stack.cli("secret", "set", "DEPLOY_TOKEN", input="tok-123-abc\n", env=SECRET_ENV)
+    assert stored.returncode == 0, stored.stderr
+    assert "DEPLOY_TOKEN" in stack.cli("secret", "list", env=SECRET_ENV).stdout
+    result = stack.cli(
+        "run",
+        "--runtime",
+        "bash",
+        "--secret",
+        "DEPLOY_TOKEN",
+        "-c",
+        'echo "token=$(cronium_secret DEPLOY_TOKEN)"',
+        env=SECRET_ENV,
+    )
+    assert (result.returncode, result.stdout) == (0, "token=********\n"), result.stderr
+    no_key = stack.cli("secret", "set", "X", input="v")
+    assert no_key.returncode == 2 and "CRONIUM_SECRET_KEY" in no_key.stderr
+    bad = stack.cli("secret", "set", "bad/name", input="v", env=SECRET_ENV)
+    assert bad.returncode == 2 and "not a valid secret name" in bad.stderr
 
 
 def test_status_lists_healthy_consumers(stack: Stack) -> None:

@@ -1,0 +1,137 @@
+"""The container runner as a separate process (`cronium consume container`): bounded memory
+under a flood of output, and no container left behind after it is SIGKILLed mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from consumers.container.runtime import LABEL_EXECUTION
+from cronium_bus.bus import Bus
+from cronium_bus.history import execution_state
+from cronium_bus.settings import Settings
+from tests.conftest import Embedded
+from tests.helpers import requested, wait_final
+
+pytestmark = pytest.mark.docker
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class RunnerProcess:
+    def __init__(self, cronium_bin: str, settings: Settings, slots: int) -> None:
+        env = {
+            **os.environ,
+            "CRONIUM_NATS_URL": settings.nats_url,
+            "CRONIUM_DATA_DIR": str(settings.data_dir),
+            "CRONIUM_RUNNER__RUNTIME_DIR": str(settings.runtime_dir),
+            "CRONIUM_RUNNER__SLOTS": str(slots),
+            "CRONIUM_RUNNER__HEARTBEAT": "0.5",
+            "CRONIUM_RUNNER__ACK_WAIT": "4",
+            "CRONIUM_LIMITS__STOP_GRACE": "1",
+            "CRONIUM_LOG_FORMAT": "json",
+        }
+        self.proc = subprocess.Popen(
+            [cronium_bin, "consume", "container"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def runner_process(
+    cronium_bin: str, settings: Settings, dispatcher: Embedded
+) -> Iterator[list[RunnerProcess]]:
+    procs: list[RunnerProcess] = []
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+async def test_50_mb_of_output_ends_output_limit_with_bounded_runner_memory(
+    bus: Bus, settings: Settings, cronium_bin: str, runner_process: list[RunnerProcess]
+) -> None:
+    """50 MB printed as fast as possible ends output_limit (default cap 16 MiB) and the
+    runner's resident memory grows by far less than the output."""
+    proc = RunnerProcess(cronium_bin, settings, slots=2)
+    runner_process.append(proc)
+    warm = requested("print('warm')")
+    await bus.publish(warm)
+    await wait_final(bus, warm.execution_id)
+    before = rss_kib(proc.proc.pid)
+    peak = before
+    flood = requested(
+        "import sys\nline = 'x' * 99 + '\\n'\nfor _ in range(500_000): sys.stdout.write(line)"
+    )
+    await bus.publish(flood)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while loop.time() < deadline:
+        peak = max(peak, rss_kib(proc.proc.pid))
+        state = await execution_state(bus.js, flood.execution_id, max_bytes=1 << 24)
+        if state is not None and state.final:
+            break
+        await asyncio.sleep(0.1)
+    assert state is not None and state.final
+    assert state.error is not None and state.error.kind == "output_limit"
+    assert (peak - before) < 64 * 1024, f"runner grew by {(peak - before) // 1024} MiB"
+
+
+async def test_sigkill_of_the_runner_leaves_no_container_behind(
+    bus: Bus, settings: Settings, cronium_bin: str, runner_process: list[RunnerProcess]
+) -> None:
+    """SIGKILL during 10 running executions: once a runner is back, none of their containers
+    remain and every execution reaches a final state."""
+    first = RunnerProcess(cronium_bin, settings, slots=10)
+    runner_process.append(first)
+    events = [requested(f"echo started {i}; sleep 300", "bash") for i in range(10)]
+    for event in events:
+        await bus.publish(event)
+    client = docker.from_env()
+    ids = {e.execution_id for e in events}
+
+    def ours() -> list[str]:
+        found = client.containers.list(all=True, filters={"label": LABEL_EXECUTION})
+        return [c.id for c in found if c.labels.get(LABEL_EXECUTION) in ids]
+
+    deadline = time.monotonic() + 90
+    while len(ours()) < 10 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert len(ours()) == 10, "all ten should be running"
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+    assert len(ours()) == 10, "SIGKILL leaves the containers running until someone reaps them"
+
+    runner_process.append(RunnerProcess(cronium_bin, settings, slots=10))
+    deadline = time.monotonic() + 60
+    while ours() and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    assert ours() == []
+    for event in events:
+        state = await wait_final(bus, event.execution_id, timeout=60)
+        assert state.status == "lost"
+        assert state.error is not None and state.error.kind == "runner_lost"
+    client.close()
