@@ -8,6 +8,7 @@ after bounded redeliveries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import nats.errors
 import nats.js.errors
@@ -160,6 +161,8 @@ class Dispatcher:
                 for msg in msgs:
                     await self._handle_safely(msg)
                 hb.in_flight = 0
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
 
     async def _handle_safely(self, msg: Msg) -> None:
         try:
