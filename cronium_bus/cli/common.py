@@ -69,7 +69,10 @@ def run_client(
     except BusUnavailableError as exc:
         return fail(exc.message, exc.hint, exitcodes.UNAVAILABLE)
     except CroniumError as exc:
-        return fail(exc.message, exc.hint, exitcodes.USAGE if exc.kind == "validation" else
-                    exitcodes.FAILURE)
+        return fail(
+            exc.message,
+            exc.hint,
+            exitcodes.USAGE if exc.kind == "validation" else exitcodes.FAILURE,
+        )
     except KeyboardInterrupt:
         return exitcodes.CANCELLED

@@ -65,8 +65,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--pids", metavar="N", type=int, help="process limit")
     p.add_argument("--input", metavar="JSON|@FILE", help="input for the script, JSON or @file")
     p.add_argument("--priority", choices=list(reversed(PRIORITIES)), default="normal")
-    p.add_argument("--secret", metavar="NAME", action="append", default=[],
-                   help="a stored secret the script may read (repeatable)")
+    p.add_argument(
+        "--secret",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="a stored secret the script may read (repeatable)",
+    )
     p.add_argument("--id", metavar="ID", help="execution id to use (idempotency key)")
     p.add_argument("--user", metavar="NAME", help="user the execution belongs to")
     p.add_argument("--detach", action="store_true", help="print the execution id and return")

@@ -19,7 +19,8 @@ _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 def add_parsers(sub: _Sub) -> None:
     """Register ``cronium secret``."""
     p = sub.add_parser(
-        "secret", help="store secrets for scripts (encrypted at rest)",
+        "secret",
+        help="store secrets for scripts (encrypted at rest)",
         description="Secrets are encrypted with CRONIUM_SECRET_KEY and stored in NATS. A request "
         "names the secrets it needs (cronium run --secret NAME); the script reads them with "
         "cronium.secret(NAME) / cronium_secret NAME. They are never put in environment "

@@ -1,0 +1,1 @@
+"""The SSH runner: scripts on users' servers, pooled, parallel and circuit-broken."""
