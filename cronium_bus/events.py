@@ -147,6 +147,8 @@ class Queued(Event, frozen=True, kw_only=True, tag="execution.queued"):
     request: Request
     lane: str
     not_before: datetime | None = None
+    parent_id: Id | None = None
+    """Set on the child executions of a fan-out (one per SSH target)."""
 
 
 class Started(Event, frozen=True, kw_only=True, tag="execution.started"):
@@ -189,6 +191,23 @@ class Cancelled(Terminal, frozen=True, kw_only=True, tag="execution.cancelled"):
 
 class Lost(Terminal, frozen=True, kw_only=True, tag="execution.lost"):
     """The runner holding the attempt stopped proving it was alive."""
+
+
+class Partial(Terminal, frozen=True, kw_only=True, tag="execution.partial"):
+    """A fan-out parent: some targets succeeded, some did not."""
+
+
+class ChildRef(msgspec.Struct, frozen=True, kw_only=True):
+    """One child execution of a fan-out."""
+
+    execution_id: Id
+    target: str
+
+
+class FannedOut(Event, frozen=True, kw_only=True, tag="execution.fanned_out"):
+    """A request with several targets was split into one child execution per target."""
+
+    children: tuple[ChildRef, ...]
 
 
 class RetryScheduled(Event, frozen=True, kw_only=True, tag="execution.retry_scheduled"):
@@ -242,7 +261,7 @@ class VariableSet(Event, frozen=True, kw_only=True, tag="variable.set"):
     size_bytes: PositiveInt
 
 
-TerminalEvent = Succeeded | Failed | TimedOut | Cancelled | Lost
+TerminalEvent = Succeeded | Failed | TimedOut | Cancelled | Lost | Partial
 AnyEvent = (
     Requested
     | Rejected
@@ -253,6 +272,8 @@ AnyEvent = (
     | TimedOut
     | Cancelled
     | Lost
+    | Partial
+    | FannedOut
     | RetryScheduled
     | CancelRequested
     | LogChunk
@@ -274,6 +295,8 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
         TimedOut,
         Cancelled,
         Lost,
+        Partial,
+        FannedOut,
         RetryScheduled,
         CancelRequested,
         LogChunk,

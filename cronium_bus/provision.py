@@ -21,6 +21,7 @@ from nats.js.kv import KeyValue
 from cronium_bus.errors import BusUnavailableError
 from cronium_bus.settings import Settings
 from cronium_bus.subjects import (
+    CIRCUITS_BUCKET,
     DLQ_ALL,
     DLQ_STREAM,
     EXEC_ALL,
@@ -31,6 +32,7 @@ from cronium_bus.subjects import (
     LOGS_ALL,
     LOGS_STREAM,
     SECRETS_BUCKET,
+    SERVERS_BUCKET,
     VARIABLES_BUCKET,
 )
 
@@ -121,6 +123,22 @@ def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
             replicas=replicas,
             storage=StorageType.FILE,
             max_value_size=64 * 1024,
+        ),
+        KeyValueConfig(
+            bucket=SERVERS_BUCKET,
+            description="Users' servers for the SSH runner (keys are secrets)",
+            history=1,
+            replicas=replicas,
+            storage=StorageType.FILE,
+            max_value_size=64 * 1024,
+        ),
+        KeyValueConfig(
+            bucket=CIRCUITS_BUCKET,
+            description="Circuit-breaker state per SSH host, as the runners see it",
+            history=1,
+            replicas=replicas,
+            storage=StorageType.FILE,
+            ttl=3600.0,
         ),
     ]
 

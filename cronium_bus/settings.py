@@ -91,6 +91,21 @@ class RunnerSettings(_Section):
     runtime_dir: Path | None = None
 
 
+class SshSettings(_Section):
+    """The SSH runner: pool, circuit breaker, fan-out (DESIGN.md numbers)."""
+
+    max_connections: int = Field(default=5, ge=1, le=100)
+    sessions_per_connection: int = Field(default=8, ge=1, le=64)
+    idle_timeout: Seconds = 300.0
+    connect_timeout: Seconds = 10.0
+    keepalive: Seconds = 30.0
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_open_for: Seconds = 60.0
+    breaker_trials: int = Field(default=3, ge=1)
+    breaker_successes: int = Field(default=2, ge=1)
+    fanout_concurrency: int = Field(default=50, ge=1, le=1000)
+
+
 class Settings(BaseSettings):
     """Everything configurable. ``cronium config`` prints the effective values."""
 
@@ -113,6 +128,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     streams: StreamSettings = StreamSettings()
     runner: RunnerSettings = RunnerSettings()
+    ssh: SshSettings = SshSettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -19,9 +19,11 @@ import msgspec
 from cronium_bus.events import (
     AnyEvent,
     CancelRequested,
+    ChildRef,
     ConditionSet,
     ErrorInfo,
     Event,
+    FannedOut,
     HelperCalled,
     LogChunk,
     OutputSet,
@@ -46,9 +48,12 @@ Status = Literal[
     "timed_out",
     "cancelled",
     "lost",
+    "partial",
     "retry_scheduled",
 ]
-TERMINAL_STATUSES: Final = frozenset({"succeeded", "failed", "timed_out", "cancelled", "lost"})
+TERMINAL_STATUSES: Final = frozenset(
+    {"succeeded", "failed", "timed_out", "cancelled", "lost", "partial"}
+)
 _RANK: Final = {"requested": 0, "queued": 1, "started": 2}
 
 
@@ -89,6 +94,8 @@ class ExecutionState(msgspec.Struct, frozen=True, kw_only=True):
     output: Any = None
     condition: bool | None = None
     attempts: tuple[AttemptState, ...] = ()
+    children: tuple[ChildRef, ...] = ()
+    parent_id: str | None = None
     seen: frozenset[str] = frozenset()
 
     def attempt_state(self, attempt: int) -> AttemptState | None:
@@ -174,10 +181,14 @@ def apply(state: ExecutionState | None, event: AnyEvent | Event) -> ExecutionSta
         return msgspec.structs.replace(state, output=event.output)
     if isinstance(event, ConditionSet):
         return msgspec.structs.replace(state, condition=event.condition)
+    if isinstance(event, FannedOut):
+        return msgspec.structs.replace(state, children=event.children)
     if state.status == "rejected":
         return state
     if isinstance(event, Queued) and state.request is None:
-        state = msgspec.structs.replace(state, request=event.request, user=event.user)
+        state = msgspec.structs.replace(
+            state, request=event.request, user=event.user, parent_id=event.parent_id
+        )
     updated = _apply_attempt(state.attempt_state(event.attempt), event)
     if updated is None:
         return state

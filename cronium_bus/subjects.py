@@ -21,6 +21,8 @@ CANCELS: Final = "cronium.exec.*.cancel_requested"
 HEARTBEAT_BUCKET: Final = "cronium_health"
 VARIABLES_BUCKET: Final = "cronium_variables"
 SECRETS_BUCKET: Final = "cronium_secrets"
+SERVERS_BUCKET: Final = "cronium_servers"
+CIRCUITS_BUCKET: Final = "cronium_circuits"
 
 
 def exec_subject(execution_id: str, event_type: str) -> str:

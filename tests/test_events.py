@@ -48,7 +48,8 @@ def test_every_type_is_in_the_catalogue() -> None:
         assert f"execution.{name}" in EVENT_TYPES
     assert {"log.chunk", "helper.called", "variable.set"} <= set(EVENT_TYPES)
     assert {
-        f"execution.{t}" for t in ("succeeded", "failed", "timed_out", "cancelled", "lost")
+        f"execution.{t}"
+        for t in ("succeeded", "failed", "timed_out", "cancelled", "lost", "partial")
     } == TERMINAL_TYPES
 
 

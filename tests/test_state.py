@@ -14,6 +14,7 @@ from cronium_bus.events import (
     Event,
     Failed,
     Lost,
+    Partial,
     Queued,
     Rejected,
     RetryScheduled,
@@ -45,6 +46,7 @@ def terminal(kind: str, a: int) -> Event:
         "timed_out": lambda: TimedOut(**env, error=ERR),
         "cancelled": lambda: Cancelled(**env, error=ERR),
         "lost": lambda: Lost(**env, error=ERR),
+        "partial": lambda: Partial(**env, error=ERR),
     }[kind]()
 
 

@@ -119,14 +119,6 @@ class Attempt:
         """Ask the attempt to stop; it ends ``cancelled``."""
         self.cancel_requested.set()
 
-    def cancelled_before_start(self) -> Cancelled:
-        """The terminal event of an attempt cancelled while still queued."""
-        return Cancelled(
-            **self._envelope(),
-            runner=self.ctx.runner_id,
-            error=ErrorInfo(kind="cancelled", message="cancelled before it started"),
-        )
-
     async def run(self) -> TerminalEvent:
         """Set up, run and clean up; never raises for a script's or the engine's failure."""
         t0 = time.monotonic()

@@ -1,0 +1,120 @@
+"""The registry of users' servers: where to reach them, as whom, and which host keys to trust.
+
+Records live in the KV bucket ``cronium_servers``; the private key of a server is stored like any
+secret (encrypted at rest) under ``ssh-key.<name>`` and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Final
+from urllib.parse import urlsplit
+
+import msgspec
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from cronium_bus.errors import CroniumError, ErrorKind
+from cronium_bus.subjects import SERVERS_BUCKET
+
+NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ServerError(CroniumError):
+    """A server record is invalid or missing."""
+
+    kind: ErrorKind = "validation"
+
+
+class Server(msgspec.Struct, frozen=True, kw_only=True):
+    """One registered server."""
+
+    name: str
+    user: str
+    host: str
+    port: int = 22
+    known_hosts: str
+    """known_hosts lines trusted for this server (host-key verification is never disabled)."""
+
+    @property
+    def key_secret(self) -> str:
+        """Name of the secret holding the private key."""
+        return f"ssh-key.{self.name}"
+
+    @property
+    def address(self) -> str:
+        """``user@host:port``."""
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+def parse_target(url: str) -> tuple[str, str, int]:
+    """``ssh://USER@HOST:PORT`` → (user, host, port)."""
+    parts = urlsplit(url)
+    if parts.scheme != "ssh" or not parts.hostname or not parts.username:
+        raise ServerError(
+            f"{url!r} is not an ssh://USER@HOST[:PORT] address",
+            hint="e.g. ssh://deploy@10.0.0.5:22",
+        )
+    try:
+        port = parts.port or 22
+    except ValueError as exc:
+        raise ServerError(f"bad port in {url!r}") from exc
+    return parts.username, parts.hostname, port
+
+
+def adhoc_name(url: str) -> str:
+    """A stable server name for a target given inline (``--target ssh://...``)."""
+    return "adhoc-" + hashlib.sha256(url.encode()).hexdigest()[:12]
+
+
+def check_name(name: str) -> None:
+    """Refuse names unsafe as KV keys and subject tokens."""
+    if not NAME_RE.fullmatch(name):
+        raise ServerError(f"{name!r} is not a valid server name", hint="use 1-64 of [A-Za-z0-9_-]")
+
+
+async def save_server(js: JetStreamContext, server: Server) -> None:
+    """Add or replace a server record."""
+    check_name(server.name)
+    kv = await js.key_value(SERVERS_BUCKET)
+    await kv.put(server.name, msgspec.json.encode(server))
+
+
+async def load_server(js: JetStreamContext, name: str) -> Server:
+    """A server record by name."""
+    check_name(name)
+    kv = await js.key_value(SERVERS_BUCKET)
+    try:
+        entry = await kv.get(name)
+    except nats.js.errors.KeyNotFoundError as exc:
+        raise ServerError(
+            f"no server named {name}",
+            hint=f"add it with `cronium servers add {name} ssh://USER@HOST:PORT`",
+        ) from exc
+    if not entry.value:
+        raise ServerError(f"no server named {name}")
+    return msgspec.json.decode(entry.value, type=Server)
+
+
+async def list_servers(js: JetStreamContext) -> list[Server]:
+    """Every registered server."""
+    kv = await js.key_value(SERVERS_BUCKET)
+    try:
+        names = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return []
+    servers = []
+    for name in sorted(names):
+        try:
+            servers.append(await load_server(js, name))
+        except ServerError:
+            continue
+    return servers
+
+
+async def remove_server(js: JetStreamContext, name: str) -> None:
+    """Forget a server."""
+    check_name(name)
+    kv = await js.key_value(SERVERS_BUCKET)
+    await kv.purge(name)
