@@ -13,7 +13,7 @@ succeeded | failed | timed_out | cancelled | lost``; a failed or lost attempt wi
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal, TypedDict
+from typing import Annotated, Any, Final, Literal, TypedDict, TypeVar
 
 import msgspec
 
@@ -261,6 +261,7 @@ class VariableSet(Event, frozen=True, kw_only=True, tag="variable.set"):
     size_bytes: PositiveInt
 
 
+_T = TypeVar("_T", bound=Terminal)
 TerminalEvent = Succeeded | Failed | TimedOut | Cancelled | Lost | Partial
 AnyEvent = (
     Requested
@@ -335,6 +336,31 @@ def follow_up(cause: Event, producer: str, *, attempt: int | None = None) -> Env
         causation_id=cause.event_id,
         producer=producer,
         user=cause.user,
+    )
+
+
+def make_terminal(
+    cls: type[_T],
+    env: EnvelopeFields,
+    *,
+    runner: str,
+    error: ErrorInfo | None = None,
+    exit_code: int | None = None,
+    durations: PhaseDurations | None = None,
+    usage: ResourceUsage | None = None,
+    stdout_lines: int = 0,
+    stderr_lines: int = 0,
+) -> _T:
+    """A terminal event of class ``cls`` (typed, without splatting loose dicts)."""
+    return cls(
+        **env,
+        runner=runner,
+        error=error,
+        exit_code=exit_code,
+        durations=durations or PhaseDurations(),
+        usage=usage or ResourceUsage(),
+        stdout_lines=stdout_lines,
+        stderr_lines=stderr_lines,
     )
 
 

@@ -118,3 +118,19 @@ async def remove_server(js: JetStreamContext, name: str) -> None:
     check_name(name)
     kv = await js.key_value(SERVERS_BUCKET)
     await kv.purge(name)
+
+
+def circuit_key(host: str, port: int) -> str:
+    """The key of a host's circuit state in the circuits bucket."""
+    return f"{host.replace(':', '_')}_{port}"
+
+
+class CircuitState(msgspec.Struct, frozen=True, kw_only=True):
+    """What `cronium servers list` shows of a host's circuit."""
+
+    state: str
+    failures: int
+    retry_in_s: float
+    last_error: str
+    runner: str
+    at: float

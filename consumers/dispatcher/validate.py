@@ -8,6 +8,7 @@ from __future__ import annotations
 import msgspec
 
 from cronium_bus.events import ErrorInfo, Limits, Request
+from cronium_bus.servers import NAME_RE as SERVER_NAME_RE
 from cronium_bus.settings import Settings
 from cronium_bus.units import format_size
 
@@ -77,6 +78,14 @@ def validate_request(request: Request, settings: Settings) -> Request | ErrorInf
     if request.runner == "ssh":
         if not request.targets:
             return _reject("an ssh run needs at least one target", "name one or more servers")
+        bad = [t for t in request.targets if not SERVER_NAME_RE.fullmatch(t)]
+        if bad:
+            return _reject(
+                f"target {bad[0][:80]!r} is not a server name",
+                "register it with `cronium servers add NAME ssh://USER@HOST:PORT`",
+            )
+        if len(set(request.targets)) != len(request.targets):
+            return _reject("a target is named twice", "name each server once")
         if len(request.targets) > lim.max_targets:
             return _reject(
                 f"{len(request.targets)} targets, the maximum is {lim.max_targets}",

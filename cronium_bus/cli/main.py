@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from cronium_bus import __version__
-from cronium_bus.cli import exitcodes, inspect, run, secret, stack
+from cronium_bus.cli import exitcodes, inspect, run, secret, servers, stack
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parser(sub)
     inspect.add_parsers(sub)
     secret.add_parsers(sub)
+    servers.add_parsers(sub)
     return parser
 
 

@@ -24,6 +24,7 @@ from cronium_bus.events import (
     utcnow,
 )
 from cronium_bus.ids import is_valid_id, new_id
+from cronium_bus.servers import adhoc_name
 from cronium_bus.state import ExecutionState
 from cronium_bus.units import parse_duration, parse_size
 
@@ -127,6 +128,8 @@ def build_request(args: argparse.Namespace) -> Request:
         input=read_input(args.input),
         priority=args.priority,
         secrets=tuple(args.secret),
+        runner="ssh" if args.target else "container",
+        targets=tuple(args.target),
     )
 
 
@@ -149,6 +152,8 @@ def read_input(value: str | None) -> Any:
 def exit_code_of(state: ExecutionState) -> int:
     """The process exit code for a final state (see ``exitcodes``)."""
     kind = state.error.kind if state.error else None
+    if state.children:  # a fan-out: all targets, or not
+        return exitcodes.OK if state.status == "succeeded" else exitcodes.FAILURE
     if state.status == "succeeded":
         return exitcodes.OK
     if state.status == "rejected":
@@ -195,7 +200,10 @@ def main(args: argparse.Namespace) -> int:
     progress = not args.quiet and not args.json and sys.stderr.isatty()
 
     async def body(bus: Bus) -> int:
+        nonlocal request
         user = args.user or bus.settings.user
+        if any(t.startswith("ssh://") for t in request.targets):
+            request = await register_inline_targets(bus, request, args)
         event = Requested(
             event_id=new_id("ev"),
             time=utcnow(),
@@ -239,7 +247,31 @@ def main(args: argparse.Namespace) -> int:
                 print(f"hint: {state.error.hint}", file=sys.stderr)
         return exit_code_of(state)
 
-    return run_client(args, body)
+    try:
+        return run_client(args, body)
+    except UsageError as exc:
+        return fail(str(exc), "see `cronium run --help`", exitcodes.USAGE)
+
+
+async def register_inline_targets(bus: Bus, request: Request, args: argparse.Namespace) -> Request:
+    """Register ``ssh://`` targets as servers (named by a hash of the URL) and use the names."""
+    from cronium_bus.cli.servers import register
+
+    if args.ssh_key is None or args.known_hosts is None:
+        raise UsageError("ssh:// targets need --ssh-key FILE and --known-hosts FILE")
+    try:
+        key = args.ssh_key.read_bytes()
+        known = args.known_hosts.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    names = []
+    for target in request.targets:
+        if target.startswith("ssh://"):
+            server = await register(bus, adhoc_name(target), target, key, known)
+            names.append(server.name)
+        else:
+            names.append(target)
+    return msgspec.structs.replace(request, targets=tuple(names))
 
 
 def describe(event: AnyEvent, state: ExecutionState) -> str:

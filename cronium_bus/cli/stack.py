@@ -42,9 +42,16 @@ def _container(bus: Bus) -> Callable[[Stopper], Awaitable[None]]:
     return ContainerRunner(bus).run
 
 
+def _ssh(bus: Bus) -> Callable[[Stopper], Awaitable[None]]:
+    from consumers.ssh.service import SshRunner
+
+    return SshRunner(bus).run
+
+
 CONSUMERS: Final[dict[str, Callable[[Bus], Callable[[Stopper], Awaitable[None]]]]] = {
     "dispatcher": _dispatcher,
     "container": _container,
+    "ssh": _ssh,
 }
 
 

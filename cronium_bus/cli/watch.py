@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Final, TextIO
 
 from cronium_bus.bus import Bus
-from cronium_bus.events import AnyEvent, LogChunk, Terminal
+from cronium_bus.events import AnyEvent, FannedOut, LogChunk, Terminal
 from cronium_bus.history import Follower, follow_execution, follow_logs
 from cronium_bus.state import ExecutionState, apply
 
@@ -36,6 +36,9 @@ class Watch:
         self.state: ExecutionState | None = None
         self.terminal: Terminal | None = None
         self.printed = {"stdout": 0, "stderr": 0}
+        self._js = bus.js
+        self._max_bytes = max_bytes
+        self._children: list[Follower] = []
         self._events = follow_execution(bus.js, execution_id, max_bytes=max_bytes)
         self._logs = follow_logs(bus.js, execution_id, max_bytes=max_bytes)
         self._final = asyncio.Event()
@@ -54,6 +57,16 @@ class Watch:
     async def _follow_events(self, events: Follower) -> None:
         async for event in events:
             self.state = apply(self.state, event)
+            if isinstance(event, FannedOut):
+                for child in event.children:
+                    follower = follow_logs(self._js, child.execution_id, max_bytes=self._max_bytes)
+                    await follower.start()
+                    self._children.append(follower)
+                    self._tasks.append(
+                        asyncio.create_task(
+                            self._follow_logs(follower, prefix=f"[{child.target}] ")
+                        )
+                    )
             if isinstance(event, Terminal) and event.attempt == self.state.attempt:
                 self.terminal = event
             if self.on_event is not None:
@@ -61,27 +74,30 @@ class Watch:
             if self.state.final:
                 self._final.set()
 
-    async def _follow_logs(self, logs: Follower) -> None:
+    async def _follow_logs(self, logs: Follower, prefix: str = "") -> None:
+        printed = {"stdout": 0, "stderr": 0} if prefix else self.printed
         async for event in logs:
             if not isinstance(event, LogChunk):
                 continue
-            if self.state is not None and event.attempt != self.state.attempt:
+            if not prefix and self.state is not None and event.attempt != self.state.attempt:
                 continue
-            skip = max(0, self.printed[event.stream] - event.first_seq)  # redelivered chunk
+            skip = max(0, printed[event.stream] - event.first_seq)  # redelivered chunk
             lines = event.lines[skip:]
             if not lines:
                 continue
             target = self.out if event.stream == "stdout" else self.err
-            target.write("".join(f"{line}\n" for line in lines))
+            target.write("".join(f"{prefix}{line}\n" for line in lines))
             target.flush()
-            self.printed[event.stream] = event.first_seq + len(event.lines)
+            printed[event.stream] = event.first_seq + len(event.lines)
             self._lines_changed.set()
 
     async def wait_final(self, timeout: float | None = None) -> ExecutionState:
         """Wait for the final state, then until every line it reports has been printed."""
         await asyncio.wait_for(self._final.wait(), timeout)
         assert self.state is not None
-        if self.terminal is not None:
+        if self.state.children:
+            await self._quiet(0.3)
+        elif self.terminal is not None:
             want = {"stdout": self.terminal.stdout_lines, "stderr": self.terminal.stderr_lines}
             loop = asyncio.get_running_loop()
             deadline = loop.time() + _LINES_GRACE_S
@@ -94,6 +110,17 @@ class Watch:
                     await asyncio.wait_for(self._lines_changed.wait(), remaining)
         return self.state
 
+    async def _quiet(self, gap: float) -> None:
+        """Wait until no line arrived for ``gap`` seconds (at most the grace period)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _LINES_GRACE_S
+        while loop.time() < deadline:
+            self._lines_changed.clear()
+            try:
+                await asyncio.wait_for(self._lines_changed.wait(), gap)
+            except TimeoutError:
+                return
+
     async def close(self) -> None:
         """Stop following."""
         for task in self._tasks:
@@ -101,3 +128,5 @@ class Watch:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._events.close()
         await self._logs.close()
+        for follower in self._children:
+            await follower.close()

@@ -1,0 +1,212 @@
+"""The SSH runner against 20 real OpenSSH sshd daemons on 127.0.0.1: fan-out, pooling,
+circuit breaking, host-key and auth errors, and no lingering remote processes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncssh
+import msgspec
+import pytest
+
+from consumers.dispatcher.service import Dispatcher
+from consumers.ssh.service import SshRunner
+from cronium_bus.bus import Bus
+from cronium_bus.cli.servers import register
+from cronium_bus.events import CancelRequested, LogChunk, Terminal, follow_up
+from cronium_bus.history import execution_events, read_subject
+from cronium_bus.lifecycle import Stopper
+from cronium_bus.servers import CircuitState, circuit_key
+from cronium_bus.settings import Settings
+from cronium_bus.subjects import CIRCUITS_BUCKET, LOGS_STREAM, log_subject
+from tests.helpers import requested, wait_final
+from tests.sshd import Sshd
+
+N = 20
+
+
+@pytest.fixture(scope="module")
+def client_key() -> asyncssh.SSHKey:
+    return asyncssh.generate_private_key("ssh-ed25519")
+
+
+@pytest.fixture(scope="module")
+def farm(
+    tmp_path_factory: pytest.TempPathFactory, client_key: asyncssh.SSHKey
+) -> Iterator[list[Sshd]]:
+    """Twenty sshd daemons, each with its own host key."""
+    root = tmp_path_factory.mktemp("sshd")
+    daemons = [Sshd(root / f"s{i}", client_key.export_public_key()) for i in range(N)]
+    for d in daemons:
+        d.start()
+    yield daemons
+    for d in daemons:
+        d.stop()
+
+
+@pytest.fixture
+async def ssh_bus(
+    settings: Settings, farm: list[Sshd], client_key: asyncssh.SSHKey
+) -> AsyncIterator[Bus]:
+    """Dispatcher and SSH runner in-process; every daemon registered as s0..s19."""
+    tuned = settings.model_copy(
+        update={
+            "ssh": settings.ssh.model_copy(update={"breaker_open_for": 2.0}),
+            "runner": settings.runner.model_copy(update={"slots": 8}),
+        }
+    )
+    async with Bus(tuned, name="ssh-tests") as bus:
+        from cronium_bus.provision import provision
+
+        await provision(bus.js, tuned)
+        key = client_key.export_private_key()
+        for i, d in enumerate(farm):
+            await register(bus, f"s{i}", f"ssh://root@127.0.0.1:{d.port}", key, d.known_hosts)
+        stopper = Stopper()
+        tasks = [
+            asyncio.create_task(Dispatcher(bus).run(stopper)),
+            asyncio.create_task(SshRunner(bus).run(stopper)),
+        ]
+        yield bus
+        stopper.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+
+async def children_of(bus: Bus, execution_id: str) -> list[Terminal]:
+    state = await wait_final(bus, execution_id, timeout=120)
+    terminals = []
+    for child in state.children:
+        events = await execution_events(bus.js, child.execution_id, max_bytes=1 << 20)
+        terminals.extend(e for e in events if isinstance(e, Terminal))
+    return terminals
+
+
+async def run_on(bus: Bus, code: str, targets: list[str], **fields: object) -> str:
+    event = requested(code, "bash", runner="ssh", targets=tuple(targets), **fields)
+    await bus.publish(event)
+    return event.execution_id
+
+
+async def test_one_command_on_20_servers_runs_in_parallel(ssh_bus: Bus) -> None:
+    """20 targets finish in well under the sum of their times; lines arrive tagged, ordered."""
+    targets = [f"s{i}" for i in range(N)]
+    parent = await run_on(ssh_bus, "for i in 1 2 3; do echo line $i; sleep 0.3; done", targets)
+    state = await wait_final(ssh_bus, parent, timeout=120)
+    assert state.status == "succeeded"
+    assert [c.target for c in state.children] == targets
+    terminals = await children_of(ssh_bus, parent)
+    assert len(terminals) == N and all(t.type == "execution.succeeded" for t in terminals)
+    parent_events = await execution_events(ssh_bus.js, parent, max_bytes=1 << 20)
+    parent_ms = next(e for e in parent_events if isinstance(e, Terminal)).durations.run_ms
+    assert parent_ms < sum(t.durations.run_ms for t in terminals) / 4
+    for child in state.children:
+        chunks = [
+            c
+            async for c in read_subject(
+                ssh_bus.js, LOGS_STREAM, log_subject(child.execution_id), max_bytes=1 << 20
+            )
+        ]
+        assert all(isinstance(c, LogChunk) and c.source == child.target for c in chunks)
+        lines = [
+            line
+            for c in chunks
+            if isinstance(c, LogChunk) and c.stream == "stdout"
+            for line in c.lines
+        ]
+        assert lines == ["line 1", "line 2", "line 3"]  # (stderr may hold the host's login noise)
+
+
+async def test_stopped_servers_make_a_partial_run_and_open_their_circuits(
+    ssh_bus: Bus, farm: list[Sshd]
+) -> None:
+    """3 of 20 stopped: partial, 3 × ssh_unreachable; after 5 failures the circuit opens and
+    fails fast; restarting the servers closes it again."""
+    down = [17, 18, 19]
+    for i in down:
+        farm[i].stop()
+    try:
+        parent = await run_on(ssh_bus, "echo ok", [f"s{i}" for i in range(N)])
+        state = await wait_final(ssh_bus, parent, timeout=120)
+        assert state.status == "partial"
+        kinds = {t.error.kind for t in await children_of(ssh_bus, parent) if t.error}
+        assert kinds == {"ssh_unreachable"}
+        for _ in range(4):  # failures 2..5 on each stopped host
+            await wait_final(ssh_bus, await run_on(ssh_bus, "echo ok", [f"s{i}" for i in down]))
+        fast = await run_on(ssh_bus, "echo ok", [f"s{i}" for i in down])
+        terminals = await children_of(ssh_bus, fast)
+        assert {t.error.kind for t in terminals if t.error} == {"circuit_open"}
+        assert all(t.durations.setup_ms < 100 for t in terminals)
+        kv = await ssh_bus.js.key_value(CIRCUITS_BUCKET)
+        entry = await kv.get(circuit_key("127.0.0.1", farm[17].port))
+        assert msgspec.json.decode(entry.value or b"", type=CircuitState).state == "open"
+    finally:
+        for i in down:
+            farm[i].start()
+    await asyncio.sleep(2.1)  # breaker_open_for in these tests
+    for _ in range(2):  # two successful trials close it
+        state = await wait_final(ssh_bus, await run_on(ssh_bus, "echo ok", [f"s{i}" for i in down]))
+        assert state.status == "succeeded"
+    entry = await kv.get(circuit_key("127.0.0.1", farm[17].port))
+    assert msgspec.json.decode(entry.value or b"", type=CircuitState).state == "closed"
+
+
+async def test_changed_host_key_and_wrong_client_key(
+    ssh_bus: Bus, farm: list[Sshd], tmp_path: Path
+) -> None:
+    """A changed host key is refused with ssh_host_key (fingerprint shown); a key the server
+    does not accept gives ssh_auth."""
+    victim = farm[5]
+    victim.stop()
+    victim.new_host_key()
+    victim.start()
+    fingerprint = victim.host_key.get_fingerprint()
+    terminals = await children_of(ssh_bus, await run_on(ssh_bus, "echo hi", ["s5", "s6"]))
+    errors = {t.error.kind: t.error.message for t in terminals if t.error}
+    assert list(errors) == ["ssh_host_key"]
+    assert fingerprint in errors["ssh_host_key"]
+    stranger = asyncssh.generate_private_key("ssh-ed25519").export_private_key()
+    await register(
+        ssh_bus, "stranger", f"ssh://root@127.0.0.1:{farm[7].port}", stranger, farm[7].known_hosts
+    )
+    terminals = await children_of(ssh_bus, await run_on(ssh_bus, "echo hi", ["stranger"]))
+    assert terminals[0].error is not None and terminals[0].error.kind == "ssh_auth"
+
+
+async def test_50_runs_on_one_server_reuse_the_pool(ssh_bus: Bus, farm: list[Sshd]) -> None:
+    """50 consecutive executions open no more connections than the pool limit (5)."""
+    before = farm[3].accepted()
+    for _ in range(50):
+        state = await wait_final(ssh_bus, await run_on(ssh_bus, "true", ["s3"]))
+        assert state.status == "succeeded"
+    assert 1 <= farm[3].accepted() - before <= 5
+
+
+def remote_processes(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False)
+    return out.stdout.split()
+
+
+async def test_timeout_and_cancel_leave_no_remote_process(ssh_bus: Bus) -> None:
+    """Timeout and cancel kill the whole remote process group."""
+    parent = await run_on(ssh_bus, "sleep 3001 & sleep 3001 & wait", ["s8"], timeout_s=1.5)
+    terminals = await children_of(ssh_bus, parent)
+    assert terminals[0].type == "execution.timed_out"
+    await asyncio.sleep(0.3)
+    assert remote_processes("sleep 3001") == []
+
+    event = requested("sleep 3002 & sleep 3002 & wait", "bash", runner="ssh", targets=("s9",))
+    await ssh_bus.publish(event)
+    deadline = time.monotonic() + 20
+    while not remote_processes("sleep 3002") and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert remote_processes("sleep 3002")
+    await ssh_bus.publish(CancelRequested(**follow_up(event, "tests")))
+    state = await wait_final(ssh_bus, event.execution_id)
+    assert (await children_of(ssh_bus, event.execution_id))[0].type == "execution.cancelled"
+    assert state.status == "failed"
+    await asyncio.sleep(0.3)
+    assert remote_processes("sleep 3002") == []
