@@ -210,3 +210,84 @@ async def test_timeout_and_cancel_leave_no_remote_process(ssh_bus: Bus) -> None:
     assert state.status == "failed"
     await asyncio.sleep(0.3)
     assert remote_processes("sleep 3002") == []
+
+
+async def test_cli_servers_and_multi_target_run(
+    ssh_bus: Bus,
+    farm: list[Sshd],
+    client_key: asyncssh.SSHKey,
+    cronium_bin: str,
+    tmp_path: Path,
+    settings: Settings,
+) -> None:
+    """`cronium servers add|list` and `cronium run --target A --target B` with tagged lines."""
+    key_file = tmp_path / "id_ed25519"
+    key_file.write_bytes(client_key.export_private_key())
+    known = tmp_path / "known_hosts"
+    known.write_text(farm[11].known_hosts)
+    env = {
+        "CRONIUM_SECRET_KEY": settings.secret_key.get_secret_value() if settings.secret_key else "",
+        "PATH": "/usr/bin:/bin",
+    }
+
+    async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        # in a thread: the runner under test shares this event loop
+        return await asyncio.to_thread(
+            subprocess.run,
+            [cronium_bin, *args, "--nats-url", settings.nats_url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+
+    added = await cli(
+        "servers",
+        "add",
+        "web1",
+        f"ssh://root@127.0.0.1:{farm[10].port}",
+        "--key",
+        str(key_file),
+        "--host-key",
+        farm[10].host_key_line,
+    )
+    assert added.returncode == 0, added.stderr
+    listed = await cli("servers", "list", "--json")
+    assert any(row["name"] == "web1" for row in __import__("json").loads(listed.stdout))
+    run = await cli(
+        "run",
+        "--runtime",
+        "bash",
+        "--target",
+        "web1",
+        "--target",
+        "s1",
+        "-c",
+        "echo hello from $((40+2))",
+    )
+    assert run.returncode == 0, run.stderr
+    assert sorted(run.stdout.splitlines()) == ["[s1] hello from 42", "[web1] hello from 42"]
+    inline = await cli(
+        "run",
+        "--runtime",
+        "python",
+        "--target",
+        f"ssh://root@127.0.0.1:{farm[11].port}",
+        "--ssh-key",
+        str(key_file),
+        "--known-hosts",
+        str(known),
+        "-c",
+        "print(6*7)",
+    )
+    assert inline.returncode == 0, inline.stderr
+    assert inline.stdout.endswith("42\n")
+    bad = await cli(
+        "servers", "add", "web2", "ftp://nope", "--key", str(key_file), "--host-key", "x y"
+    )
+    assert bad.returncode == 2 and "ssh://USER@HOST" in bad.stderr
+    missing = await cli(
+        "run", "--runtime", "bash", "--target", "ssh://root@127.0.0.1:1", "-c", "true"
+    )
+    assert missing.returncode == 2 and "--ssh-key" in missing.stderr

@@ -67,6 +67,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--input", metavar="JSON|@FILE", help="input for the script, JSON or @file")
     p.add_argument("--priority", choices=list(reversed(PRIORITIES)), default="normal")
     p.add_argument(
+        "--target",
+        metavar="SERVER",
+        action="append",
+        default=[],
+        help="run over SSH on a registered server, or on ssh://USER@HOST:PORT with --ssh-key "
+        "and --known-hosts; repeat to run on several servers in parallel",
+    )
+    p.add_argument("--ssh-key", type=Path, metavar="FILE", help="private key for ssh:// targets")
+    p.add_argument(
+        "--known-hosts",
+        type=Path,
+        metavar="FILE",
+        help="known_hosts for ssh:// targets (host keys are always verified)",
+    )
+    p.add_argument(
         "--secret",
         metavar="NAME",
         action="append",
