@@ -26,6 +26,7 @@ class Sshd:
         (root / "authorized_keys").write_bytes(client_public)
         self.log = root / "sshd.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
 
     @property
     def host_key_line(self) -> str:
@@ -51,11 +52,15 @@ class Sshd:
             self.proc = subprocess.Popen(
                 [SSHD, "-D", "-e", "-f", str(self.root / "sshd_config")], stderr=log
             )
+        # wait for *this* daemon to listen (the log says so), not just for the port to answer
+        ready = f"Server listening on 127.0.0.1 port {self.port}"
         deadline = time.monotonic() + 10
-        while not port_open("127.0.0.1", self.port):
+        while self.log.read_text().count(ready) < self.starts + 1:
             assert self.proc.poll() is None, self.log.read_text()[-2000:]
             assert time.monotonic() < deadline, "sshd did not start"
             time.sleep(0.02)
+        self.starts += 1
+        assert port_open("127.0.0.1", self.port)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -40,9 +40,10 @@ def farm(
 ) -> Iterator[list[Sshd]]:
     """Twenty sshd daemons, each with its own host key."""
     root = tmp_path_factory.mktemp("sshd")
-    daemons = [Sshd(root / f"s{i}", client_key.export_public_key()) for i in range(N)]
-    for d in daemons:
-        d.start()
+    daemons = []
+    for i in range(N):  # each picks a free port right before it starts listening on it
+        daemons.append(Sshd(root / f"s{i}", client_key.export_public_key()))
+        daemons[-1].start()
     yield daemons
     for d in daemons:
         d.stop()
@@ -73,7 +74,8 @@ async def ssh_bus(
         ]
         yield bus
         stopper.stop()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        _, pending = await asyncio.wait(tasks, timeout=30)
+        assert not pending, "consumers did not stop within 30 s"
 
 
 async def children_of(bus: Bus, execution_id: str) -> list[Terminal]:
