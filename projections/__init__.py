@@ -1,0 +1,1 @@
+"""Projections: fold the event streams into ClickHouse tables (history, audit, log archive)."""

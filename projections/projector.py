@@ -1,0 +1,179 @@
+"""The projector consumer: streams → warehouse, acknowledged only after the insert.
+
+Two durable consumers: ``projector-exec`` on every lifecycle event (raw events, the audit chain,
+and the executions table, re-folded with the one fold for each affected execution) and
+``projector-logs`` on log chunks (the compressed archive). Inserts are batched; a redelivered
+batch replaces its own rows (ReplacingMergeTree keys) and the audit chain skips sequence numbers
+it already holds, so redelivery never changes a query result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Final
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from cronium_bus.bus import Bus
+from cronium_bus.codec import decode
+from cronium_bus.errors import EventDecodeError
+from cronium_bus.events import AnyEvent, LogChunk, Terminal
+from cronium_bus.health import Heartbeat
+from cronium_bus.lifecycle import Stopper
+from cronium_bus.provision import provision
+from cronium_bus.state import fold
+from cronium_bus.subjects import EXEC_ALL, EXEC_STREAM, LOGS_ALL, LOGS_STREAM
+from projections.ddl import DATABASE, statements
+from projections.rows import GENESIS, audit_row, execution_rows, log_rows, raw_row
+from projections.warehouse import Warehouse
+
+log = structlog.get_logger(__name__)
+BATCH: Final = 500
+
+
+class Projector:
+    """Keeps the warehouse up to date with the streams."""
+
+    def __init__(self, bus: Bus, warehouse: Warehouse, db: str = DATABASE) -> None:
+        self.bus = bus
+        self.wh = warehouse
+        self.db = db
+        self.max_bytes = bus.settings.streams.max_msg_size
+        self._last_seq = 0
+        self._last_hash = GENESIS
+        self._lock = asyncio.Lock()  # the warehouse is used from one coroutine at a time
+
+    def setup(self) -> None:
+        """Create tables; read where the audit chain ends."""
+        for sql in statements(self.db):
+            self.wh.command(sql)
+        last = self.wh.query(f"SELECT seq, hash FROM {self.db}.audit ORDER BY seq DESC LIMIT 1")
+        if last:
+            self._last_seq, self._last_hash = int(last[0]["seq"]), str(last[0]["hash"])
+
+    # ---------------------------------------------------------------- pure-ish batch handlers
+
+    def project_exec(self, batch: list[tuple[int, AnyEvent, bytes]]) -> None:
+        """Insert raw events and audit rows, then re-fold the affected executions."""
+        raw = [raw_row(seq, event, data) for seq, event, data in batch]
+        self.wh.insert(f"{self.db}.events_raw", raw)
+        audit: list[dict[str, Any]] = []
+        for seq, event, _ in batch:
+            if seq <= self._last_seq:
+                continue  # already chained (a redelivery)
+            row = audit_row(seq, event, self._last_hash)
+            audit.append(row)
+            self._last_seq, self._last_hash = seq, row["hash"]
+        self.wh.insert(f"{self.db}.audit", audit)
+        affected = sorted({event.execution_id for _, event, _ in batch})
+        self.refold(affected)
+
+    def refold(self, execution_ids: list[str]) -> None:
+        """Rebuild the executions rows of these executions from their raw events."""
+        if not execution_ids:
+            return
+        rows = self.wh.query(
+            f"SELECT execution_id, seq, payload FROM {self.db}.events_raw FINAL "
+            "WHERE execution_id IN {ids:Array(String)} ORDER BY execution_id, seq",
+            {"ids": execution_ids},
+        )
+        by_execution: dict[str, list[tuple[int, AnyEvent]]] = {}
+        for r in rows:
+            try:
+                event = decode(r["payload"].encode(), max_bytes=self.max_bytes)
+            except EventDecodeError:
+                continue
+            by_execution.setdefault(r["execution_id"], []).append((int(r["seq"]), event))
+        out: list[dict[str, Any]] = []
+        for events in by_execution.values():
+            state = fold(e for _, e in events)
+            if state is None:
+                continue
+            terminals: dict[int, Terminal] = {}
+            for _, e in events:
+                if isinstance(e, Terminal) and e.attempt not in terminals:
+                    terminals[e.attempt] = e
+            out.extend(execution_rows(state, max(s for s, _ in events), terminals))
+        self.wh.insert(f"{self.db}.executions", out)
+
+    def project_logs(self, chunks: list[LogChunk]) -> None:
+        """Archive the lines of these chunks."""
+        rows = [row for chunk in chunks for row in log_rows(chunk)]
+        self.wh.insert(f"{self.db}.log_archive", rows)
+
+    # ---------------------------------------------------------------- the consumer
+
+    async def run(self, stopper: Stopper) -> None:
+        """Consume both streams until stopped."""
+        await provision(self.bus.js, self.bus.settings)
+        async with self._lock:
+            self.setup()
+        async with Heartbeat(self.bus.js, "projector", self.bus.settings.runner.heartbeat):
+            await asyncio.gather(
+                self._consume(stopper, EXEC_STREAM, EXEC_ALL, "projector-exec", self._on_exec),
+                self._consume(stopper, LOGS_STREAM, LOGS_ALL, "projector-logs", self._on_logs),
+            )
+
+    async def _on_exec(self, msgs: list[Msg]) -> None:
+        batch = []
+        for msg in msgs:
+            try:
+                event = decode(msg.data, max_bytes=self.max_bytes)
+            except EventDecodeError:
+                continue  # the dispatcher rejected or dead-lettered it; nothing to project
+            batch.append((msg.metadata.sequence.stream, event, msg.data))
+        async with self._lock:
+            await asyncio.to_thread(self.project_exec, batch)
+
+    async def _on_logs(self, msgs: list[Msg]) -> None:
+        chunks = []
+        for msg in msgs:
+            try:
+                event = decode(msg.data, max_bytes=self.max_bytes)
+            except EventDecodeError:
+                continue
+            if isinstance(event, LogChunk):
+                chunks.append(event)
+        async with self._lock:
+            await asyncio.to_thread(self.project_logs, chunks)
+
+    async def _consume(
+        self, stopper: Stopper, stream: str, subject: str, durable: str, handle: Any
+    ) -> None:
+        config = ConsumerConfig(
+            durable_name=durable,
+            filter_subject=subject,
+            ack_policy=AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=60.0,
+            max_ack_pending=BATCH * 4,
+        )
+        sub = await self.bus.js.pull_subscribe(
+            subject, durable=durable, stream=stream, config=config
+        )
+        try:
+            while not stopper.stopping:
+                try:
+                    msgs = await sub.fetch(BATCH, timeout=0.5)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except (nats.errors.Error, nats.js.errors.Error) as exc:
+                    log.warning("fetch failed; retrying", stream=stream, error=str(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                await handle(msgs)
+                await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+
+def decode_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as plain JSON-able values (for the query service)."""
+    return msgspec.to_builtins(rows)  # type: ignore[no-any-return]

@@ -1,0 +1,92 @@
+"""Queries users run, the same SQL on both backends."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from projections.ddl import DATABASE
+from projections.rows import GENESIS, chain_hash
+
+MAX_LIMIT: Final = 10_000
+
+
+class HistoryFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Filters of ``cronium history`` (all optional)."""
+
+    status: str | None = None
+    user: str | None = None
+    since: str | None = None
+    execution_id: str | None = None
+    limit: int = 50
+
+
+def history(wh: Any, f: HistoryFilter, db: str = DATABASE) -> list[dict[str, Any]]:
+    """Latest row of each (execution, attempt), newest first."""
+    where = ["1"]
+    params: dict[str, Any] = {"limit": max(1, min(f.limit, MAX_LIMIT))}
+    if f.execution_id:
+        where.append("execution_id = {eid:String}")
+        params["eid"] = f.execution_id
+    if f.status:
+        where.append("status = {status:String}")
+        params["status"] = f.status
+    if f.user:
+        where.append("user = {user:String}")
+        params["user"] = f.user
+    if f.since:
+        where.append("requested_at >= parseDateTime64BestEffort({since:String}, 6, 'UTC')")
+        params["since"] = f.since
+    sql = (
+        f"SELECT * EXCEPT version FROM {db}.executions FINAL WHERE {' AND '.join(where)} "
+        "ORDER BY requested_at DESC, execution_id, attempt LIMIT {limit:UInt32}"
+    )
+    result: list[dict[str, Any]] = wh.query(sql, params)
+    return result
+
+
+def archived_logs(wh: Any, execution_id: str, db: str = DATABASE) -> list[dict[str, Any]]:
+    """Every archived line of an execution, per attempt and stream in sequence order."""
+    result: list[dict[str, Any]] = wh.query(
+        f"SELECT attempt, stream, seq, source, line FROM {db}.log_archive FINAL "
+        "WHERE execution_id = {eid:String} ORDER BY attempt, time, stream, seq",
+        {"eid": execution_id},
+    )
+    return result
+
+
+def audit_rows(wh: Any, since: str, until: str, db: str = DATABASE) -> list[dict[str, Any]]:
+    """Audit rows between two times, in chain order."""
+    result: list[dict[str, Any]] = wh.query(
+        f"SELECT * FROM {db}.audit WHERE time >= parseDateTime64BestEffort({{since:String}}, 6, "
+        "'UTC') AND time < parseDateTime64BestEffort({until:String}, 6, 'UTC') ORDER BY seq",
+        {"since": since, "until": until},
+    )
+    return result
+
+
+def verify_audit(wh: Any, db: str = DATABASE) -> dict[str, Any]:
+    """Recompute the hash chain; name the first row that was changed or whose predecessor went
+    missing."""
+    rows = wh.query(f"SELECT * FROM {db}.audit ORDER BY seq")
+    prev = GENESIS
+    for row in rows:
+        if row["prev_hash"] != prev:
+            return {
+                "ok": False,
+                "rows": len(rows),
+                "seq": int(row["seq"]),
+                "reason": f"row seq {row['seq']} does not follow the row before it "
+                "(a row was removed or reordered)",
+            }
+        if chain_hash(prev, row) != row["hash"]:
+            return {
+                "ok": False,
+                "rows": len(rows),
+                "seq": int(row["seq"]),
+                "reason": f"row seq {row['seq']} ({row['action']} of {row['execution_id']}) "
+                "was changed after it was written",
+            }
+        prev = row["hash"]
+    return {"ok": True, "rows": len(rows), "seq": None, "reason": ""}

@@ -1,0 +1,242 @@
+"""The projector against a real nats-server and the real ClickHouse engine (chdb)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cronium_bus.bus import Bus
+from cronium_bus.events import (
+    ErrorInfo,
+    Failed,
+    LogChunk,
+    Queued,
+    Rejected,
+    RetryScheduled,
+    Started,
+    Succeeded,
+    TimedOut,
+    follow_up,
+    make_terminal,
+)
+from cronium_bus.history import execution_state
+from cronium_bus.lifecycle import Stopper
+from projections.projector import Projector
+from projections.queries import HistoryFilter, archived_logs, history, verify_audit
+from projections.warehouse import ChdbWarehouse
+from tests.helpers import requested
+
+
+class Running:
+    def __init__(self, bus: Bus, path: Path) -> None:
+        self.bus, self.path = bus, path
+        self.wh = ChdbWarehouse(path)
+        self.projector = Projector(bus, self.wh)
+        self.projector.setup()
+        self.stopper = Stopper()
+        self.task = asyncio.create_task(self.projector.run(self.stopper))
+
+    async def stop(self) -> None:
+        self.stopper.stop()
+        await asyncio.wait_for(self.task, 30)
+
+    async def settle(self, want_rows: int, timeout: float = 60) -> None:
+        """Wait until the executions table has ``want_rows`` rows."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if self.task.done():
+                self.task.result()  # surface the projector's failure
+            async with self.projector._lock:
+                rows = self.wh.query("SELECT count() AS n FROM cronium.executions FINAL")
+            if rows and int(rows[0]["n"]) >= want_rows:
+                await asyncio.sleep(0.5)  # let trailing batches land
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"projection did not reach {want_rows} rows")
+
+
+@pytest.fixture
+async def projector(bus: Bus, tmp_path: Path) -> AsyncIterator[Running]:
+    running = Running(bus, tmp_path / "warehouse")
+    yield running
+    if not running.task.done():
+        await running.stop()
+    running.wh.close()
+
+
+async def publish_lifecycle(bus: Bus, kind: str, n: int) -> str:
+    """Publish the events a dispatcher and runner would for one execution."""
+    req = requested(f"print({n})", user=f"user{n % 5}")
+    await bus.publish(req)
+    if kind == "rejected":
+        await bus.publish(
+            Rejected(**follow_up(req, "t"), error=ErrorInfo(kind="validation", message="too big"))
+        )
+        return req.execution_id
+    attempts = 2 if kind == "retried" else 1
+    for attempt in range(1, attempts + 1):
+        await bus.publish(
+            Queued(
+                **follow_up(req, "t", attempt=attempt),
+                request=req.request,
+                lane="cronium.jobs.container.normal",
+            )
+        )
+        await bus.publish(Started(**follow_up(req, "t", attempt=attempt), runner="r"))
+        env = follow_up(req, "t", attempt=attempt)
+        if kind == "retried" and attempt == 1:
+            await bus.publish(
+                make_terminal(
+                    Failed,
+                    env,
+                    runner="r",
+                    exit_code=1,
+                    error=ErrorInfo(kind="nonzero_exit", message="exit 1"),
+                )
+            )
+            await bus.publish(
+                RetryScheduled(
+                    **follow_up(req, "t"),
+                    next_attempt=2,
+                    at=env["time"],
+                    reason=ErrorInfo(kind="nonzero_exit", message="exit 1"),
+                )
+            )
+        elif kind in ("succeeded", "retried"):
+            await bus.publish(make_terminal(Succeeded, env, runner="r", exit_code=0))
+        elif kind == "failed":
+            await bus.publish(
+                make_terminal(
+                    Failed,
+                    env,
+                    runner="r",
+                    exit_code=3,
+                    error=ErrorInfo(kind="nonzero_exit", message="exit 3"),
+                )
+            )
+        else:
+            await bus.publish(
+                make_terminal(
+                    TimedOut, env, runner="r", error=ErrorInfo(kind="timeout", message="too slow")
+                )
+            )
+    return req.execution_id
+
+
+async def test_history_agrees_with_the_stream_and_survives_redelivery(
+    bus: Bus, projector: Running, tmp_path: Path
+) -> None:
+    """200 executions with mixed outcomes: history's final status of each equals the fold of
+    its events; redelivering every event again changes no query result."""
+    rng = random.Random(7)
+    kinds = ["succeeded", "failed", "timed_out", "rejected", "retried"]
+    ids = {await publish_lifecycle(bus, rng.choice(kinds), n): n for n in range(200)}
+    states = {i: await execution_state(bus.js, i, max_bytes=1 << 20) for i in ids}
+    want_rows = sum(len(s.attempts) or 1 for s in states.values() if s)
+    await projector.settle(want_rows)
+    async with projector.projector._lock:
+        rows = history(projector.wh, HistoryFilter(limit=10_000))
+        verified = verify_audit(projector.wh)
+    latest = {}
+    for r in rows:
+        if r["attempt"] >= latest.get(r["execution_id"], {"attempt": 0})["attempt"]:
+            latest[r["execution_id"]] = r
+    assert set(latest) == set(ids)
+    for execution_id, state in states.items():
+        assert state is not None
+        expected = "retry_scheduled" if state.status == "retry_scheduled" else state.status
+        assert latest[execution_id]["status"] == expected, execution_id
+    assert verified["ok"], verified
+
+    # redeliver everything: drop the durable consumers, start a fresh projector on the same dir
+    await projector.stop()
+    projector.wh.close()
+    for durable in ("projector-exec", "projector-logs"):
+        await bus.js.delete_consumer(
+            "CRONIUM_EXEC" if durable.endswith("exec") else "CRONIUM_LOGS", durable
+        )
+    again = Running(bus, projector.path)
+    try:
+        await asyncio.sleep(3)
+        await again.settle(want_rows)
+        async with again.projector._lock:
+            assert history(again.wh, HistoryFilter(limit=10_000)) == rows
+            total = again.wh.query("SELECT count() AS n FROM cronium.executions FINAL")
+            audit = verify_audit(again.wh)
+        assert int(total[0]["n"]) == want_rows
+        assert audit["ok"] and audit["rows"] == verified["rows"]
+    finally:
+        await again.stop()
+        again.wh.close()
+
+
+async def test_history_filters(bus: Bus, projector: Running) -> None:
+    ids = [
+        await publish_lifecycle(bus, k, n)
+        for n, k in enumerate(["succeeded", "failed", "rejected", "succeeded"])
+    ]
+    await projector.settle(4)
+    async with projector.projector._lock:
+        failed = history(projector.wh, HistoryFilter(status="failed"))
+        one = history(projector.wh, HistoryFilter(execution_id=ids[3]))
+        limited = history(projector.wh, HistoryFilter(limit=2))
+    assert [r["execution_id"] for r in failed] == [ids[1]]
+    assert one[0]["status"] == "succeeded" and one[0]["user"] == "user3"
+    assert len(limited) == 2
+
+
+async def test_editing_or_removing_an_audit_row_is_detected(bus: Bus, projector: Running) -> None:
+    """`audit verify` fails and names the row that was changed, or the one after a removal."""
+    for n in range(5):
+        await publish_lifecycle(bus, "succeeded", n)
+    await projector.settle(5)
+    await projector.stop()
+    wh = projector.wh
+    assert verify_audit(wh)["ok"]
+    seqs = [int(r["seq"]) for r in wh.query("SELECT seq FROM cronium.audit ORDER BY seq")]
+    target = seqs[7]
+    wh.command(
+        f"ALTER TABLE cronium.audit UPDATE detail = '{{}}' WHERE seq = {target} "
+        "SETTINGS mutations_sync = 1"
+    )
+    result = verify_audit(wh)
+    assert not result["ok"] and result["seq"] == target and "changed" in result["reason"]
+    wh.command(f"ALTER TABLE cronium.audit DELETE WHERE seq = {target} SETTINGS mutations_sync = 1")
+    result = verify_audit(wh)
+    assert not result["ok"] and result["seq"] == seqs[8] and "removed" in result["reason"]
+
+
+async def test_log_archive_is_gapless(bus: Bus, projector: Running) -> None:
+    """20,000 lines in chunks land in the archive with complete sequence numbers."""
+    req = requested("print(1)")
+    await bus.publish(req)
+    lines = [
+        f"2026-11-27T12:00:{i % 60:02d}Z INFO worker[{i % 7}] processed item {i} in "
+        f"{(i * 37) % 1000} ms"
+        for i in range(20_000)
+    ]
+    for first in range(0, len(lines), 500):
+        await bus.publish(
+            LogChunk(
+                **follow_up(req, "t"),
+                stream="stdout",
+                first_seq=first,
+                lines=tuple(lines[first : first + 500]),
+            )
+        )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    archived: list[dict[str, object]] = []
+    while loop.time() < deadline:
+        async with projector.projector._lock:
+            archived = archived_logs(projector.wh, req.execution_id)
+        if len(archived) >= len(lines):
+            break
+        await asyncio.sleep(0.2)
+    assert [int(r["seq"]) for r in archived] == list(range(len(lines)))  # type: ignore[call-overload]
+    assert [r["line"] for r in archived] == lines
