@@ -167,6 +167,8 @@ class Projector:
                     log.warning("fetch failed; retrying", stream=stream, error=str(exc))
                     await asyncio.sleep(0.5)
                     continue
+                if not msgs:
+                    continue
                 await handle(msgs)
                 await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
         finally:

@@ -198,12 +198,33 @@ def test_secret_set_then_used_and_masked(stack: Stack) -> None:
     assert bad.returncode == 2 and "not a valid secret name" in bad.stderr
 
 
+def test_history_and_audit_verify(stack: Stack) -> None:
+    """Executions reach the warehouse: `cronium history` lists them, `audit verify` passes."""
+    ran = stack.cli("run", "--runtime", "bash", "--id", "ex_history_probe", "-c", "exit 4")
+    assert ran.returncode == 4
+    deadline = time.monotonic() + 30
+    rows: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        listed = stack.cli("history", "--json", "--status", "failed", "--since", "1h")
+        assert listed.returncode == 0, listed.stderr
+        rows = [r for r in json.loads(listed.stdout) if r["execution_id"] == "ex_history_probe"]
+        if rows:
+            break
+        time.sleep(0.5)
+    assert rows and rows[0]["exit_code"] == 4 and rows[0]["error_kind"] == "nonzero_exit"
+    verified = stack.cli("audit", "verify")
+    assert verified.returncode == 0 and "intact" in verified.stdout
+    exported = stack.cli("audit", "export", "--since", "1h", "--format", "csv")
+    assert exported.returncode == 0 and "ex_history_probe" in exported.stdout
+    assert stack.cli("history", "--since", "yesterday-ish").returncode == 2
+
+
 def test_status_lists_healthy_consumers(stack: Stack) -> None:
     result = stack.cli("status", "--json")
     assert result.returncode == 0
     data = json.loads(result.stdout)
     kinds = {c["kind"] for c in data["consumers"] if c["healthy"]}
-    assert {"dispatcher", "container"} <= kinds
+    assert {"dispatcher", "container", "ssh", "projector"} <= kinds
     assert "dispatcher" in stack.cli("status").stdout
 
 

@@ -102,12 +102,24 @@ def logs(args: argparse.Namespace) -> int:
             finally:
                 await watch.close()
             return exitcodes.OK
+        found = False
         async for chunk in read_subject(
             bus.js, LOGS_STREAM, log_subject(args.execution_id), max_bytes=max_bytes
         ):
             if isinstance(chunk, LogChunk):
+                found = True
                 target = sys.stdout if chunk.stream == "stdout" else sys.stderr
                 target.write("".join(f"{line}\n" for line in chunk.lines))
+        if not found:  # aged out of the live stream: read the compressed archive
+            from cronium_bus.cli.warehouse import QueryError, ask
+
+            try:
+                rows = await ask(bus, "logs", {"execution_id": args.execution_id})
+            except QueryError:
+                rows = []
+            for row in rows:
+                target = sys.stdout if row["stream"] == "stdout" else sys.stderr
+                target.write(f"{row['line']}\n")
         sys.stdout.flush()
         return exitcodes.OK
 

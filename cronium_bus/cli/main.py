@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from cronium_bus import __version__
-from cronium_bus.cli import exitcodes, inspect, run, secret, servers, stack
+from cronium_bus.cli import exitcodes, inspect, run, secret, servers, stack, warehouse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,13 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_parsers(sub)
     secret.add_parsers(sub)
     servers.add_parsers(sub)
+    warehouse.add_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the command; returns the exit code."""
     args = build_parser().parse_args(argv)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except BrokenPipeError:  # e.g. `cronium audit export ... | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exitcodes.OK
     return code
 
 

@@ -48,10 +48,17 @@ def _ssh(bus: Bus) -> Callable[[Stopper], Awaitable[None]]:
     return SshRunner(bus).run
 
 
+def _projector(bus: Bus) -> Callable[[Stopper], Awaitable[None]]:
+    from projections.service import ProjectorService
+
+    return ProjectorService(bus).run
+
+
 CONSUMERS: Final[dict[str, Callable[[Bus], Callable[[Stopper], Awaitable[None]]]]] = {
     "dispatcher": _dispatcher,
     "container": _container,
     "ssh": _ssh,
+    "projector": _projector,
 }
 
 
