@@ -140,8 +140,8 @@ class LaneWorker:
         try:
             await self._settle(queued)
             await msg.ack_sync()
-        except Exception:
-            log.exception("job failed in the runner; it will be redelivered")
+        except Exception as exc:
+            log.exception("job failed in the runner; it will be redelivered", error=str(exc))
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=1.0)
         finally:

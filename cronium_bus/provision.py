@@ -98,47 +98,46 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
 
 def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
     """The KV buckets of the service."""
-    replicas = settings.streams.replicas
+
+    def bucket(
+        name: str,
+        description: str,
+        *,
+        history: int = 1,
+        ttl: float | None = None,
+        max_value_size: int | None = None,
+    ) -> KeyValueConfig:
+        return KeyValueConfig(
+            bucket=name,
+            description=description,
+            history=history,
+            ttl=ttl,
+            max_value_size=max_value_size,
+            replicas=settings.streams.replicas,
+            storage=StorageType.FILE,
+        )
+
     return [
-        KeyValueConfig(
-            bucket=HEARTBEAT_BUCKET,
-            description="Consumer heartbeats (liveness); entries expire",
+        bucket(
+            HEARTBEAT_BUCKET,
+            "Consumer heartbeats (liveness); entries expire",
             ttl=max(10.0, settings.runner.heartbeat * 5),
-            history=1,
-            replicas=replicas,
-            storage=StorageType.FILE,
         ),
-        KeyValueConfig(
-            bucket=VARIABLES_BUCKET,
-            description="User-scoped script variables",
-            history=5,
-            replicas=replicas,
-            storage=StorageType.FILE,
-            max_value_size=1024 * 1024,
+        bucket(
+            VARIABLES_BUCKET, "User-scoped script variables", history=5, max_value_size=1024 * 1024
         ),
-        KeyValueConfig(
-            bucket=SECRETS_BUCKET,
-            description="Secrets, encrypted at rest with the settings' key",
-            history=1,
-            replicas=replicas,
-            storage=StorageType.FILE,
+        bucket(
+            SECRETS_BUCKET,
+            "Secrets, encrypted at rest with the settings' key",
             max_value_size=64 * 1024,
         ),
-        KeyValueConfig(
-            bucket=SERVERS_BUCKET,
-            description="Users' servers for the SSH runner (keys are secrets)",
-            history=1,
-            replicas=replicas,
-            storage=StorageType.FILE,
+        bucket(
+            SERVERS_BUCKET,
+            "Users' servers for the SSH runner (keys are secrets)",
             max_value_size=64 * 1024,
         ),
-        KeyValueConfig(
-            bucket=CIRCUITS_BUCKET,
-            description="Circuit-breaker state per SSH host, as the runners see it",
-            history=1,
-            replicas=replicas,
-            storage=StorageType.FILE,
-            ttl=3600.0,
+        bucket(
+            CIRCUITS_BUCKET, "Circuit-breaker state per SSH host, as the runners see it", ttl=3600.0
         ),
     ]
 

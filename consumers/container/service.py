@@ -126,5 +126,5 @@ class ContainerRunner(LaneWorker):
             await asyncio.sleep(_REAP_EVERY_S)
             try:
                 await self.reap_leftovers()
-            except Exception:
-                log.exception("reaping failed; will try again")
+            except Exception as exc:
+                log.exception("reaping failed; will try again", error=str(exc))
