@@ -4,6 +4,7 @@ circuit breaking, host-key and auth errors, and no lingering remote processes.""
 from __future__ import annotations
 
 import asyncio
+import glob
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -293,3 +294,38 @@ async def test_cli_servers_and_multi_target_run(
         "run", "--runtime", "bash", "--target", "ssh://root@127.0.0.1:1", "-c", "true"
     )
     assert missing.returncode == 2 and "--ssh-key" in missing.stderr
+
+
+@pytest.mark.parametrize("runtime", ["python", "bash"])
+async def test_helpers_work_on_remote_hosts(ssh_bus: Bus, runtime: str) -> None:
+    """input, output, variables and condition work over SSH through a forwarded Unix socket,
+    with nothing installed on the server; the remote private directory is removed."""
+    code = {
+        "python": "d = cronium.input()\ncronium.set_variable('remote', d['n'] * 2)\n"
+        "cronium.setCondition(True)\ncronium.output({'host': cronium.event()['user']})\n"
+        "print('var', cronium.getVariable('remote'))",
+        "bash": 'n=$(cronium_input | jq .n)\ncronium_set_variable remote "$((n * 2))"\n'
+        "cronium_set_condition true\n"
+        'cronium_output "{\\"host\\": $(cronium_event | jq .user)}"\n'
+        'echo "var $(cronium_get_variable remote)"',
+    }[runtime]
+    event = requested(code, runtime, runner="ssh", targets=("s12", "s13"), input={"n": 21})
+    await ssh_bus.publish(event)
+    state = await wait_final(ssh_bus, event.execution_id, timeout=60)
+    assert state.status == "succeeded", await children_of(ssh_bus, event.execution_id)
+    for child in state.children:
+        child_state = await wait_final(ssh_bus, child.execution_id)
+        assert child_state.output == {"host": "tester"}
+        assert child_state.condition is True
+        chunks = [
+            c
+            async for c in read_subject(
+                ssh_bus.js, LOGS_STREAM, log_subject(child.execution_id), max_bytes=1 << 20
+            )
+        ]
+        out = [
+            ln for c in chunks if isinstance(c, LogChunk) and c.stream == "stdout" for ln in c.lines
+        ]
+        assert out == ["var 42"]
+    leftovers = " ".join(glob.glob("/tmp/cronium-*"))
+    assert event.execution_id not in leftovers

@@ -13,6 +13,7 @@ import asyncio
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import asyncssh
@@ -21,8 +22,9 @@ from cronium_bus.events import LogStream, Runtime
 
 INTERPRETERS: Final[dict[str, str]] = {"bash": "bash", "python": "python3", "node": "node"}
 
-_WRAPPER: Final = """d=$(mktemp -d "${{TMPDIR:-/tmp}}/cronium.XXXXXXXX") || exit 125
+_WRAPPER: Final = """d={workdir}
 trap 'rm -rf "$d"' EXIT
+export CRONIUM_API_SOCKET="$d/api.sock" CRONIUM_API_TOKEN_FILE="$d/token"
 head -c {size} > "$d/script" || exit 125
 exec 3<&0
 setsid {interpreter} "$d/script" </dev/null 3<&- &
@@ -45,12 +47,39 @@ class RemoteExit:
     cancelled: bool
 
 
-def wrapper_command(runtime: Runtime, script: bytes, grace: float) -> str:
-    """The remote command line (pure; tested)."""
+_MKTEMP: Final = '$(mktemp -d "${TMPDIR:-/tmp}/cronium.XXXXXXXX") || exit 125'
+SDK_DIR: Final = Path(__file__).resolve().parents[2] / "images" / "sdk"
+_PRELUDES: Final = {
+    "bash": "bin/cronium.sh",
+    "python": "python/cronium.py",
+    "node": "node/cronium.js",
+}
+
+
+def wrapper_command(
+    runtime: Runtime, script: bytes, grace: float, workdir: str | None = None
+) -> str:
+    """The remote command line (pure; tested). ``workdir`` is a directory made beforehand
+    (holding the helpers' token); without it a private temp dir is made."""
     text = _WRAPPER.format(
-        size=len(script), interpreter=INTERPRETERS[runtime], grace=max(1, round(grace))
+        size=len(script),
+        interpreter=INTERPRETERS[runtime],
+        grace=max(1, round(grace)),
+        workdir=shlex.quote(workdir) if workdir else _MKTEMP,
     )
     return "sh -c " + shlex.quote(text)
+
+
+def with_helpers(runtime: Runtime, code: str) -> str:
+    """The script with the helper SDK in front, so ``cronium`` works with nothing installed."""
+    prelude = (SDK_DIR / _PRELUDES[runtime]).read_text()
+    return f"{prelude}\n{code}"
+
+
+async def prepare_remote_dir(conn: asyncssh.SSHClientConnection, path: str, token: str) -> None:
+    """Make the private remote directory and put the helpers' token in it (sent on stdin)."""
+    command = 'sh -c \'umask 077 && mkdir "$0" && cat > "$0/token"\' ' + shlex.quote(path)
+    await conn.run(command, input=token, check=True, timeout=30)
 
 
 OnOutput = Callable[[LogStream, bytes], Awaitable[None]]
@@ -61,6 +90,7 @@ async def run_remote(
     runtime: Runtime,
     code: str,
     *,
+    workdir: str | None = None,
     timeout: float,
     grace: float,
     cancel: asyncio.Event,
@@ -68,7 +98,9 @@ async def run_remote(
 ) -> RemoteExit:
     """Run ``code`` and stream its output to ``on_output`` until it ends."""
     script = code.encode()
-    proc = await conn.create_process(wrapper_command(runtime, script, grace), encoding=None)
+    proc = await conn.create_process(
+        wrapper_command(runtime, script, grace, workdir), encoding=None
+    )
     proc.stdin.write(script)
 
     async def pump(reader: asyncssh.SSHReader[bytes], stream: LogStream) -> None:

@@ -5,7 +5,11 @@ the server's name) and outcome; the parent ends ``succeeded``, ``partial`` or ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import secrets
+import shutil
 import time
+from collections.abc import AsyncIterator
 from typing import Final
 
 import asyncssh
@@ -14,12 +18,13 @@ import nats.errors
 import nats.js.errors
 import structlog
 
+from consumers.helpers.api import HelperApi
 from consumers.laneworker import LaneWorker
 from consumers.logpump import LineSplitter, LogPump, Publish
 from consumers.masking import Masker
 from consumers.ssh.breaker import CircuitBreaker
 from consumers.ssh.pool import SshError, SshPool
-from consumers.ssh.remote import RemoteExit, run_remote
+from consumers.ssh.remote import RemoteExit, prepare_remote_dir, run_remote, with_helpers
 from cronium_bus.bus import Bus
 from cronium_bus.errors import CroniumError
 from cronium_bus.events import (
@@ -217,12 +222,12 @@ class SshRunner(LaneWorker):
                 raise _circuit_open(server, breaker)
             box = box_from(self.settings)
             key = asyncssh.import_private_key(await get_secret(self.bus.js, box, server.key_secret))
-            secrets = [
-                (await get_secret(self.bus.js, box, n)).decode(errors="replace")
+            secret_values = {
+                n: (await get_secret(self.bus.js, box, n)).decode(errors="replace")
                 for n in queued.request.secrets
-            ]
+            }
             t_run = time.monotonic()
-            result = await self._on_host(server, key, queued, pump, Masker(secrets), cancel)
+            result = await self._on_host(server, key, queued, pump, secret_values, cancel)
         except CroniumError as exc:
             if server is not None and exc.kind == "ssh_unreachable":
                 breaker = self.breaker(server)
@@ -245,9 +250,10 @@ class SshRunner(LaneWorker):
         key: asyncssh.SSHKey,
         queued: Queued,
         pump: LogPump,
-        masker: Masker,
+        secret_values: dict[str, str],
         cancel: asyncio.Event,
     ) -> RemoteExit:
+        masker = Masker(secret_values.values())
         max_line = self.settings.runner.max_line_bytes
         splitters: dict[LogStream, LineSplitter] = {
             "stdout": LineSplitter(max_line),
@@ -261,13 +267,17 @@ class SshRunner(LaneWorker):
         lim = self.settings.limits
         timeout = queued.request.timeout_s or lim.default_timeout
         for retry in (False, True):  # a dead pooled connection is replaced once
-            async with self.pool.connection(server, key) as conn:
+            async with (
+                self.pool.connection(server, key) as conn,
+                self._helpers(conn, queued, secret_values) as workdir,
+            ):
                 flusher = asyncio.create_task(_flush_periodically(pump))
                 try:
                     result = await run_remote(
                         conn,
                         queued.request.runtime,
-                        queued.request.code,
+                        with_helpers(queued.request.runtime, queued.request.code),
+                        workdir=workdir,
                         timeout=timeout,
                         grace=lim.stop_grace,
                         cancel=cancel,
@@ -290,6 +300,33 @@ class SshRunner(LaneWorker):
                 await pump.flush_all()
                 return result
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    @contextlib.asynccontextmanager
+    async def _helpers(
+        self, conn: asyncssh.SSHClientConnection, queued: Queued, secret_values: dict[str, str]
+    ) -> AsyncIterator[str]:
+        """The runtime API for a remote script: served locally, reached through a Unix socket
+        forwarded from a private directory on the host (which the wrapper removes)."""
+        local = self.settings.runtime_dir / f"ssh-{queued.execution_id}"
+        local.mkdir(parents=True, exist_ok=True)
+        api = HelperApi(self.bus, queued, secret_values)
+        remote = f"/tmp/cronium-{queued.execution_id}-{secrets.token_hex(4)}"  # noqa: S108 - made 0700 by us; mkdir fails if it exists
+        listener: asyncssh.SSHListener | None = None
+        try:
+            await api.start(local / "api.sock")
+            await prepare_remote_dir(conn, remote, api.token)
+            try:
+                listener = await conn.forward_remote_path(
+                    f"{remote}/api.sock", str(local / "api.sock")
+                )
+            except asyncssh.Error as exc:
+                log.warning("server refused socket forwarding; helpers unavailable", error=str(exc))
+            yield remote
+        finally:
+            if listener is not None:
+                listener.close()
+            await api.stop()
+            shutil.rmtree(local, ignore_errors=True)
 
     def _chunk_publisher(self, queued: Queued, target: str) -> Publish:
         async def publish(stream: LogStream, first_seq: int, lines: list[str]) -> None:
