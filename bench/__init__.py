@@ -1,0 +1,1 @@
+"""Benchmarks against real baselines (see the README's performance section)."""
