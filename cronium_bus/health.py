@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from cronium_bus.subjects import HEARTBEAT_BUCKET
 
 log = structlog.get_logger(__name__)
+_STOP_WAIT_S = 2.0
 
 
 class Beat(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,13 +92,14 @@ class Heartbeat:
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # bounded: a cancellation racing a reply inside nats-py's request can be lost
+            await asyncio.wait({self._task}, timeout=_STOP_WAIT_S)
             self._task = None
         try:
             kv = await self.js.key_value(HEARTBEAT_BUCKET)
-            await kv.delete(self.instance)
-        except (nats.errors.Error, nats.js.errors.Error, OSError) as err:
-            log.debug("heartbeat not removed", error=str(err))
+            await asyncio.wait_for(kv.delete(self.instance), _STOP_WAIT_S)
+        except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as err:
+            log.debug("heartbeat not removed; it expires", error=str(err))
 
 
 async def read_beats(js: JetStreamContext) -> list[Beat]:

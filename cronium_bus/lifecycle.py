@@ -68,5 +68,5 @@ async def drain_tasks(tasks: set[asyncio.Task[None]], grace: float) -> None:
         task.cancel()
     if pending:
         log.warning("cancelled work in flight after grace period", count=len(pending))
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.wait(pending, timeout=5.0)  # bounded, as cancellation can be lost
     del done
