@@ -350,6 +350,8 @@ def make_terminal(
     usage: ResourceUsage | None = None,
     stdout_lines: int = 0,
     stderr_lines: int = 0,
+    image: str | None = None,
+    image_id: str | None = None,
 ) -> _T:
     """A terminal event of class ``cls`` (typed, without splatting loose dicts)."""
     return cls(
@@ -361,6 +363,8 @@ def make_terminal(
         usage=usage or ResourceUsage(),
         stdout_lines=stdout_lines,
         stderr_lines=stderr_lines,
+        image=image,
+        image_id=image_id,
     )
 
 

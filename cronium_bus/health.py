@@ -15,6 +15,7 @@ import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
 
+from cronium_bus.provision import kv_value
 from cronium_bus.subjects import HEARTBEAT_BUCKET
 
 log = structlog.get_logger(__name__)
@@ -111,13 +112,11 @@ async def read_beats(js: JetStreamContext) -> list[Beat]:
         return []
     beats: list[Beat] = []
     for key in keys:
-        try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
+        value = await kv_value(js, HEARTBEAT_BUCKET, key)
+        if value is None:
             continue
-        if entry.value:
-            try:
-                beats.append(msgspec.json.decode(entry.value, type=Beat))
-            except msgspec.DecodeError:
-                log.warning("unreadable heartbeat", key=key)
+        try:
+            beats.append(msgspec.json.decode(value, type=Beat))
+        except msgspec.DecodeError:
+            log.warning("unreadable heartbeat", key=key)
     return sorted(beats, key=lambda b: (b.kind, b.instance))

@@ -168,6 +168,16 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
         await ensure_bucket(js, bucket)
 
 
+async def kv_value(js: JetStreamContext, bucket: str, key: str) -> bytes | None:
+    """The value stored under ``key``, or ``None`` when the key is absent or deleted."""
+    kv = await js.key_value(bucket)
+    try:
+        entry = await kv.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return entry.value or None
+
+
 async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
     """Open a KV bucket, creating it if missing."""
     try:

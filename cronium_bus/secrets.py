@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from nats.js import JetStreamContext
 
 from cronium_bus.errors import CroniumError, ErrorKind
+from cronium_bus.provision import kv_value
 from cronium_bus.settings import Settings
 from cronium_bus.subjects import SECRETS_BUCKET
 
@@ -98,16 +99,12 @@ async def put_secret(js: JetStreamContext, box: SecretBox, name: str, value: byt
 async def get_secret(js: JetStreamContext, box: SecretBox, name: str) -> bytes:
     """Read and decrypt a secret; :class:`SecretError` when it does not exist."""
     check_name(name)
-    kv = await js.key_value(SECRETS_BUCKET)
-    try:
-        entry = await kv.get(name)
-    except nats.js.errors.KeyNotFoundError as exc:
+    sealed = await kv_value(js, SECRETS_BUCKET, name)
+    if sealed is None:
         raise SecretError(
             f"secret {name} does not exist", hint=f"store it with `cronium secret set {name}`"
-        ) from exc
-    if not entry.value:
-        raise SecretError(f"secret {name} does not exist")
-    return box.open(name, entry.value)
+        )
+    return box.open(name, sealed)
 
 
 async def list_secrets(js: JetStreamContext) -> list[str]:

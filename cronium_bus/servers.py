@@ -16,6 +16,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from cronium_bus.errors import CroniumError, ErrorKind
+from cronium_bus.provision import kv_value
 from cronium_bus.subjects import SERVERS_BUCKET
 
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -84,17 +85,13 @@ async def save_server(js: JetStreamContext, server: Server) -> None:
 async def load_server(js: JetStreamContext, name: str) -> Server:
     """A server record by name."""
     check_name(name)
-    kv = await js.key_value(SERVERS_BUCKET)
-    try:
-        entry = await kv.get(name)
-    except nats.js.errors.KeyNotFoundError as exc:
+    record = await kv_value(js, SERVERS_BUCKET, name)
+    if record is None:
         raise ServerError(
             f"no server named {name}",
-            hint=f"add it with `cronium servers add {name} ssh://USER@HOST:PORT`",
-        ) from exc
-    if not entry.value:
-        raise ServerError(f"no server named {name}")
-    return msgspec.json.decode(entry.value, type=Server)
+            hint=f"add it with `cronium servers add {name} ssh://USER@HOST:PORT --key FILE`",
+        )
+    return msgspec.json.decode(record, type=Server)
 
 
 async def list_servers(js: JetStreamContext) -> list[Server]:

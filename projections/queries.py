@@ -24,20 +24,15 @@ class HistoryFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 def history(wh: Any, f: HistoryFilter, db: str = DATABASE) -> list[dict[str, Any]]:
     """Latest row of each (execution, attempt), newest first."""
-    where = ["1"]
-    params: dict[str, Any] = {"limit": max(1, min(f.limit, MAX_LIMIT))}
-    if f.execution_id:
-        where.append("execution_id = {eid:String}")
-        params["eid"] = f.execution_id
-    if f.status:
-        where.append("status = {status:String}")
-        params["status"] = f.status
-    if f.user:
-        where.append("user = {user:String}")
-        params["user"] = f.user
-    if f.since:
-        where.append("requested_at >= parseDateTime64BestEffort({since:String}, 6, 'UTC')")
-        params["since"] = f.since
+    conditions = {
+        "eid": (f.execution_id, "execution_id = {eid:String}"),
+        "status": (f.status, "status = {status:String}"),
+        "user": (f.user, "user = {user:String}"),
+        "since": (f.since, "requested_at >= parseDateTime64BestEffort({since:String}, 6, 'UTC')"),
+    }
+    where = ["1", *(sql for value, sql in conditions.values() if value)]
+    params: dict[str, Any] = {name: value for name, (value, _) in conditions.items() if value}
+    params["limit"] = max(1, min(f.limit, MAX_LIMIT))
     sql = (
         f"SELECT * EXCEPT version FROM {db}.executions FINAL WHERE {' AND '.join(where)} "
         "ORDER BY requested_at DESC, execution_id, attempt LIMIT {limit:UInt32}"

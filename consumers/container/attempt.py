@@ -42,6 +42,7 @@ from cronium_bus.events import (
     TerminalEvent,
     TimedOut,
     follow_up,
+    make_terminal,
 )
 from cronium_bus.secrets import box_from, get_secret
 from cronium_bus.settings import Settings
@@ -70,19 +71,6 @@ class RunnerContext:
     pool: ThreadPoolExecutor
     runner_id: str
     settings: Settings
-
-
-class TerminalFields(EnvelopeFields):
-    """Fields shared by every terminal event of an attempt."""
-
-    runner: str
-    exit_code: int | None
-    durations: PhaseDurations
-    usage: ResourceUsage
-    image: str
-    image_id: str | None
-    stdout_lines: int
-    stderr_lines: int
 
 
 class Attempt:
@@ -362,9 +350,49 @@ class Attempt:
         durations: PhaseDurations,
         pump: LogPump | None,
     ) -> TerminalEvent:
-        common = TerminalFields(
-            **self._envelope(),
+        lim = self.ctx.settings.limits
+        cls: type[TerminalEvent] = Failed
+        if error is not None or exit_state is None:
+            error = error or ErrorInfo(
+                kind="infrastructure", message="the container did not report an exit"
+            )
+        elif self.cancel_requested.is_set():
+            cls, error = Cancelled, ErrorInfo(kind="cancelled", message="cancelled while running")
+        elif timed_out:
+            timeout = self.request.timeout_s or lim.default_timeout
+            cls, error = (
+                TimedOut,
+                ErrorInfo(
+                    kind="timeout",
+                    message=f"ran past its timeout of {timeout:g}s and was stopped",
+                    hint="raise --timeout, or make the script finish sooner",
+                ),
+            )
+        elif self.output_limited:
+            error = ErrorInfo(
+                kind="output_limit",
+                message=f"printed more than the output cap of {lim.output_cap:,} bytes",
+                hint="print less, or write bulk data to output() instead of the log",
+            )
+        elif exit_state.oom_killed:
+            memory = self.request.limits.memory_bytes or lim.default_memory
+            error = ErrorInfo(
+                kind="oom",
+                message=f"killed for using more than its memory limit of {memory:,} bytes",
+                hint="raise --memory (up to the maximum), or use less memory",
+            )
+        elif exit_state.exit_code != 0:
+            error = ErrorInfo(
+                kind="nonzero_exit",
+                message=f"the script exited with code {exit_state.exit_code}",
+            )
+        else:
+            cls = Succeeded
+        return make_terminal(
+            cls,
+            self._envelope(),
             runner=self.ctx.runner_id,
+            error=error,
             exit_code=exit_state.exit_code if exit_state else None,
             durations=durations,
             usage=ResourceUsage(
@@ -372,58 +400,8 @@ class Attempt:
                 cpu_time_ms=round(self.cpu_ms, 3) if self.cpu_ms is not None else None,
                 output_bytes=self.output_bytes,
             ),
-            image=self.image,
-            image_id=self.image_id,
             stdout_lines=pump.lines_sent("stdout") if pump else 0,
             stderr_lines=pump.lines_sent("stderr") if pump else 0,
+            image=self.image,
+            image_id=self.image_id,
         )
-        if error is not None or exit_state is None:
-            return Failed(
-                **common,
-                error=error
-                or ErrorInfo(kind="infrastructure", message="the container did not report an exit"),
-            )
-        lim = self.ctx.settings.limits
-        if self.cancel_requested.is_set():
-            return Cancelled(
-                **common,
-                error=ErrorInfo(kind="cancelled", message="cancelled while running"),
-            )
-        if timed_out:
-            timeout = self.request.timeout_s or lim.default_timeout
-            return TimedOut(
-                **common,
-                error=ErrorInfo(
-                    kind="timeout",
-                    message=f"ran past its timeout of {timeout:g}s and was stopped",
-                    hint="raise --timeout, or make the script finish sooner",
-                ),
-            )
-        if self.output_limited:
-            return Failed(
-                **common,
-                error=ErrorInfo(
-                    kind="output_limit",
-                    message=f"printed more than the output cap of {lim.output_cap:,} bytes",
-                    hint="print less, or write bulk data to output() instead of the log",
-                ),
-            )
-        if exit_state.oom_killed:
-            memory = self.request.limits.memory_bytes or lim.default_memory
-            return Failed(
-                **common,
-                error=ErrorInfo(
-                    kind="oom",
-                    message=f"killed for using more than its memory limit of {memory:,} bytes",
-                    hint="raise --memory (up to the maximum), or use less memory",
-                ),
-            )
-        if exit_state.exit_code != 0:
-            return Failed(
-                **common,
-                error=ErrorInfo(
-                    kind="nonzero_exit",
-                    message=f"the script exited with code {exit_state.exit_code}",
-                ),
-            )
-        return Succeeded(**common)

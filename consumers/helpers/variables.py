@@ -6,9 +6,9 @@ import base64
 from typing import Any, Final
 
 import msgspec
-import nats.js.errors
 from nats.js import JetStreamContext
 
+from cronium_bus.provision import kv_value
 from cronium_bus.subjects import VARIABLES_BUCKET
 
 MAX_VALUE_BYTES: Final = 64 * 1024
@@ -28,12 +28,8 @@ class VariableStore:
 
     async def get(self, user: str, key: str) -> Any:
         """The value, or ``None`` when unset."""
-        kv = await self.js.key_value(VARIABLES_BUCKET)
-        try:
-            entry = await kv.get(variable_key(user, key))
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        return msgspec.json.decode(entry.value) if entry.value else None
+        value = await kv_value(self.js, VARIABLES_BUCKET, variable_key(user, key))
+        return msgspec.json.decode(value) if value is not None else None
 
     async def put(self, user: str, key: str, encoded: bytes) -> None:
         """Store an already validated, JSON-encoded value."""

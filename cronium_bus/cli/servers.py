@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import TypeAlias
 
 import msgspec
-import nats.js.errors
 
 from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
 from cronium_bus.cli.common import add_client_options, fail, run_client
 from cronium_bus.errors import CroniumError
-from cronium_bus.provision import provision
+from cronium_bus.provision import kv_value, provision
 from cronium_bus.secrets import box_from, delete_secret, put_secret
 from cronium_bus.servers import (
     CircuitState,
@@ -116,22 +115,18 @@ def main(args: argparse.Namespace) -> int:
             return exitcodes.OK
         await provision(bus.js, bus.settings)
         rows: list[dict[str, str | dict[str, str]]] = []
-        kv = await bus.js.key_value(CIRCUITS_BUCKET)
         for server in await list_servers(bus.js):
-            circuit: dict[str, str] = {"state": "closed"}
-            try:
-                entry = await kv.get(circuit_key(server.host, server.port))
-                if entry.value:
-                    c = msgspec.json.decode(entry.value, type=CircuitState)
-                    circuit = {
-                        "state": c.state,
-                        "failures": str(c.failures),
-                        "retry_in_s": str(c.retry_in_s),
-                        "last_error": c.last_error,
-                        "age_s": f"{time.time() - c.at:.0f}",
-                    }
-            except nats.js.errors.KeyNotFoundError:
-                circuit = {"state": "closed"}  # no runner has tried this host yet
+            stored = await kv_value(bus.js, CIRCUITS_BUCKET, circuit_key(server.host, server.port))
+            circuit: dict[str, str] = {"state": "closed"}  # no runner has tried this host yet
+            if stored is not None:
+                c = msgspec.json.decode(stored, type=CircuitState)
+                circuit = {
+                    "state": c.state,
+                    "failures": str(c.failures),
+                    "retry_in_s": str(c.retry_in_s),
+                    "last_error": c.last_error,
+                    "age_s": f"{time.time() - c.at:.0f}",
+                }
             rows.append({"name": server.name, "address": server.address, "circuit": circuit})
         if args.json:
             print(json.dumps(rows))
