@@ -106,6 +106,13 @@ class SshSettings(_Section):
     fanout_concurrency: int = Field(default=50, ge=1, le=1000)
 
 
+class WarehouseSettings(_Section):
+    """The ClickHouse projections (archive retention applies at the next start of the projector)."""
+
+    log_retention: Seconds = Field(90 * 86400.0, ge=3600.0)
+    batch: int = Field(500, ge=1, le=50_000)
+
+
 class Settings(BaseSettings):
     """Everything configurable. ``cronium config`` prints the effective values."""
 
@@ -129,6 +136,7 @@ class Settings(BaseSettings):
     streams: StreamSettings = StreamSettings()
     runner: RunnerSettings = RunnerSettings()
     ssh: SshSettings = SshSettings()
+    warehouse: WarehouseSettings = WarehouseSettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -1,9 +1,13 @@
-"""Tables of the warehouse; one DDL for the embedded (chdb) and server backends.
+"""Tables and views of the warehouse; one DDL for the embedded (chdb) and server backends.
 
 ORDER BY keys follow the queries: one execution's history is a point lookup on
 ``(execution_id, attempt)``; logs are read per (execution, attempt, stream) in sequence order;
 the audit trail is read and verified in stream order. ReplacingMergeTree keys make a redelivered
 event replace its earlier copy (queries read with ``FINAL``), so redelivery never doubles a row.
+
+Codecs: log lines are ZSTD(9) (≈ 0.93× the size of gzip -6 of the same text, see
+``bench/archive_compression.py``); sequence numbers and times are delta-encoded first, which
+makes the per-line metadata almost free.
 """
 
 from __future__ import annotations
@@ -11,22 +15,39 @@ from __future__ import annotations
 from typing import Final
 
 DATABASE: Final = "cronium"
+TABLES: Final = ("events_raw", "executions", "log_archive", "audit")
+DEFAULT_LOG_TTL_S: Final = 90 * 86400
 
 
-def statements(db: str = DATABASE, log_ttl_days: int = 90) -> list[str]:
-    """CREATE statements for database ``db`` (idempotent)."""
+def _log_ttl(seconds: float) -> str:
+    return f"toDateTime(time) + INTERVAL {int(seconds)} SECOND"
+
+
+def ttl_clause_matches(create_table_query: str, log_ttl_s: float) -> bool:
+    """Whether a table's CREATE statement (as ClickHouse prints it) has this log retention."""
+    return f"toIntervalSecond({int(log_ttl_s)})" in create_table_query
+
+
+def modify_ttl(db: str, log_ttl_s: float) -> str:
+    """The statement that changes the archive's retention (applied by merges from then on)."""
+    return f"ALTER TABLE {db}.log_archive MODIFY TTL {_log_ttl(log_ttl_s)}"
+
+
+def statements(db: str = DATABASE, log_ttl_s: float = DEFAULT_LOG_TTL_S) -> list[str]:
+    """CREATE statements for database ``db``, then migrations (all idempotent)."""
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
         f"""CREATE TABLE IF NOT EXISTS {db}.events_raw (
-            seq UInt64, event_id String, type LowCardinality(String), execution_id String,
-            attempt UInt32, user String, time DateTime64(6, 'UTC'),
-            payload String CODEC(ZSTD(3))
+            seq UInt64 CODEC(Delta, ZSTD(1)), event_id String, type LowCardinality(String),
+            execution_id String, attempt UInt32, user String,
+            time DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1)), payload String CODEC(ZSTD(6))
         ) ENGINE = ReplacingMergeTree ORDER BY (execution_id, seq)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.executions (
             execution_id String, attempt UInt32, user String, correlation_id String,
-            parent_id String, runtime LowCardinality(String), runner LowCardinality(String),
-            targets String, priority LowCardinality(String), status LowCardinality(String),
-            error_kind LowCardinality(String), error_message String, exit_code Nullable(Int32),
+            parent_id String, event_ref String, runtime LowCardinality(String),
+            runner LowCardinality(String), targets String, priority LowCardinality(String),
+            status LowCardinality(String), error_kind LowCardinality(String),
+            error_message String, exit_code Nullable(Int32),
             requested_at Nullable(DateTime64(6, 'UTC')), started_at Nullable(DateTime64(6, 'UTC')),
             ended_at Nullable(DateTime64(6, 'UTC')), setup_ms Float64, run_ms Float64,
             cleanup_ms Float64, peak_memory_bytes Nullable(UInt64), cpu_time_ms Nullable(Float64),
@@ -34,14 +55,27 @@ def statements(db: str = DATABASE, log_ttl_days: int = 90) -> list[str]:
             INDEX by_user user TYPE bloom_filter GRANULARITY 4
         ) ENGINE = ReplacingMergeTree(version) ORDER BY (execution_id, attempt)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.log_archive (
-            execution_id String, attempt UInt32, stream LowCardinality(String), seq UInt64,
-            time DateTime64(6, 'UTC'), source LowCardinality(String),
-            line String CODEC(ZSTD(3))
+            execution_id String, attempt UInt32, stream LowCardinality(String),
+            seq UInt64 CODEC(Delta, ZSTD(1)), time DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1)),
+            source LowCardinality(String), line String CODEC(ZSTD(9))
         ) ENGINE = ReplacingMergeTree ORDER BY (execution_id, attempt, stream, seq)
-        TTL toDateTime(time) + INTERVAL {int(log_ttl_days)} DAY""",
+        TTL {_log_ttl(log_ttl_s)}""",
         f"""CREATE TABLE IF NOT EXISTS {db}.audit (
             seq UInt64, time DateTime64(6, 'UTC'), execution_id String, user String,
             actor String, action LowCardinality(String), detail String,
             prev_hash FixedString(64), hash FixedString(64)
         ) ENGINE = MergeTree ORDER BY seq""",
+        # migrations of tables created by older versions
+        f"ALTER TABLE {db}.executions ADD COLUMN IF NOT EXISTS event_ref String AFTER parent_id",
+        # dashboard aggregates: views over the deduplicated tables, so they never double count
+        f"""CREATE OR REPLACE VIEW {db}.runs_per_hour AS
+            SELECT toStartOfHour(requested_at) AS hour, status, count() AS runs
+            FROM {db}.executions FINAL WHERE requested_at IS NOT NULL
+            GROUP BY hour, status""",
+        f"""CREATE OR REPLACE VIEW {db}.durations_by_event AS
+            SELECT event_ref, runtime, count() AS runs,
+                   quantile(0.5)(run_ms) AS p50_ms, quantile(0.95)(run_ms) AS p95_ms,
+                   quantile(0.99)(run_ms) AS p99_ms, max(run_ms) AS max_ms
+            FROM {db}.executions FINAL WHERE ended_at IS NOT NULL
+            GROUP BY event_ref, runtime""",
     ]

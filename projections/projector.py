@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -29,12 +29,11 @@ from cronium_bus.lifecycle import Stopper
 from cronium_bus.provision import provision
 from cronium_bus.state import fold
 from cronium_bus.subjects import EXEC_ALL, EXEC_STREAM, LOGS_ALL, LOGS_STREAM
-from projections.ddl import DATABASE, statements
+from projections.ddl import DATABASE, modify_ttl, statements, ttl_clause_matches
 from projections.rows import GENESIS, audit_row, execution_rows, log_rows, raw_row
 from projections.warehouse import Warehouse
 
 log = structlog.get_logger(__name__)
-BATCH: Final = 500
 
 
 class Projector:
@@ -45,22 +44,42 @@ class Projector:
         self.wh = warehouse
         self.db = db
         self.max_bytes = bus.settings.streams.max_msg_size
+        self.log_ttl_s = bus.settings.warehouse.log_retention
+        self.batch = bus.settings.warehouse.batch
         self._last_seq = 0
         self._last_hash = GENESIS
         self._lock = asyncio.Lock()  # the warehouse is used from one coroutine at a time
 
     def setup(self) -> None:
-        """Create tables; read where the audit chain ends."""
-        for sql in statements(self.db):
+        """Create or migrate tables, apply the archive retention, read where the audit chain
+        ends."""
+        for sql in statements(self.db, self.log_ttl_s):
             self.wh.command(sql)
+        created = self.wh.query(
+            "SELECT create_table_query AS q FROM system.tables "
+            "WHERE database = {db:String} AND name = 'log_archive'",
+            {"db": self.db},
+        )
+        if created and not ttl_clause_matches(str(created[0]["q"]), self.log_ttl_s):
+            log.info("changing the log archive retention", seconds=self.log_ttl_s)
+            self.wh.command(modify_ttl(self.db, self.log_ttl_s))
+        self.reload_audit_tail()
+
+    def reload_audit_tail(self) -> None:
+        """Continue the audit chain from the last row in the table (after setup or a swap)."""
         last = self.wh.query(f"SELECT seq, hash FROM {self.db}.audit ORDER BY seq DESC LIMIT 1")
         if last:
             self._last_seq, self._last_hash = int(last[0]["seq"]), str(last[0]["hash"])
+        else:
+            self._last_seq, self._last_hash = 0, GENESIS
 
     # ---------------------------------------------------------------- pure-ish batch handlers
 
-    def project_exec(self, batch: list[tuple[int, AnyEvent, bytes]]) -> None:
-        """Insert raw events and audit rows, then re-fold the affected executions."""
+    def project_exec(
+        self, batch: list[tuple[int, AnyEvent, bytes]], *, refold: bool = True
+    ) -> None:
+        """Insert raw events and audit rows, then re-fold the affected executions (a replay
+        re-folds everything once at the end instead)."""
         raw = [raw_row(seq, event, data) for seq, event, data in batch]
         self.wh.insert(f"{self.db}.events_raw", raw)
         audit: list[dict[str, Any]] = []
@@ -71,8 +90,8 @@ class Projector:
             audit.append(row)
             self._last_seq, self._last_hash = seq, row["hash"]
         self.wh.insert(f"{self.db}.audit", audit)
-        affected = sorted({event.execution_id for _, event, _ in batch})
-        self.refold(affected)
+        if refold:
+            self.refold(sorted({event.execution_id for _, event, _ in batch}))
 
     def refold(self, execution_ids: list[str]) -> None:
         """Rebuild the executions rows of these executions from their raw events."""
@@ -120,7 +139,8 @@ class Projector:
                 self._consume(stopper, LOGS_STREAM, LOGS_ALL, "projector-logs", self._on_logs),
             )
 
-    async def _on_exec(self, msgs: list[Msg]) -> None:
+    def exec_batch(self, msgs: list[Msg]) -> list[tuple[int, AnyEvent, bytes]]:
+        """Decodable lifecycle events of a fetch, with their stream sequence."""
         batch = []
         for msg in msgs:
             try:
@@ -128,10 +148,10 @@ class Projector:
             except EventDecodeError:
                 continue  # the dispatcher rejected or dead-lettered it; nothing to project
             batch.append((msg.metadata.sequence.stream, event, msg.data))
-        async with self._lock:
-            await asyncio.to_thread(self.project_exec, batch)
+        return batch
 
-    async def _on_logs(self, msgs: list[Msg]) -> None:
+    def log_batch(self, msgs: list[Msg]) -> list[LogChunk]:
+        """Decodable log chunks of a fetch."""
         chunks = []
         for msg in msgs:
             try:
@@ -140,6 +160,15 @@ class Projector:
                 continue
             if isinstance(event, LogChunk):
                 chunks.append(event)
+        return chunks
+
+    async def _on_exec(self, msgs: list[Msg]) -> None:
+        batch = self.exec_batch(msgs)
+        async with self._lock:
+            await asyncio.to_thread(self.project_exec, batch)
+
+    async def _on_logs(self, msgs: list[Msg]) -> None:
+        chunks = self.log_batch(msgs)
         async with self._lock:
             await asyncio.to_thread(self.project_logs, chunks)
 
@@ -152,7 +181,7 @@ class Projector:
             ack_policy=AckPolicy.ALL,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=60.0,
-            max_ack_pending=BATCH * 4,
+            max_ack_pending=self.batch * 4,
         )
         sub = await self.bus.js.pull_subscribe(
             subject, durable=durable, stream=stream, config=config
@@ -160,7 +189,7 @@ class Projector:
         try:
             while not stopper.stopping:
                 try:
-                    msgs = await sub.fetch(BATCH, timeout=0.5)
+                    msgs = await sub.fetch(self.batch, timeout=0.5)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
                 except (nats.errors.Error, nats.js.errors.Error) as exc:

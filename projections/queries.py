@@ -85,3 +85,18 @@ def verify_audit(wh: Any, db: str = DATABASE) -> dict[str, Any]:
             }
         prev = row["hash"]
     return {"ok": True, "rows": len(rows), "seq": None, "reason": ""}
+
+
+def aggregates(wh: Any, since: str, db: str = DATABASE) -> dict[str, list[dict[str, Any]]]:
+    """Dashboard figures from the views: runs per status per hour since ``since``, and run-time
+    percentiles per event (all retained history)."""
+    hours: list[dict[str, Any]] = wh.query(
+        f"SELECT hour, status, runs FROM {db}.runs_per_hour "
+        "WHERE hour >= toStartOfHour(parseDateTime64BestEffort({since:String}, 6, 'UTC')) "
+        "ORDER BY hour, status",
+        {"since": since},
+    )
+    events: list[dict[str, Any]] = wh.query(
+        f"SELECT * FROM {db}.durations_by_event ORDER BY runs DESC, event_ref, runtime LIMIT 1000"
+    )
+    return {"runs_per_hour": hours, "durations_by_event": events}

@@ -56,6 +56,7 @@ def execution_rows(
         "user": state.user or "",
         "correlation_id": state.correlation_id or "",
         "parent_id": state.parent_id or "",
+        "event_ref": (req.event_ref or "") if req else "",
         "runtime": req.runtime if req else "",
         "runner": req.runner if req else "",
         "targets": ",".join(req.targets) if req else "",

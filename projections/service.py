@@ -18,9 +18,18 @@ import structlog
 from nats.aio.msg import Msg
 
 from cronium_bus.bus import Bus
+from cronium_bus.errors import CroniumError
 from cronium_bus.lifecycle import Stopper
 from projections.projector import Projector
-from projections.queries import HistoryFilter, archived_logs, audit_rows, history, verify_audit
+from projections.queries import (
+    HistoryFilter,
+    aggregates,
+    archived_logs,
+    audit_rows,
+    history,
+    verify_audit,
+)
+from projections.replay import Replay
 from projections.warehouse import ChdbWarehouse, ServerWarehouse, Warehouse
 
 log = structlog.get_logger(__name__)
@@ -34,6 +43,14 @@ class _LogsQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class _AuditQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     since: str
     until: str
+
+
+class _ReplayRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    force: bool = False
+
+
+class _StatsQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    since: str
 
 
 def open_warehouse(bus: Bus) -> Warehouse:
@@ -51,6 +68,7 @@ class ProjectorService:
         self.bus = bus
         self.wh = warehouse or open_warehouse(bus)
         self.projector = Projector(bus, self.wh)
+        self._replay: asyncio.Task[None] | None = None
 
     async def run(self, stopper: Stopper) -> None:
         """Project and answer queries until stopped."""
@@ -63,11 +81,15 @@ class ProjectorService:
             self.wh.close()
 
     async def _on_query(self, msg: Msg) -> None:
+        if msg.subject == "cronium.query.replay":
+            await self._start_replay(msg)
+            return
         handlers: dict[str, Callable[[bytes], Awaitable[Any]]] = {
             "cronium.query.history": self._history,
             "cronium.query.logs": self._logs,
             "cronium.query.audit.verify": self._verify,
             "cronium.query.audit.export": self._export,
+            "cronium.query.stats": self._stats,
         }
         handler = handlers.get(msg.subject)
         if handler is None:
@@ -85,6 +107,41 @@ class ProjectorService:
         if msg.reply:
             await msg.respond(msgspec.json.encode(reply))
 
+    async def _start_replay(self, msg: Msg) -> None:
+        """Replays run beside queries (a long one must not block them); progress and the final
+        answer go to the request's reply subject."""
+
+        async def send(body: dict[str, Any]) -> None:
+            if msg.reply:
+                await self.bus.nc.publish(msg.reply, msgspec.json.encode(body))
+
+        try:
+            request = msgspec.json.decode(msg.data or b"{}", type=_ReplayRequest)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            await send({"ok": False, "error": str(exc)})
+            return
+        if self._replay is not None and not self._replay.done():
+            await send({"ok": False, "error": "a replay is already running"})
+            return
+
+        async def progress(p: dict[str, Any]) -> None:
+            await send({"progress": p})
+
+        async def replay() -> None:
+            try:
+                result = await Replay(self.projector, self.projector._lock, progress).run(
+                    force=request.force
+                )
+                await send({"ok": True, "result": result})
+            except CroniumError as exc:
+                await send({"ok": False, "error": exc.message, "hint": exc.hint})
+            except Exception as exc:
+                log.exception("replay failed")
+                await send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+        await progress({"phase": "start", "done": 0, "total": 0})
+        self._replay = asyncio.create_task(replay())
+
     async def _run(self, fn: Callable[[], Any]) -> Any:
         async with self.projector._lock:
             return await asyncio.to_thread(fn)
@@ -99,6 +156,10 @@ class ProjectorService:
 
     async def _verify(self, _data: bytes) -> Any:
         return await self._run(lambda: verify_audit(self.wh))
+
+    async def _stats(self, data: bytes) -> Any:
+        q = msgspec.json.decode(data, type=_StatsQuery)
+        return await self._run(lambda: aggregates(self.wh, q.since))
 
     async def _export(self, data: bytes) -> Any:
         q = msgspec.json.decode(data, type=_AuditQuery)

@@ -218,6 +218,20 @@ def test_history_and_audit_verify(stack: Stack) -> None:
     assert exported.returncode == 0 and "ex_history_probe" in exported.stdout
     assert stack.cli("history", "--since", "yesterday-ish").returncode == 2
 
+    # replay rebuilds the projections (progress on stderr) and the same rows come back
+    replayed = stack.cli("replay")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "swapped in" in replayed.stdout and "replay: swap" in replayed.stderr
+    again = stack.cli("history", "--json", "--status", "failed", "--since", "1h")
+    assert [r for r in json.loads(again.stdout) if r["execution_id"] == "ex_history_probe"] == rows
+    assert stack.cli("audit", "verify").returncode == 0
+
+    stats = stack.cli("stats", "--json", "--since", "1h")
+    assert stats.returncode == 0, stats.stderr
+    hours = json.loads(stats.stdout)["runs_per_hour"]
+    assert any(h["status"] == "failed" and int(h["runs"]) >= 1 for h in hours)
+    assert "run time per event" in stack.cli("stats").stdout
+
 
 def test_status_lists_healthy_consumers(stack: Stack) -> None:
     result = stack.cli("status", "--json")
@@ -259,6 +273,8 @@ def test_a_killed_consumer_is_restarted(stack: Stack) -> None:
         (["run", "--runtime", "ruby", "-c", "1"], "invalid choice"),
         (["run", "/nonexistent.py"], "cannot read"),
         (["logs", "bad.id"], "not an execution id"),
+        (["stats", "--since", "last tuesday"], "cannot read --since"),
+        (["replay", "--force", "extra"], "unrecognized arguments"),
     ],
 )
 def test_bad_flags_exit_2_with_a_message(stack: Stack, args: list[str], message: str) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nats.js.errors
 import pytest
 
 from cronium_bus.bus import Bus
@@ -26,7 +28,14 @@ from cronium_bus.events import (
 from cronium_bus.history import execution_state
 from cronium_bus.lifecycle import Stopper
 from projections.projector import Projector
-from projections.queries import HistoryFilter, archived_logs, history, verify_audit
+from projections.queries import (
+    HistoryFilter,
+    aggregates,
+    archived_logs,
+    history,
+    verify_audit,
+)
+from projections.replay import Replay, ReplayError
 from projections.warehouse import ChdbWarehouse
 from tests.helpers import requested
 
@@ -59,9 +68,30 @@ class Running:
             await asyncio.sleep(0.1)
         raise AssertionError(f"projection did not reach {want_rows} rows")
 
+    async def caught_up(self, timeout: float = 60) -> None:
+        """Wait until both durable consumers have nothing pending or unacknowledged."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            infos = [
+                await self.bus.js.consumer_info(stream, durable)
+                for stream, durable in (
+                    ("CRONIUM_EXEC", "projector-exec"),
+                    ("CRONIUM_LOGS", "projector-logs"),
+                )
+            ]
+            if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("projector did not catch up with the streams")
+
 
 @pytest.fixture
 async def projector(bus: Bus, tmp_path: Path) -> AsyncIterator[Running]:
+    # a fresh warehouse per test: projected from the start of the (module-wide) streams
+    for stream, durable in (("CRONIUM_EXEC", "projector-exec"), ("CRONIUM_LOGS", "projector-logs")):
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await bus.js.delete_consumer(stream, durable)
     running = Running(bus, tmp_path / "warehouse")
     yield running
     if not running.task.done():
@@ -71,7 +101,7 @@ async def projector(bus: Bus, tmp_path: Path) -> AsyncIterator[Running]:
 
 async def publish_lifecycle(bus: Bus, kind: str, n: int) -> str:
     """Publish the events a dispatcher and runner would for one execution."""
-    req = requested(f"print({n})", user=f"user{n % 5}")
+    req = requested(f"print({n})", user=f"user{n % 5}", event_ref=f"event{n % 3}")
     await bus.publish(req)
     if kind == "rejected":
         await bus.publish(
@@ -181,8 +211,13 @@ async def test_history_filters(bus: Bus, projector: Running) -> None:
         for n, k in enumerate(["succeeded", "failed", "rejected", "succeeded"])
     ]
     await projector.settle(4)
+    await projector.caught_up()
     async with projector.projector._lock:
-        failed = history(projector.wh, HistoryFilter(status="failed"))
+        failed = [
+            r
+            for r in history(projector.wh, HistoryFilter(status="failed", limit=10_000))
+            if r["execution_id"] in ids
+        ]
         one = history(projector.wh, HistoryFilter(execution_id=ids[3]))
         limited = history(projector.wh, HistoryFilter(limit=2))
     assert [r["execution_id"] for r in failed] == [ids[1]]
@@ -240,3 +275,120 @@ async def test_log_archive_is_gapless(bus: Bus, projector: Running) -> None:
         await asyncio.sleep(0.2)
     assert [int(r["seq"]) for r in archived] == list(range(len(lines)))  # type: ignore[call-overload]
     assert [r["line"] for r in archived] == lines
+
+
+async def publish_logs(bus: Bus, execution_id: str, lines: int, chunk: int = 500) -> None:
+    """Log chunks of ``lines`` numbered lines for an execution (as a runner's log pump would)."""
+    req = requested("print(1)")
+    env = {**follow_up(req, "t"), "execution_id": execution_id, "correlation_id": execution_id}
+    for first in range(0, lines, chunk):
+        await bus.publish(
+            LogChunk(
+                **env,
+                stream="stdout",
+                first_seq=first,
+                lines=tuple(f"line {i}" for i in range(first, min(first + chunk, lines))),
+            )
+        )
+
+
+def snapshot(running: Running) -> dict[str, object]:
+    """Every query users run, plus the raw audit rows (for identity after a replay)."""
+    wh = running.wh
+    ids = [
+        r["execution_id"] for r in wh.query("SELECT DISTINCT execution_id FROM cronium.executions")
+    ]
+    return {
+        "history": history(wh, HistoryFilter(limit=10_000)),
+        "audit": wh.query("SELECT * FROM cronium.audit ORDER BY seq"),
+        "verify": verify_audit(wh),
+        "logs": {i: archived_logs(wh, i) for i in sorted(ids)},
+        "stats": aggregates(wh, "2000-01-01"),
+        "raw": wh.query("SELECT count() AS n FROM cronium.events_raw FINAL"),
+    }
+
+
+async def test_aggregates_count_what_history_lists(bus: Bus, projector: Running) -> None:
+    """runs_per_hour agrees with the executions rows; durations are per event_ref."""
+    for n, kind in enumerate(["succeeded", "failed", "succeeded", "timed_out", "rejected"]):
+        await publish_lifecycle(bus, kind, n)
+    await projector.settle(5)
+    await projector.caught_up()
+    async with projector.projector._lock:
+        rows = history(projector.wh, HistoryFilter(limit=10_000))
+        stats = aggregates(projector.wh, "2000-01-01")
+    per_status: dict[str, int] = {}
+    for r in rows:
+        per_status[r["status"]] = per_status.get(r["status"], 0) + 1
+    counted: dict[str, int] = {}
+    for r in stats["runs_per_hour"]:
+        counted[r["status"]] = counted.get(r["status"], 0) + int(r["runs"])
+    assert counted == per_status
+    events = {r["event_ref"]: int(r["runs"]) for r in stats["durations_by_event"]}
+    ended = [r for r in rows if r["ended_at"] is not None]
+    assert sum(events.values()) == len(ended) and set(events) <= {"event0", "event1", "event2"}
+
+
+async def test_replay_rebuilds_identical_projections_and_swaps_atomically(
+    bus: Bus, projector: Running
+) -> None:
+    """A replay on a populated warehouse yields identical query results; events published
+    while it runs are not lost; progress is reported; a second replay changes nothing."""
+    rng = random.Random(11)
+    kinds = ["succeeded", "failed", "timed_out", "rejected", "retried"]
+    ids = [await publish_lifecycle(bus, rng.choice(kinds), n) for n in range(60)]
+    for execution_id in ids[:3]:
+        await publish_logs(bus, execution_id, 1200)
+    await projector.settle(1)
+    await projector.caught_up()
+    async with projector.projector._lock:
+        before = snapshot(projector)
+    assert before["verify"]["ok"]  # type: ignore[index]
+
+    reports: list[dict[str, object]] = []
+
+    async def report(p: dict[str, object]) -> None:
+        reports.append(p)
+
+    result = await Replay(projector.projector, projector.projector._lock, report).run()
+    async with projector.projector._lock:
+        after = snapshot(projector)
+        staging = projector.wh.query("SELECT name FROM system.databases WHERE name LIKE '%replay%'")
+    assert after == before
+    assert staging == []
+    assert int(result["executions"]) >= len(ids) and int(result["log_chunks"]) >= 9
+    phases = {p["phase"] for p in reports}
+    assert {"carry over archived log lines", "swap"} <= phases
+
+    # a replay while events keep arriving: nothing published meanwhile is lost
+    later: list[str] = []
+
+    async def publish_more() -> None:
+        for n in range(100, 120):
+            later.append(await publish_lifecycle(bus, "succeeded", n))
+
+    await asyncio.gather(
+        Replay(projector.projector, projector.projector._lock, report).run(), publish_more()
+    )
+    await projector.caught_up()
+    async with projector.projector._lock:
+        rows = history(projector.wh, HistoryFilter(limit=10_000))
+        assert verify_audit(projector.wh)["ok"]
+    statuses = {r["execution_id"]: r["status"] for r in rows}
+    assert all(statuses[i] == "succeeded" for i in later)
+
+
+async def test_replay_refuses_when_events_aged_out(bus: Bus, projector: Running) -> None:
+    """Once the exec stream no longer starts at 1, replay is refused unless forced."""
+    for n in range(4):
+        await publish_lifecycle(bus, "succeeded", n)
+    await projector.settle(4)
+    await bus.js.purge_stream("CRONIUM_EXEC", keep=10)
+
+    async def report(_p: dict[str, object]) -> None:
+        return None
+
+    with pytest.raises(ReplayError, match="aged out"):
+        await Replay(projector.projector, projector.projector._lock, report).run()
+    result = await Replay(projector.projector, projector.projector._lock, report).run(force=True)
+    assert int(result["events"]) == 10

@@ -1,4 +1,5 @@
-"""``cronium history`` and ``cronium audit verify|export``: queries answered by the projector."""
+"""``cronium history``, ``stats``, ``audit verify|export`` and ``replay``: answered by the
+projector process, which owns the warehouse."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from cronium_bus.units import parse_duration
 
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 _QUERY_TIMEOUT_S = 30.0
+_REPLAY_SILENCE_S = 60.0  # the projector reports progress at least every few seconds
 
 
 class QueryError(CroniumError):
@@ -64,6 +66,28 @@ def add_parsers(sub: _Sub) -> None:
     p.add_argument("--json", action="store_true")
     add_client_options(p)
     p.set_defaults(handler=history_cmd)
+
+    p = sub.add_parser(
+        "stats",
+        help="dashboard figures: runs per status per hour, run-time percentiles per event",
+    )
+    p.add_argument("--since", default="24h", metavar="T", help="ISO time or duration ago")
+    p.add_argument("--json", action="store_true")
+    add_client_options(p)
+    p.set_defaults(handler=stats_cmd)
+
+    p = sub.add_parser(
+        "replay",
+        help="rebuild every projection from the streams, then swap it in atomically",
+        description="Rebuild the warehouse (history, audit trail, log archive) from the "
+        "JetStream streams into fresh tables, showing progress, and swap them in with one "
+        "atomic EXCHANGE. Queries keep answering from the old tables until the swap. Archived "
+        "log lines older than the log stream are carried over. Refused when lifecycle events "
+        "have aged out of the stream (their history would be lost) unless --force.",
+    )
+    p.add_argument("--force", action="store_true", help="replay even if events have aged out")
+    add_client_options(p)
+    p.set_defaults(handler=replay_cmd)
 
     p = sub.add_parser("audit", help="verify or export the audit trail")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -129,5 +153,85 @@ def audit_cmd(args: argparse.Namespace) -> int:
             writer.writeheader()
             writer.writerows(rows)
         return exitcodes.OK
+
+    return run_client(args, body)
+
+
+def stats_cmd(args: argparse.Namespace) -> int:
+    """``cronium stats``."""
+    try:
+        since = when(args.since)
+    except ValueError as exc:
+        return fail(f"cannot read --since: {exc}", code=exitcodes.USAGE)
+
+    async def body(bus: Bus) -> int:
+        result = await ask(bus, "stats", {"since": since})
+        if args.json:
+            print(json.dumps(result))
+            return exitcodes.OK
+        print("runs per hour")
+        for r in result["runs_per_hour"]:
+            print(f"  {r['hour']:<20} {r['status']:<16} {r['runs']:>8}")
+        print("run time per event (ms)        runs      p50      p95      p99")
+        for r in result["durations_by_event"]:
+            name = f"{r['event_ref'] or '(ad hoc)'} [{r['runtime']}]"
+            print(
+                f"  {name:<26} {r['runs']:>8} {r['p50_ms']:>8.0f} {r['p95_ms']:>8.0f} "
+                f"{r['p99_ms']:>8.0f}"
+            )
+        return exitcodes.OK
+
+    return run_client(args, body)
+
+
+def _show_progress(p: dict[str, Any]) -> None:
+    if p["total"]:
+        pct = 100.0 * p["done"] / p["total"]
+        text = f"replay: {p['phase']}: {p['done']:,}/{p['total']:,} ({pct:.0f}%)"
+    else:
+        text = f"replay: {p['phase']}"
+    if sys.stderr.isatty():
+        print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+def replay_cmd(args: argparse.Namespace) -> int:
+    """``cronium replay``: progress on stderr, a summary on stdout."""
+
+    async def body(bus: Bus) -> int:
+        inbox = bus.nc.new_inbox()
+        sub = await bus.nc.subscribe(inbox)
+        payload = msgspec.json.encode({"force": args.force})
+        await bus.nc.publish("cronium.query.replay", payload, reply=inbox)
+        first = True
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=10.0 if first else _REPLAY_SILENCE_S)
+            except nats.errors.TimeoutError as exc:
+                raise QueryError(
+                    "no projector answered" if first else "the projector went silent",
+                    hint="is `cronium up` running? see `cronium status`",
+                ) from exc
+            if msg.headers and msg.headers.get("Status") == "503":
+                raise QueryError(
+                    "no projector is running to replay into",
+                    hint="start the stack with `cronium up` (it runs the projector)",
+                )
+            first = False
+            reply = msgspec.json.decode(msg.data)
+            if "progress" in reply:
+                _show_progress(reply["progress"])
+                continue
+            if sys.stderr.isatty():
+                print(file=sys.stderr)
+            if not reply.get("ok"):
+                return fail(f"replay failed: {reply.get('error')}", reply.get("hint", ""))
+            r = reply["result"]
+            print(
+                f"replayed {r['events']:,} lifecycle events and {r['log_chunks']:,} log chunks "
+                f"into {r['executions']:,} executions in {r['seconds']:.1f} s; swapped in"
+            )
+            return exitcodes.OK
 
     return run_client(args, body)
