@@ -33,6 +33,20 @@ def _literal(value: Any) -> str:
     return str(value)
 
 
+def _json_rows(rows: list[dict[str, Any]]) -> bytes:
+    """Rows as JSONEachRow, the one insert format of both backends."""
+    return b"\n".join(msgspec.json.encode(r) for r in rows)
+
+
+# JSON output settings both backends use, so rows are the same whichever answers
+_JSON_SETTINGS: dict[str, Any] = {"output_format_json_quote_64bit_integers": 0}
+
+
+def _parse_rows(text: bytes) -> list[dict[str, Any]]:
+    """JSONEachRow output, the one result format of both backends."""
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
 def _params(params: dict[str, Any] | None) -> dict[str, str]:
     return {k: _literal(v) for k, v in (params or {}).items()}
 
@@ -45,6 +59,8 @@ class ChdbWarehouse:
 
         path.mkdir(parents=True, exist_ok=True)
         self._session = session.Session(str(path))  # type: ignore[no-untyped-call]
+        for name, value in _JSON_SETTINGS.items():
+            self._session.query(f"SET {name} = {value}", "Null")  # type: ignore[no-untyped-call]
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self._session.query(sql, "Null", params=_params(params))  # type: ignore[no-untyped-call]
@@ -52,7 +68,7 @@ class ChdbWarehouse:
     def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        body = b"\n".join(msgspec.json.encode(r) for r in rows).decode()
+        body = _json_rows(rows).decode()
         self._session.query(  # type: ignore[no-untyped-call]
             f"INSERT INTO {table} FORMAT JSONEachRow {body}", "Null"
         )
@@ -61,15 +77,15 @@ class ChdbWarehouse:
         result = self._session.query(  # type: ignore[no-untyped-call]
             sql, "JSONEachRow", params=_params(params)
         )
-        text = result.bytes().decode()
-        return [json.loads(line) for line in text.splitlines() if line]
+        return _parse_rows(result.bytes())
 
     def close(self) -> None:
         self._session.close()  # type: ignore[no-untyped-call]
 
 
 class ServerWarehouse:
-    """A ClickHouse server through clickhouse-connect."""
+    """A ClickHouse server through clickhouse-connect, with the same JSONEachRow encoding both
+    ways as chdb (so rows look the same whichever backend answers)."""
 
     def __init__(self, url: str) -> None:
         import clickhouse_connect
@@ -82,12 +98,14 @@ class ServerWarehouse:
     def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        columns = list(rows[0])
-        self._client.insert(table, [[r[c] for c in columns] for r in rows], column_names=columns)
+        self._client.raw_insert(table, insert_block=_json_rows(rows), fmt="JSONEachRow")
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        result = self._client.query(sql, parameters=params or {})
-        return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+        return _parse_rows(
+            self._client.raw_query(
+                sql, parameters=params or {}, settings=_JSON_SETTINGS, fmt="JSONEachRow"
+            )
+        )
 
     def close(self) -> None:
         self._client.close()
