@@ -39,9 +39,13 @@ def durable_name(runner: RunnerKind, priority: Priority) -> str:
 
 
 async def ensure_lane_consumers(
-    js: JetStreamContext, runner: RunnerKind, *, ack_wait: float, max_deliver: int
+    js: JetStreamContext, runner: RunnerKind, *, ack_wait: float
 ) -> None:
-    """Create or update the durable consumer of each lane of ``runner``."""
+    """Create or update the durable consumer of each lane of ``runner``.
+
+    Deliveries are unlimited: a job goes back to its lane while it waits (``not_before``, a
+    concurrency limit, a runner still holding it); the runner bounds real failures itself and
+    dead-letters a job that keeps failing."""
     for priority in PRIORITIES:
         name = durable_name(runner, priority)
         await js.add_consumer(
@@ -52,7 +56,7 @@ async def ensure_lane_consumers(
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=ack_wait,
-                max_deliver=max_deliver,
+                max_deliver=-1,
                 max_ack_pending=10_000,
             ),
         )

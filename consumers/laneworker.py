@@ -1,37 +1,62 @@
-"""The claim loop shared by runners: slots, priority lanes, leases, cancellation, redelivery.
+"""The claim loop shared by runners: slots, priority lanes, leases, limits, delays, retries,
+cancellation, redelivery and dead letters.
 
 A subclass says how to run one queued attempt (:meth:`LaneWorker.execute`) and how to cancel one
 (:meth:`LaneWorker.cancel`). A job message is held as a lease while its attempt runs
 (``in_progress`` every ``ack_wait / 3``) and acknowledged only after the terminal event is stored,
 so a runner killed at any instant loses nothing: the job is redelivered, and the next runner ends
-the attempt ``lost`` (``runner_lost``) instead of running it a second time at the same attempt.
+the attempt ``lost`` (``runner_lost``) instead of running it a second time at the same attempt —
+unless the runner that started it is still alive (its heartbeat is fresh, e.g. it only lost its
+lease while NATS restarted), in which case the job is looked at again later.
+
+A job is not run yet, and goes back to its lane with a delay (``nak``), while its ``not_before``
+is in the future or its user's or event's concurrency limit is reached (:mod:`consumers.limits`).
+After the attempt ends, the request's retry policy may queue the next attempt
+(:mod:`consumers.retries`). A job whose handling keeps raising is dead-lettered after
+``runner.max_deliver`` tries and its attempt ends ``failed`` (``infrastructure``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Final
 
+import msgspec
 import nats.errors
 import structlog
 from nats.aio.msg import Msg
 
 from consumers.deadletter import dead_letter
 from consumers.lanes import LaneClaimer, ensure_lane_consumers, lane_order
+from consumers.limits import Gate
+from consumers.retries import schedule_retry
 from cronium_bus.bus import Bus
 from cronium_bus.codec import decode_as
 from cronium_bus.errors import EventDecodeError
-from cronium_bus.events import Cancelled, ErrorInfo, Lost, Queued, RunnerKind, follow_up
-from cronium_bus.health import Heartbeat
+from cronium_bus.events import (
+    Cancelled,
+    ErrorInfo,
+    Failed,
+    Lost,
+    Queued,
+    RunnerKind,
+    follow_up,
+    make_terminal,
+    utcnow,
+)
+from cronium_bus.health import Beat, Heartbeat
 from cronium_bus.history import execution_state
 from cronium_bus.lifecycle import Stopper, drain_tasks
-from cronium_bus.provision import provision
-from cronium_bus.state import AttemptState
-from cronium_bus.subjects import CANCELS
+from cronium_bus.provision import kv_value, provision
+from cronium_bus.retry import should_retry
+from cronium_bus.state import AttemptState, ExecutionState
+from cronium_bus.subjects import CANCELS, HEARTBEAT_BUCKET
 
 log = structlog.get_logger(__name__)
 _IDLE_WAIT_S: Final = 1.0
+_MIN_DELAY_S: Final = 0.02
 
 
 class LaneWorker:
@@ -46,8 +71,10 @@ class LaneWorker:
         self.heartbeat = Heartbeat(bus.js, self.kind, self.settings.runner.heartbeat)
         self.runner_id = self.heartbeat.instance
         self.claimer = LaneClaimer(bus.nc, self.kind)
+        self.gate = Gate(bus.js, self.settings)
         self._claims = 0
         self._doorbell = asyncio.Event()
+        self._failures: dict[tuple[str, int], int] = {}
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -74,9 +101,7 @@ class LaneWorker:
         """Claim and run jobs until stopped, then finish work in flight within a grace."""
         r = self.settings.runner
         await provision(self.bus.js, self.settings)
-        await ensure_lane_consumers(
-            self.bus.js, self.kind, ack_wait=r.ack_wait, max_deliver=r.max_deliver + 1
-        )
+        await ensure_lane_consumers(self.bus.js, self.kind, ack_wait=r.ack_wait)
         await self.on_start()
         bell = await self.bus.nc.subscribe(f"cronium.jobs.{self.kind}.>", cb=self._ring)
         cancels = await self.bus.nc.subscribe(CANCELS, cb=self._on_cancel)
@@ -136,26 +161,62 @@ class LaneWorker:
         structlog.contextvars.bind_contextvars(
             execution_id=queued.execution_id, correlation_id=queued.correlation_id
         )
-        lease = asyncio.create_task(self._hold_lease(msg))
+        key = (queued.execution_id, queued.attempt)
+        lease = asyncio.create_task(self._hold_lease(msg, queued))
         try:
-            await self._settle(queued)
-            await msg.ack_sync()
+            delay = await self._settle(queued)
+            if delay is None:
+                await msg.ack_sync()
+            else:
+                await msg.nak(delay=delay)
+            self._failures.pop(key, None)
         except Exception as exc:
-            log.exception("job failed in the runner; it will be redelivered", error=str(exc))
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=1.0)
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
+            if failures >= self.settings.runner.max_deliver:
+                self._failures.pop(key, None)
+                await self._give_up(msg, queued, f"{type(exc).__name__}: {exc}")
+            else:
+                log.exception("job failed in the runner; it will be redelivered", error=str(exc))
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.nak(delay=min(2.0**failures, 30.0))
         finally:
             lease.cancel()
             structlog.contextvars.unbind_contextvars("execution_id", "correlation_id")
 
-    async def _settle(self, queued: Queued) -> None:
-        """Run the attempt unless the streams say it is settled, cancelled or was lost."""
-        max_bytes = self.settings.streams.max_msg_size
-        state = await execution_state(self.bus.js, queued.execution_id, max_bytes=max_bytes)
+    async def _give_up(self, msg: Msg, queued: Queued, reason: str) -> None:
+        """Dead-letter a job that keeps failing; its attempt ends failed so nothing waits."""
+        log.error("job keeps failing; dead-lettering it", reason=reason)
+        await self.gate.release(queued)
+        await self.bus.publish(
+            make_terminal(
+                Failed,
+                follow_up(queued, self.bus.producer),
+                runner=self.runner_id,
+                error=ErrorInfo(
+                    kind="infrastructure",
+                    message=f"the runner failed {self.settings.runner.max_deliver} times: {reason}"[
+                        :1000
+                    ],
+                    hint="see `cronium dlq list`; `cronium dlq retry` runs it again",
+                ),
+            )
+        )
+        await dead_letter(self.bus.js, self.kind, msg, reason)
+        await self._after_end(queued, await self._state(queued))  # retried if the policy says so
+
+    async def _settle(self, queued: Queued) -> float | None:
+        """Run the attempt unless the streams say it is settled, cancelled, held elsewhere or was
+        lost; ``None`` to acknowledge the job, else seconds until it is looked at again."""
+        state = await self._state(queued)
         current = state.attempt_state(queued.attempt) if state else None
-        if current is not None and current.terminal:
+        if state is not None and current is not None and current.terminal:
             log.info("attempt already settled; acknowledging", status=current.status)
-        elif current is not None and current.status == "started":
+            await self._after_end(queued, state)
+            return None
+        if state is not None and current is not None and current.status == "started":
+            if current.runner and await self._alive(current.runner):
+                log.info("attempt held by a live runner; looking again later", by=current.runner)
+                return self.settings.runner.ack_wait
             await self.bus.publish(
                 Lost(
                     **follow_up(queued, self.bus.producer),
@@ -168,7 +229,10 @@ class LaneWorker:
                 )
             )
             await self.on_lost(queued, current)
-        elif state is not None and state.cancel_requested:
+            await self.gate.release(queued)
+            await self._after_end(queued, await self._state(queued))
+            return None
+        if state is not None and state.cancel_requested:
             await self.bus.publish(
                 Cancelled(
                     **follow_up(queued, self.bus.producer),
@@ -176,12 +240,53 @@ class LaneWorker:
                     error=ErrorInfo(kind="cancelled", message="cancelled before it started"),
                 )
             )
-        else:
+            await self.gate.release(queued)
+            return None
+        if queued.not_before is not None:
+            wait = (queued.not_before - utcnow()).total_seconds()
+            if wait > _MIN_DELAY_S:
+                return wait
+        if not await self.gate.acquire(queued):
+            return self.settings.runner.limit_wait
+        try:
             await self.execute(queued)
+        finally:
+            await self.gate.release(queued)
+        await self._after_end(queued, await self._state(queued))
+        return None
 
-    async def _hold_lease(self, msg: Msg) -> None:
+    async def _state(self, queued: Queued) -> ExecutionState | None:
+        max_bytes = self.settings.streams.max_msg_size
+        return await execution_state(self.bus.js, queued.execution_id, max_bytes=max_bytes)
+
+    async def _after_end(self, queued: Queued, state: ExecutionState | None) -> None:
+        """Queue the next attempt when the policy says so (idempotent: once per attempt)."""
+        if state is None or queued.request.retry is None or state.cancel_requested:
+            return
+        ended = state.attempt_state(queued.attempt)
+        if ended is None or not should_retry(queued.request, ended):
+            return
+        if state.attempt_state(queued.attempt + 1) is not None:
+            return  # already queued (by us before a crash, or by another runner)
+        at = await schedule_retry(self.bus, queued, ended)
+        log.info("retry scheduled", next_attempt=queued.attempt + 1, at=at.isoformat())
+
+    async def _alive(self, instance: str) -> bool:
+        """Whether a runner instance's heartbeat is fresh (it may still be running the job)."""
+        if instance == self.runner_id:
+            return True
+        value = await kv_value(self.bus.js, HEARTBEAT_BUCKET, instance)
+        if value is None:
+            return False
+        beat = msgspec.json.decode(value, type=Beat)
+        grace = max(3 * beat.interval, self.settings.runner.ack_wait)
+        return beat.status == "ok" and time.time() - beat.beat_at <= grace
+
+    async def _hold_lease(self, msg: Msg, queued: Queued) -> None:
         interval = max(1.0, self.settings.runner.ack_wait / 3)
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(nats.errors.Error):
                 await msg.in_progress()
+            with contextlib.suppress(nats.errors.Error):
+                await self.gate.renew(queued)

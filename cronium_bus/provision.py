@@ -29,6 +29,7 @@ from cronium_bus.subjects import (
     HEARTBEAT_BUCKET,
     JOBS_ALL,
     JOBS_STREAM,
+    LIMITS_BUCKET,
     LOGS_ALL,
     LOGS_STREAM,
     SECRETS_BUCKET,
@@ -138,6 +139,11 @@ def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
         ),
         bucket(
             CIRCUITS_BUCKET, "Circuit-breaker state per SSH host, as the runners see it", ttl=3600.0
+        ),
+        bucket(
+            LIMITS_BUCKET,
+            "Running and waiting executions per user and per event (concurrency limits)",
+            ttl=86400.0,
         ),
     ]
 

@@ -89,6 +89,9 @@ class RunnerSettings(_Section):
         }
     )
     runtime_dir: Path | None = None
+    max_running_per_user: int = Field(0, ge=0, le=10_000)
+    max_running_per_event: int = Field(0, ge=0, le=10_000)
+    limit_wait: Seconds = 0.5
 
 
 class SshSettings(_Section):

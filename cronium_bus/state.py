@@ -132,6 +132,17 @@ def _apply_attempt(current: AttemptState | None, event: Event) -> AttemptState |
     return None
 
 
+def _will_retry(state: ExecutionState, attempt: AttemptState) -> bool:
+    """Whether the policy retries this ended attempt (before ``retry_scheduled`` is seen)."""
+    from cronium_bus.retry import should_retry
+
+    return (
+        state.request is not None
+        and not state.cancel_requested
+        and should_retry(state.request, attempt)
+    )
+
+
 def _derive(state: ExecutionState) -> ExecutionState:
     """Recompute the top-level status from the attempts."""
     if state.status == "rejected":
@@ -141,7 +152,7 @@ def _derive(state: ExecutionState) -> ExecutionState:
         previous = state.attempt_state(state.attempt - 1)
         status: Status = "retry_scheduled" if previous and previous.retry_at else "requested"
         return msgspec.structs.replace(state, status=status, final=False)
-    if current.terminal and current.retry_at is not None:
+    if current.terminal and (current.retry_at is not None or _will_retry(state, current)):
         return msgspec.structs.replace(state, status="retry_scheduled", final=False)
     return msgspec.structs.replace(
         state,

@@ -23,6 +23,7 @@ VARIABLES_BUCKET: Final = "cronium_variables"
 SECRETS_BUCKET: Final = "cronium_secrets"
 SERVERS_BUCKET: Final = "cronium_servers"
 CIRCUITS_BUCKET: Final = "cronium_circuits"
+LIMITS_BUCKET: Final = "cronium_limits"
 
 
 def exec_subject(execution_id: str, event_type: str) -> str:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
 from typing import Any
 
 from cronium_bus.bus import Bus
 from cronium_bus.events import Limits, Request, Requested, utcnow
 from cronium_bus.history import execution_state
 from cronium_bus.ids import new_id
+from cronium_bus.settings import Settings
 from cronium_bus.state import ExecutionState
 
 
@@ -47,3 +51,36 @@ async def run_code(bus: Bus, code: str, runtime: str = "python", **fields: Any) 
     return await wait_final(
         bus, event.execution_id, timeout=(fields.get("timeout_s") or 30.0) + 30.0
     )
+
+
+class RunnerProcess:
+    """``cronium consume container`` as its own process, sharing the test's NATS and dirs."""
+
+    def __init__(self, cronium_bin: str, settings: Settings, slots: int, **env_extra: str) -> None:
+        env = {
+            **os.environ,
+            "CRONIUM_NATS_URL": settings.nats_url,
+            "CRONIUM_DATA_DIR": str(settings.data_dir),
+            "CRONIUM_RUNNER__RUNTIME_DIR": str(settings.runtime_dir),
+            "CRONIUM_RUNNER__SLOTS": str(slots),
+            "CRONIUM_RUNNER__HEARTBEAT": "0.5",
+            "CRONIUM_RUNNER__ACK_WAIT": "4",
+            "CRONIUM_LIMITS__STOP_GRACE": "1",
+            "CRONIUM_LOG_FORMAT": "json",
+            **env_extra,
+        }
+        self.proc = subprocess.Popen(
+            [cronium_bin, "consume", "container"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

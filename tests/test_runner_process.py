@@ -4,9 +4,7 @@ under a flood of output, and no container left behind after it is SIGKILLed mid-
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from cronium_bus.bus import Bus
 from cronium_bus.history import execution_state
 from cronium_bus.settings import Settings
 from tests.conftest import Embedded
-from tests.helpers import requested, wait_final
+from tests.helpers import RunnerProcess, requested, wait_final
 
 pytestmark = pytest.mark.docker
 
@@ -29,36 +27,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-class RunnerProcess:
-    def __init__(self, cronium_bin: str, settings: Settings, slots: int) -> None:
-        env = {
-            **os.environ,
-            "CRONIUM_NATS_URL": settings.nats_url,
-            "CRONIUM_DATA_DIR": str(settings.data_dir),
-            "CRONIUM_RUNNER__RUNTIME_DIR": str(settings.runtime_dir),
-            "CRONIUM_RUNNER__SLOTS": str(slots),
-            "CRONIUM_RUNNER__HEARTBEAT": "0.5",
-            "CRONIUM_RUNNER__ACK_WAIT": "4",
-            "CRONIUM_LIMITS__STOP_GRACE": "1",
-            "CRONIUM_LOG_FORMAT": "json",
-        }
-        self.proc = subprocess.Popen(
-            [cronium_bin, "consume", "container"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from consumers.deadletter import dead_letter
 from consumers.dispatcher.validate import validate_request
+from consumers.retries import enqueue
 from cronium_bus.bus import Bus
-from cronium_bus.codec import decode, encode
+from cronium_bus.codec import decode
 from cronium_bus.errors import EventDecodeError
 from cronium_bus.events import ErrorInfo, Queued, Rejected, Requested, utcnow
 from cronium_bus.health import Heartbeat
@@ -99,12 +100,7 @@ class Dispatcher:
             lane=job_subject(result.runner, result.priority),
             not_before=result.not_before,
         )
-        await self.bus.publish(queued)
-        await self.bus.js.publish(
-            queued.lane,
-            encode(queued),
-            headers={"Nats-Msg-Id": f"{queued.execution_id}:{queued.attempt}:job"},
-        )
+        await enqueue(self.bus, queued)
         await msg.ack()
         log.info(
             "queued",

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from cronium_bus import __version__
-from cronium_bus.cli import exitcodes, inspect, run, secret, servers, stack, warehouse
+from cronium_bus.cli import exitcodes, inspect, ops, run, secret, servers, stack, warehouse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_parsers(sub)
     servers.add_parsers(sub)
     warehouse.add_parsers(sub)
+    ops.add_parsers(sub)
     return parser
 
 
