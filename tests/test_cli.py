@@ -233,6 +233,21 @@ def test_history_and_audit_verify(stack: Stack) -> None:
     assert "run time per event" in stack.cli("stats").stdout
 
 
+def test_run_with_retries_waits_for_the_last_attempt(stack: Stack) -> None:
+    """`cronium run --retries 2` shows every attempt and exits with the last one's code."""
+    result = stack.cli(
+        "run", "--runtime", "bash", "--retries", "2", "--retry-on", "nonzero_exit",
+        "--retry-delay", "0.2s", "-c", "echo trying; exit 5",
+    )  # fmt: skip
+    assert result.returncode == 5, result.stderr
+    assert result.stdout.count("trying") == 3
+    check = stack.cli("check", "--json", "--no-containers")
+    assert check.returncode == 0 and json.loads(check.stdout)["ok"], check.stdout
+    missing = stack.cli("dlq", "retry", "999999")
+    assert missing.returncode == 1 and "no dead letter 999999" in missing.stderr
+    assert stack.cli("dlq", "list").returncode == 0
+
+
 def test_status_lists_healthy_consumers(stack: Stack) -> None:
     result = stack.cli("status", "--json")
     assert result.returncode == 0
@@ -274,6 +289,11 @@ def test_a_killed_consumer_is_restarted(stack: Stack) -> None:
         (["run", "/nonexistent.py"], "cannot read"),
         (["logs", "bad.id"], "not an execution id"),
         (["stats", "--since", "last tuesday"], "cannot read --since"),
+        (["run", "--runtime", "bash", "--retries", "500", "-c", "1"], "--retries"),
+        (["run", "--runtime", "bash", "--retry-on", "oops", "-c", "1"], "invalid choice"),
+        (["run", "--runtime", "bash", "--delay", "later", "-c", "1"], "cannot read duration"),
+        (["check", "--grace", "-1"], "--grace"),
+        (["dlq", "retry", "abc"], "invalid int value"),
         (["replay", "--force", "extra"], "unrecognized arguments"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -14,12 +15,14 @@ from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
 from cronium_bus.cli.common import add_client_options, fail, run_client
 from cronium_bus.cli.watch import Watch
+from cronium_bus.errors import ERROR_KINDS
 from cronium_bus.events import (
     PRIORITIES,
     AnyEvent,
     Limits,
     Request,
     Requested,
+    RetryPolicy,
     Runtime,
     utcnow,
 )
@@ -88,6 +91,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=[],
         help="a stored secret the script may read (repeatable)",
     )
+    p.add_argument(
+        "--retries",
+        metavar="N",
+        type=int,
+        default=0,
+        help="run again up to N times when an attempt fails with a kind in --retry-on",
+    )
+    p.add_argument(
+        "--retry-on",
+        metavar="KIND",
+        action="append",
+        choices=sorted(ERROR_KINDS - {"cancelled", "validation"}),
+        help="error kind that is retried (repeatable; default runner_lost and infrastructure)",
+    )
+    p.add_argument("--backoff", choices=["exponential", "fixed"], default="exponential")
+    p.add_argument("--retry-delay", metavar="DUR", default="1s", help="first retry delay")
+    p.add_argument("--delay", metavar="DUR", help="do not start before DUR from now (e.g. 10m)")
+    p.add_argument("--event", metavar="NAME", help="the Cronium event this run belongs to")
     p.add_argument("--id", metavar="ID", help="execution id to use (idempotency key)")
     p.add_argument("--user", metavar="NAME", help="user the execution belongs to")
     p.add_argument("--detach", action="store_true", help="print the execution id and return")
@@ -135,6 +156,21 @@ def build_request(args: argparse.Namespace) -> Request:
         raise UsageError("--cpus must be a positive number")
     if args.pids is not None and args.pids <= 0:
         raise UsageError("--pids must be a positive number")
+    if not 0 <= args.retries <= 99:
+        raise UsageError("--retries must be between 0 and 99")
+    try:
+        retry_base = parse_duration(args.retry_delay)
+        delay = parse_duration(args.delay) if args.delay else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    retry = None
+    if args.retries:
+        retry = RetryPolicy(
+            max_attempts=args.retries + 1,
+            backoff=args.backoff,
+            base_s=retry_base,
+            retry_on=tuple(args.retry_on or RetryPolicy().retry_on),
+        )
     return Request(
         runtime=runtime,
         code=code,
@@ -145,6 +181,9 @@ def build_request(args: argparse.Namespace) -> Request:
         secrets=tuple(args.secret),
         runner="ssh" if args.target else "container",
         targets=tuple(args.target),
+        retry=retry,
+        not_before=utcnow() + timedelta(seconds=delay) if delay else None,
+        event_ref=args.event,
     )
 
 

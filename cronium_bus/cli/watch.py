@@ -35,7 +35,7 @@ class Watch:
         self.on_event = on_event
         self.state: ExecutionState | None = None
         self.terminal: Terminal | None = None
-        self.printed = {"stdout": 0, "stderr": 0}
+        self._printed: dict[int, dict[str, int]] = {}  # per attempt: lines printed per stream
         self._js = bus.js
         self._max_bytes = max_bytes
         self._children: list[Follower] = []
@@ -74,13 +74,20 @@ class Watch:
             if self.state.final:
                 self._final.set()
 
+    @property
+    def printed(self) -> dict[str, int]:
+        """Lines printed per stream for the current attempt."""
+        attempt = self.state.attempt if self.state else 1
+        return self._printed.setdefault(attempt, {"stdout": 0, "stderr": 0})
+
     async def _follow_logs(self, logs: Follower, prefix: str = "") -> None:
-        printed = {"stdout": 0, "stderr": 0} if prefix else self.printed
+        child: dict[int, dict[str, int]] = {}
         async for event in logs:
             if not isinstance(event, LogChunk):
                 continue
-            if not prefix and self.state is not None and event.attempt != self.state.attempt:
-                continue
+            # every attempt's lines are shown, each attempt's sequence numbers from 0
+            per_attempt = child if prefix else self._printed
+            printed = per_attempt.setdefault(event.attempt, {"stdout": 0, "stderr": 0})
             skip = max(0, printed[event.stream] - event.first_seq)  # redelivered chunk
             lines = event.lines[skip:]
             if not lines:
