@@ -2,7 +2,9 @@
 
 ``LineSplitter`` is pure. ``LogPump`` batches the lines of each stream and flushes a chunk when it
 holds ``max_lines`` lines or ``max_bytes`` bytes, or when its oldest line has waited ``flush_s``
-seconds — so a line reaches live subscribers within ``flush_s`` of being printed. Every line keeps
+seconds — so a line reaches live subscribers within ``flush_s`` of being printed. A line that
+arrives after a quiet period (nothing flushed for ``flush_s``) is flushed at once (leading edge):
+the first line of a job, or the next after a pause, costs no batching delay. Every line keeps
 its own sequence number per (execution, attempt, stream), gapless from 0.
 """
 
@@ -71,6 +73,7 @@ class _Pending:
         self.lines: list[str] = []
         self.bytes = 0
         self.since = 0.0
+        self.last_flush = 0.0
         self.next_seq = 0
 
 
@@ -94,7 +97,9 @@ class LogPump:
         p = self._pending[stream]
         for line in lines:
             if not p.lines:
-                p.since = time.monotonic()
+                now = time.monotonic()
+                quiet = now - p.last_flush >= self.flush_s
+                p.since = now - self.flush_s if quiet else now  # due at once after a pause
             p.lines.append(line)
             p.bytes += len(line) + 1
             if len(p.lines) >= self.max_lines or p.bytes >= self.max_bytes:
@@ -126,5 +131,6 @@ class LogPump:
                 return
             lines, first = p.lines, p.next_seq
             p.lines, p.bytes = [], 0
+            p.last_flush = time.monotonic()
             p.next_seq += len(lines)
             await self._publish(stream, first, lines)

@@ -5,7 +5,8 @@
 - log sequence numbers of every (execution, attempt, stream) are gapless from 0 (unless the log
   stream has aged out its beginning);
 - no container labelled by Cronium belongs to an execution that ended more than ``grace_s`` ago
-  or that the streams do not know (runners reap within 15 s; the grace covers that).
+  or that the streams do not know (runners reap within 15 s; the grace covers that), and no warm
+  (pooled) container belongs to a runner whose heartbeat is gone.
 
 The pure part (:func:`find_violations`) takes events and container labels; :func:`check` reads.
 """
@@ -21,6 +22,7 @@ import msgspec
 from nats.js import JetStreamContext
 
 from cronium_bus.events import AnyEvent, LogChunk, Queued, Terminal, utcnow
+from cronium_bus.health import read_beats
 from cronium_bus.history import read_subject
 from cronium_bus.state import fold
 from cronium_bus.subjects import EXEC_ALL, EXEC_STREAM, LOGS_ALL, LOGS_STREAM
@@ -59,6 +61,7 @@ def find_violations(
     require_final: bool = False,
     grace_s: float = 30.0,
     now: datetime | None = None,
+    alive_runners: frozenset[str] = frozenset(),
 ) -> Report:
     """Check the invariants over lifecycle events, log chunks and container labels."""
     now = now or utcnow()
@@ -119,6 +122,17 @@ def find_violations(
         report.containers_checked = True
         report.containers = len(containers)
         for labels in containers:
+            if labels.get("pool"):
+                if labels.get("runner") not in alive_runners:
+                    report.violations.append(
+                        Violation(
+                            kind="orphaned_container",
+                            execution_id=labels.get("execution", ""),
+                            detail=f"warm container {labels.get('name', '?')} of runner "
+                            f"{labels.get('runner')}, which is not alive",
+                        )
+                    )
+                continue
             execution_id = labels.get("execution", "")
             end = ended_at.get(execution_id, now - timedelta(days=365))
             if end is not None and (now - end).total_seconds() > grace_s:
@@ -163,7 +177,7 @@ def container_labels() -> list[dict[str, str]] | None:
     import docker.errors
     import requests.exceptions
 
-    from consumers.container.runtime import LABEL_EXECUTION
+    from consumers.container.runtime import LABEL_EXECUTION, LABEL_POOL, LABEL_RUNNER
 
     try:
         client = docker.from_env(timeout=10)
@@ -176,7 +190,13 @@ def container_labels() -> list[dict[str, str]] | None:
     finally:
         client.close()
     return [
-        {"execution": c.labels.get(LABEL_EXECUTION, ""), "name": str(c.name or c.id)} for c in found
+        {
+            "execution": c.labels.get(LABEL_EXECUTION, ""),
+            "name": str(c.name or c.id),
+            "runner": c.labels.get(LABEL_RUNNER, ""),
+            "pool": c.labels.get(LABEL_POOL, ""),
+        }
+        for c in found
     ]
 
 
@@ -197,6 +217,7 @@ async def check(
     ]
     logs_info = await js.stream_info(LOGS_STREAM)
     labels = container_labels() if containers else None
+    alive = frozenset(b.instance for b in await read_beats(js) if b.healthy())
     return find_violations(
         events,
         chunks,
@@ -204,6 +225,7 @@ async def check(
         logs_truncated=logs_info.state.first_seq > 1,
         require_final=require_final,
         grace_s=grace_s,
+        alive_runners=alive,
     )
 
 

@@ -89,6 +89,8 @@ class RunnerSettings(_Section):
         }
     )
     runtime_dir: Path | None = None
+    warm_pool: int = Field(2, ge=0, le=64)
+    warm_runtimes: tuple[Literal["bash", "python", "node"], ...] = ("bash", "python", "node")
     max_running_per_user: int = Field(0, ge=0, le=10_000)
     max_running_per_event: int = Field(0, ge=0, le=10_000)
     limit_wait: Seconds = 0.5

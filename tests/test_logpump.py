@@ -74,8 +74,9 @@ def test_pump_flushes_by_count_and_keeps_sequences() -> None:
     assert ("stderr", 0, ["e"]) in sent
 
 
-def test_pump_flushes_by_time() -> None:
-    """A lone line is flushed once it has waited flush_s, not before."""
+def test_pump_flushes_the_first_line_at_once_then_batches_by_time() -> None:
+    """The first line after a quiet period goes out at once (leading edge); a line right after a
+    flush waits flush_s, not longer."""
     sent: list[int] = []
 
     async def publish(stream: str, first: int, lines: list[str]) -> None:
@@ -83,14 +84,17 @@ def test_pump_flushes_by_time() -> None:
 
     async def go() -> None:
         pump = LogPump(publish, flush_s=0.05, max_lines=100, max_bytes=10_000)  # type: ignore[arg-type]
-        await pump.add("stdout", ["x"])
+        await pump.add("stdout", ["first"])
         await pump.flush_due()
-        assert sent == []
+        assert sent == [1]  # no batching delay for the first line
+        await pump.add("stdout", ["x", "y"])
+        await pump.flush_due()
+        assert sent == [1]  # within flush_s of the last flush: batched
         deadline = pump.next_deadline()
         assert deadline is not None and deadline <= 0.05
         await asyncio.sleep(0.06)
         await pump.flush_due()
-        assert sent == [1]
+        assert sent == [1, 2]
         assert pump.next_deadline() is None
 
     asyncio.run(go())

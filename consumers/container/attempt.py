@@ -14,6 +14,7 @@ from typing import Final, TypeVar
 import msgspec
 import structlog
 
+from consumers.container.pool import WarmContainer
 from consumers.container.runtime import (
     LABEL_ATTEMPT,
     LABEL_EXECUTION,
@@ -76,9 +77,12 @@ class RunnerContext:
 class Attempt:
     """Runs one queued attempt and returns its terminal event (the caller publishes it)."""
 
-    def __init__(self, ctx: RunnerContext, queued: Queued) -> None:
+    def __init__(
+        self, ctx: RunnerContext, queued: Queued, warm: WarmContainer | None = None
+    ) -> None:
         self.ctx = ctx
         self.queued = queued
+        self.warm = warm
         self.request = queued.request
         self.cancel_requested = asyncio.Event()
         self.image = ctx.settings.runner.images[self.request.runtime]
@@ -87,7 +91,8 @@ class Attempt:
         self.output_limited = False
         self.peak_memory: int | None = None
         self.cpu_ms: float | None = None
-        self._container_id: str | None = None
+        # a claimed warm container is this attempt's from the start: removed whatever happens
+        self._container_id: str | None = warm.container_id if warm is not None else None
         self.api: HelperApi | None = None
         self.masker = Masker(())
 
@@ -99,7 +104,10 @@ class Attempt:
 
     @property
     def runtime_dir(self) -> Path:
-        """The per-attempt host directory mounted read-only at ``/cronium``."""
+        """The per-attempt host directory mounted read-only at ``/cronium`` (a warm
+        container's own directory when one was claimed)."""
+        if self.warm is not None:
+            return self.warm.runtime_dir
         q = self.queued
         return self.ctx.settings.runtime_dir / f"{q.execution_id}-{q.attempt}"
 
@@ -119,7 +127,6 @@ class Attempt:
         error: ErrorInfo | None = None
         pump: LogPump | None = None
         try:
-            self.image_id = await self._call(self.ctx.runtime.image_id, self.image)
             spec = self._spec()
             secret_values = await self._load_secrets()
             self.masker = Masker(secret_values.values())
@@ -127,13 +134,13 @@ class Attempt:
             self.api = HelperApi(self.ctx.bus, self.queued, secret_values)
             await self.api.start(self.runtime_dir / "api.sock")
             self._write_token()
-            self._container_id = await self._call(self.ctx.runtime.create, spec)
             pump = self._make_pump()
-            output = await self._call(self.ctx.runtime.attach, self._container_id)
-            pump_task = asyncio.create_task(self._pump(pump, output, self._container_id))
-            await self._call(self.ctx.runtime.start, self._container_id)
+            if self.warm is not None:
+                container_id, pump_task = await self._go_warm(self.warm, spec, pump)
+            else:
+                container_id, pump_task = await self._start_cold(spec, pump)
             t_run = time.monotonic()
-            exit_state, timed_out = await self._supervise(self._container_id)
+            exit_state, timed_out = await self._supervise(container_id)
             t_end = time.monotonic()
             try:
                 await asyncio.wait_for(pump_task, _DRAIN_S)
@@ -163,6 +170,30 @@ class Attempt:
             cleanup_ms=round((t_done - t_end) * 1000, 3),
         )
         return self._outcome(exit_state, timed_out, error, durations, pump)
+
+    async def _start_cold(
+        self, spec: ContainerSpec, pump: LogPump
+    ) -> tuple[str, asyncio.Task[None]]:
+        """Create, attach and start a fresh container for this attempt."""
+        self.image_id = await self._call(self.ctx.runtime.image_id, self.image)
+        container_id = self._container_id = await self._call(self.ctx.runtime.create, spec)
+        output = await self._call(self.ctx.runtime.attach, container_id)
+        task = asyncio.create_task(self._pump(pump, output, container_id))
+        await self._call(self.ctx.runtime.start, container_id)
+        return container_id, task
+
+    async def _go_warm(
+        self, warm: WarmContainer, spec: ContainerSpec, pump: LogPump
+    ) -> tuple[str, asyncio.Task[None]]:
+        """Claim a warm container: apply the memory limit, then send its go line."""
+        self.image, self.image_id = warm.image, warm.image_id
+        self._container_id = warm.container_id
+        if spec.memory_bytes != self.ctx.settings.limits.default_memory:
+            await self._call(self.ctx.runtime.update_memory, warm.container_id, spec.memory_bytes)
+        task = asyncio.create_task(self._pump(pump, warm.attached.frames, warm.container_id))
+        q = self.queued
+        await self._call(warm.attached.send_once, f"{q.execution_id} {q.attempt}\n".encode())
+        return warm.container_id, task
 
     def _spec(self) -> ContainerSpec:
         lim, req, q = self.ctx.settings.limits, self.request, self.queued
@@ -330,6 +361,8 @@ class Attempt:
     async def _cleanup(self) -> None:
         if self.api is not None:
             await self.api.stop()
+        if self.warm is not None:
+            self.warm.attached.close()  # already closed once its output ended; idempotent
         if self._container_id is not None:
             self._sample_usage(self._container_id)
             try:

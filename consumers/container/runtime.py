@@ -5,7 +5,8 @@ Methods are blocking (docker-py is synchronous); the runner calls them from its 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -25,6 +26,7 @@ log = structlog.get_logger(__name__)
 LABEL_EXECUTION: Final = "org.cronium.execution"
 LABEL_ATTEMPT: Final = "org.cronium.attempt"
 LABEL_RUNNER: Final = "org.cronium.runner"
+LABEL_POOL: Final = "org.cronium.pool"  # a warm container (idle, or claimed by one execution)
 SANDBOX_UID: Final = 1000
 _CGROUP: Final = Path("/sys/fs/cgroup")
 
@@ -56,6 +58,18 @@ class ContainerSpec:
     workspace_size: int
     network: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    interactive: bool = False
+    """Keep stdin open (once): a warm container waits on it for its go line."""
+
+
+@dataclass(frozen=True)
+class Attached:
+    """An attach connection made before start: output frames, stdin (once), and a close for a
+    connection whose output is never read (a warm container removed unused)."""
+
+    frames: Iterator[tuple[LogStream, bytes]]
+    send_once: Callable[[bytes], None]
+    close: Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,11 @@ class ContainerRuntime(Protocol):
         """Connect to the container's output now (before start); read it from the iterator."""
         ...
 
+    def attach_interactive(self, container_id: str) -> Attached:
+        """Like :meth:`attach`, plus stdin (written once, then closed)."""
+        ...
+
+    def update_memory(self, container_id: str, memory_bytes: int) -> None: ...
     def start(self, container_id: str) -> None: ...
     def wait(self, container_id: str) -> ExitState: ...
     def stop(self, container_id: str, grace: float) -> None: ...
@@ -120,8 +139,8 @@ def sandbox_options(spec: ContainerSpec) -> dict[str, Any]:
         "log_config": {"type": "none"},  # output is streamed by attach, never kept by the engine
         "hostname": "sandbox",
         "ipc_mode": "private",
-        "stdin_open": False,
-        "detach": True,
+        "stdin_open": spec.interactive,
+        "detach": not spec.interactive,  # docker-py sets StdinOnce only for attached stdin
     }
 
 
@@ -162,11 +181,34 @@ class DockerRuntime:
         return str(container.id)
 
     def attach(self, container_id: str) -> Iterator[tuple[LogStream, bytes]]:
+        return self._attach(container_id, stdin=False).frames
+
+    def attach_interactive(self, container_id: str) -> Attached:
+        return self._attach(container_id, stdin=True)
+
+    def update_memory(self, container_id: str, memory_bytes: int) -> None:
+        self.client.api.update_container(
+            container_id, mem_limit=memory_bytes, memswap_limit=memory_bytes
+        )
+
+    def _attach(self, container_id: str, *, stdin: bool) -> Attached:
         # The HTTP attach is made here, before start, so no early output can be missed;
         # only the reading is deferred to the returned iterator, which closes the socket.
         sock = self.client.api.attach_socket(
-            container_id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0}
+            container_id,
+            params={"stdin": int(stdin), "stdout": 1, "stderr": 1, "stream": 1, "logs": 0},
         )
+
+        def send_once(data: bytes) -> None:
+            raw = getattr(sock, "_sock", sock)
+            raw.sendall(data)
+            raw.shutdown(socket.SHUT_WR)  # the container's stdin sees EOF (StdinOnce)
+
+        def close() -> None:
+            inner = getattr(sock, "_sock", None)  # SocketIO over a unix socket
+            sock.close()
+            if inner is not None:
+                inner.close()
 
         def read() -> Iterator[tuple[LogStream, bytes]]:
             try:
@@ -174,12 +216,9 @@ class DockerRuntime:
                     if data:
                         yield ("stderr" if stream_id == STDERR else "stdout"), data
             finally:
-                inner = getattr(sock, "_sock", None)  # SocketIO over a unix socket
-                sock.close()
-                if inner is not None:
-                    inner.close()
+                close()
 
-        return read()
+        return Attached(frames=read(), send_once=send_once, close=close)
 
     def start(self, container_id: str) -> None:
         self._get(container_id).start()

@@ -15,6 +15,7 @@ from typing import Final
 import structlog
 
 from consumers.container.attempt import Attempt, RunnerContext
+from consumers.container.pool import WarmPool
 from consumers.container.runtime import LABEL_RUNNER, ContainerRuntime, DockerRuntime
 from consumers.laneworker import LaneWorker
 from cronium_bus.bus import Bus
@@ -46,16 +47,22 @@ class ContainerRunner(LaneWorker):
         )
         self.running: dict[str, Attempt] = {}
         self._reaper: asyncio.Task[None] | None = None
+        r = self.settings.runner
+        self.warm = WarmPool(self.ctx, r.warm_pool, r.warm_runtimes) if r.warm_pool else None
 
     async def on_start(self) -> None:
         """Reap what dead runners left, then keep reaping in the background."""
         await self.reap_leftovers()
         self._reaper = asyncio.create_task(self._reap_periodically())
+        if self.warm is not None:
+            self.warm.start()
 
     async def on_stop(self) -> None:
         """Stop reaping; release the engine connections and threads."""
         if self._reaper is not None:
             self._reaper.cancel()
+        if self.warm is not None:
+            await self.warm.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.runtime.close()
 
@@ -73,7 +80,10 @@ class ContainerRunner(LaneWorker):
 
     async def execute(self, queued: Queued) -> None:
         """Run the attempt in a fresh container and publish its terminal event."""
-        attempt = Attempt(self.ctx, queued)
+        warm = None
+        if self.warm is not None and self.warm.eligible(queued.request):
+            warm = self.warm.take(queued.request.runtime)
+        attempt = Attempt(self.ctx, queued, warm)
         self.running[queued.execution_id] = attempt
         self.heartbeat.in_flight = len(self.running)
         try:
@@ -84,6 +94,8 @@ class ContainerRunner(LaneWorker):
         finally:
             self.running.pop(queued.execution_id, None)
             self.heartbeat.in_flight = len(self.running)
+            if warm is not None and self.warm is not None:
+                self.warm.forget(warm.container_id, warm.runtime_dir)
 
     async def reap_leftovers(self) -> None:
         """Remove containers of runners that are no longer alive (crashed or SIGKILLed)."""
@@ -94,9 +106,9 @@ class ContainerRunner(LaneWorker):
             owner = left.labels.get(LABEL_RUNNER, "")
             if owner in alive and owner != self.ctx.runner_id:
                 continue
-            if (
-                owner == self.ctx.runner_id
-                and left.labels.get("org.cronium.execution") in self.running
+            if owner == self.ctx.runner_id and (
+                left.labels.get("org.cronium.execution") in self.running
+                or (self.warm is not None and left.container_id in self.warm.ids)
             ):
                 continue
             log.warning(
@@ -114,6 +126,7 @@ class ContainerRunner(LaneWorker):
         if not root.is_dir():
             return
         ours = {f"{a.queued.execution_id}-{a.queued.attempt}" for a in self.running.values()}
+        ours |= self.warm.dirs if self.warm is not None else set()
         now = time.time()
         for path in root.iterdir():
             if path.name in ours or now - path.stat().st_mtime < _STALE_DIR_S:

@@ -1,0 +1,67 @@
+"""The warm sandbox pool against the real Docker engine: containers are started ahead, each is
+used by exactly one execution and then removed, the pool refills, and a request whose limits a
+warm container cannot take runs cold."""
+
+from __future__ import annotations
+
+import asyncio
+
+import docker
+import pytest
+
+from consumers.container.runtime import LABEL_POOL, LABEL_RUNNER
+from cronium_bus.bus import Bus
+from cronium_bus.events import Limits
+from tests.conftest import Embedded
+from tests.helpers import run_code
+from tests.test_container_runner import lines_of
+
+pytestmark = pytest.mark.docker
+
+
+def pooled() -> dict[str, str]:
+    """Warm containers on the engine: id -> runner."""
+    client = docker.from_env()
+    try:
+        found = client.containers.list(all=True, filters={"label": LABEL_POOL})
+        return {str(c.id): c.labels.get(LABEL_RUNNER, "") for c in found}
+    finally:
+        client.close()
+
+
+async def wait_pool(count: int, timeout: float = 60) -> dict[str, str]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        found = await asyncio.to_thread(pooled)
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"fewer than {count} warm containers")
+
+
+async def test_a_warm_container_serves_one_execution_and_is_replaced(
+    bus: Bus, runner: Embedded
+) -> None:
+    per_runtime = bus.settings.runner.warm_pool
+    before = await wait_pool(3 * per_runtime)
+    code = (
+        "import os, sys; print(os.environ['CRONIUM_EXECUTION_ID'], os.environ['CRONIUM_ATTEMPT'],"
+        " sys.stdin.read() == '', os.getuid(), cronium.event()['execution_id'])"
+    )
+    state = await run_code(bus, code, "python")
+    assert state.status == "succeeded", state
+    out = (await lines_of(bus, state.execution_id))["stdout"]
+    assert out == [f"{state.execution_id} 1 True 1000 {state.execution_id}"]
+    after = await wait_pool(3 * per_runtime)
+    used = set(before) - set(after)
+    assert len(used) == 1  # exactly one warm container was consumed, and it is gone
+    assert len(set(after) - set(before)) == 1  # and one new one took its place
+
+
+async def test_requests_a_warm_container_cannot_take_run_cold(bus: Bus, runner: Embedded) -> None:
+    per_runtime = bus.settings.runner.warm_pool
+    before = await wait_pool(3 * per_runtime)
+    state = await run_code(bus, "ulimit -u; echo cold", "bash", limits=Limits(pids=37))
+    assert state.status == "succeeded", state
+    assert set(await asyncio.to_thread(pooled)) == set(before)  # the pool was not touched
