@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CODE := cronium_bus consumers projections tests $(wildcard bench)
 
-.PHONY: setup host venv images demo test unit lint typecheck schemas schemas-check bench bench-quick clean
+.PHONY: setup host venv images demo test unit lint typecheck schemas schemas-check bench bench-quick bench-deps clean
 
 setup: host venv images ## everything: Debian packages, Docker engine, venv, runtime images
 
@@ -48,10 +48,13 @@ test: setup lint typecheck ## the whole suite against real NATS and Docker (exit
 unit: venv ## only the tests that need no services
 	$(BIN)/pytest -m "not docker"
 
-bench: setup ## benchmarks against baselines, full
+bench-deps: setup ## what only the benchmarks need: Debian's pssh, ansible-core from PyPI
+	@bash scripts/setup-bench.sh $(BIN)
+
+bench: bench-deps ## benchmarks against baselines, full (prints every table and ratio)
 	$(BIN)/python -m bench
 
-bench-quick: setup ## benchmarks, quick mode (under two minutes)
+bench-quick: bench-deps ## benchmarks, quick mode (under two minutes)
 	$(BIN)/python -m bench --quick
 
 clean:

@@ -45,10 +45,10 @@ def realistic_lines(n: int, seed: int = 1) -> list[str]:
     return lines
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lines", type=int, default=1_000_000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     lines = realistic_lines(args.lines)
     raw = ("\n".join(lines) + "\n").encode()
     t = time.perf_counter()

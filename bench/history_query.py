@@ -126,11 +126,11 @@ def run(executions: int, lookups: int) -> list[dict[str, Any]]:
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--executions", type=int, default=100_000)
     parser.add_argument("--lookups", type=int, default=100)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = run(args.executions, args.lookups)
     by = {r["db"]: r for r in results}
     print(f"{'query (ms)':<34}{'warehouse p50':>14}{'p95':>8}{'baseline p50':>14}{'ratio':>8}")

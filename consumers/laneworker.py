@@ -25,6 +25,7 @@ from typing import Final
 
 import msgspec
 import nats.errors
+import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 
@@ -42,6 +43,7 @@ from cronium_bus.events import (
     Lost,
     Queued,
     RunnerKind,
+    Started,
     follow_up,
     make_terminal,
     utcnow,
@@ -52,7 +54,7 @@ from cronium_bus.lifecycle import Stopper, drain_tasks
 from cronium_bus.provision import kv_value, provision
 from cronium_bus.retry import should_retry
 from cronium_bus.state import AttemptState, ExecutionState
-from cronium_bus.subjects import CANCELS, HEARTBEAT_BUCKET
+from cronium_bus.subjects import CANCELS, EXEC_STREAM, HEARTBEAT_BUCKET, exec_subject
 
 log = structlog.get_logger(__name__)
 _IDLE_WAIT_S: Final = 1.0
@@ -164,7 +166,8 @@ class LaneWorker:
         key = (queued.execution_id, queued.attempt)
         lease = asyncio.create_task(self._hold_lease(msg, queued))
         try:
-            delay = await self._settle(queued)
+            first = msg.metadata.num_delivered == 1
+            delay = await self._settle(queued, first_delivery=first)
             if delay is None:
                 await msg.ack_sync()
             else:
@@ -204,9 +207,16 @@ class LaneWorker:
         await dead_letter(self.bus.js, self.kind, msg, reason)
         await self._after_end(queued, await self._state(queued))  # retried if the policy says so
 
-    async def _settle(self, queued: Queued) -> float | None:
+    async def _settle(self, queued: Queued, *, first_delivery: bool = False) -> float | None:
         """Run the attempt unless the streams say it is settled, cancelled, held elsewhere or was
-        lost; ``None`` to acknowledge the job, else seconds until it is looked at again."""
+        lost; ``None`` to acknowledge the job, else seconds until it is looked at again.
+
+        On a job's first delivery, two direct reads — the last ``cancel_requested`` and the last
+        ``started`` of the execution — stand in for folding the whole execution when neither
+        exists for this attempt (the common path stays cheap for NATS and the runner); anything
+        else (a duplicate job, a cancel, a redelivery) takes the full path."""
+        if first_delivery and await self._untouched(queued):
+            return await self._admit_and_run(queued)
         state = await self._state(queued)
         current = state.attempt_state(queued.attempt) if state else None
         if state is not None and current is not None and current.terminal:
@@ -242,6 +252,10 @@ class LaneWorker:
             )
             await self.gate.release(queued)
             return None
+        return await self._admit_and_run(queued)
+
+    async def _admit_and_run(self, queued: Queued) -> float | None:
+        """Run now, or say how long to wait (``not_before``, concurrency limits)."""
         if queued.not_before is not None:
             wait = (queued.not_before - utcnow()).total_seconds()
             if wait > _MIN_DELAY_S:
@@ -254,6 +268,25 @@ class LaneWorker:
             await self.gate.release(queued)
         await self._after_end(queued, await self._state(queued))
         return None
+
+    async def _untouched(self, queued: Queued) -> bool:
+        """No cancel was requested and no runner started this attempt (or a later one)."""
+        eid, js = queued.execution_id, self.bus.js
+        try:
+            await js.get_last_msg(EXEC_STREAM, exec_subject(eid, "execution.cancel_requested"))
+        except nats.js.errors.NotFoundError:
+            pass
+        else:
+            return False
+        try:
+            last = await js.get_last_msg(EXEC_STREAM, exec_subject(eid, "execution.started"))
+        except nats.js.errors.NotFoundError:
+            return True
+        try:
+            started = decode_as(last.data or b"", Started)
+        except EventDecodeError:
+            return False
+        return started.attempt < queued.attempt
 
     async def _state(self, queued: Queued) -> ExecutionState | None:
         max_bytes = self.settings.streams.max_msg_size

@@ -116,6 +116,7 @@ class WarehouseSettings(_Section):
 
     log_retention: Seconds = Field(90 * 86400.0, ge=3600.0)
     batch: int = Field(500, ge=1, le=50_000)
+    linger: Seconds = 1.0
 
 
 class Settings(BaseSettings):

@@ -46,6 +46,7 @@ class Projector:
         self.max_bytes = bus.settings.streams.max_msg_size
         self.log_ttl_s = bus.settings.warehouse.log_retention
         self.batch = bus.settings.warehouse.batch
+        self.linger = bus.settings.warehouse.linger
         self._last_seq = 0
         self._last_hash = GENESIS
         self._lock = asyncio.Lock()  # the warehouse is used from one coroutine at a time
@@ -200,6 +201,10 @@ class Projector:
                     continue
                 await handle(msgs)
                 await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+                if len(msgs) < self.batch:
+                    # a small batch: let more accumulate (fewer, larger inserts; far less CPU
+                    # for chdb and its merges, at most `linger` more lag for queries)
+                    await stopper.wait(self.linger)
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()

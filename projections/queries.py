@@ -87,7 +87,7 @@ def verify_audit(wh: Any, db: str = DATABASE) -> dict[str, Any]:
     return {"ok": True, "rows": len(rows), "seq": None, "reason": ""}
 
 
-def aggregates(wh: Any, since: str, db: str = DATABASE) -> dict[str, list[dict[str, Any]]]:
+def aggregates(wh: Any, since: str, db: str = DATABASE) -> dict[str, Any]:
     """Dashboard figures from the views: runs per status per hour since ``since``, and run-time
     percentiles per event (all retained history)."""
     hours: list[dict[str, Any]] = wh.query(
@@ -100,3 +100,15 @@ def aggregates(wh: Any, since: str, db: str = DATABASE) -> dict[str, list[dict[s
         f"SELECT * FROM {db}.durations_by_event ORDER BY runs DESC, event_ref, runtime LIMIT 1000"
     )
     return {"runs_per_hour": hours, "durations_by_event": events}
+
+
+def archive_size(wh: Any, db: str = DATABASE) -> dict[str, Any]:
+    """The log archive on disk: rows (before merges remove redelivered copies), compressed and
+    uncompressed bytes."""
+    rows: list[dict[str, Any]] = wh.query(
+        "SELECT sum(rows) AS lines, sum(data_compressed_bytes) AS compressed_bytes, "
+        "sum(data_uncompressed_bytes) AS uncompressed_bytes FROM system.parts "
+        "WHERE database = {db:String} AND table = 'log_archive' AND active",
+        {"db": db},
+    )
+    return rows[0]

@@ -24,6 +24,7 @@ from projections.projector import Projector
 from projections.queries import (
     HistoryFilter,
     aggregates,
+    archive_size,
     archived_logs,
     audit_rows,
     history,
@@ -159,7 +160,9 @@ class ProjectorService:
 
     async def _stats(self, data: bytes) -> Any:
         q = msgspec.json.decode(data, type=_StatsQuery)
-        return await self._run(lambda: aggregates(self.wh, q.since))
+        return await self._run(
+            lambda: {**aggregates(self.wh, q.since), "archive": archive_size(self.wh)}
+        )
 
     async def _export(self, data: bytes) -> Any:
         q = msgspec.json.decode(data, type=_AuditQuery)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import docker
 import pytest
 
@@ -76,15 +78,11 @@ time.sleep(1)
     await bus.publish(event)
     client = docker.from_env()
     inspected = ""
-    for _ in range(100):
-        found = client.containers.list(
-            filters={"label": f"org.cronium.execution={event.execution_id}"}
-        )
-        if found:
-            inspected = str(found[0].attrs)
+    for _ in range(200):  # once the script has the secret, inspect every Cronium container
+        if "token is" in live_out.getvalue():
+            found = client.containers.list(filters={"label": "org.cronium.execution"})
+            inspected = "".join(str(c.attrs) for c in found)
             break
-        import asyncio
-
         await asyncio.sleep(0.05)
     state = await watch.wait_final()
     await watch.close()

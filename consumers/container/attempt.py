@@ -72,6 +72,8 @@ class RunnerContext:
     pool: ThreadPoolExecutor
     runner_id: str
     settings: Settings
+    background: set[asyncio.Task[None]]
+    """Removals of exited containers, finished after the terminal event is published."""
 
 
 class Attempt:
@@ -365,15 +367,25 @@ class Attempt:
             self.warm.attached.close()  # already closed once its output ended; idempotent
         if self._container_id is not None:
             self._sample_usage(self._container_id)
-            try:
-                await self._call(self.ctx.runtime.remove, self._container_id)
-            except Exception as exc:  # noqa: BLE001 - reaped at the next start otherwise
-                log.warning(
-                    "container not removed; will be reaped",
-                    error=str(exc),
-                    container_id=self._container_id[:12],
-                )
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            # the container has exited (or is being killed): the outcome is known, so the
+            # terminal event need not wait for its removal; the runner finishes it meanwhile
+            task = asyncio.create_task(self._remove(self._container_id, self.runtime_dir))
+            self.ctx.background.add(task)
+            task.add_done_callback(self.ctx.background.discard)
+        else:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    async def _remove(self, container_id: str, runtime_dir: Path) -> None:
+        try:
+            await self._call(self.ctx.runtime.remove, container_id)
+        except Exception as exc:  # noqa: BLE001 - reaped by the next reaping pass otherwise
+            log.warning(
+                "container not removed; will be reaped",
+                error=str(exc),
+                container_id=container_id[:12],
+            )
+        finally:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
 
     def _outcome(
         self,

@@ -21,7 +21,7 @@ import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -44,6 +44,7 @@ WAITER: Final = (
     '&& exec "$@"'
 )
 _RETRY_S: Final = 5.0
+_PARALLEL: Final = 2
 
 
 @dataclass
@@ -76,6 +77,7 @@ class WarmPool:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._stop_event = asyncio.Event()
 
     def eligible(self, request: Request) -> bool:
         """Whether a warm container's fixed limits fit the request."""
@@ -106,6 +108,7 @@ class WarmPool:
         """Stop filling (a container being created is finished first, so none leaks); remove
         idle containers."""
         self._stopping = True
+        self._stop_event.set()
         self._wake.set()
         if self._task is not None:
             try:
@@ -125,20 +128,38 @@ class WarmPool:
                 self.forget(warm.container_id, warm.runtime_dir)
 
     async def _fill_forever(self) -> None:
+        """Keep ``size`` idle containers per runtime, creating up to ``_PARALLEL`` at once."""
         loop = asyncio.get_running_loop()
+        creating: dict[asyncio.Future[WarmContainer], Runtime] = {}
         while not self._stopping:
             self._wake.clear()
             for runtime in self.runtimes:
-                while len(self._idle[runtime]) < self.size and not self._stopping:
-                    try:
-                        warm = await loop.run_in_executor(self.ctx.pool, self._create, runtime)
-                    except Exception as exc:  # noqa: BLE001 - engine or image trouble: retry later
-                        log.warning("warm container not created", runtime=runtime, error=str(exc))
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), _RETRY_S)
-                        break
-                    self._idle[runtime].append(warm)
-            await self._wake.wait()
+                pending = sum(1 for r in creating.values() if r == runtime)
+                while (
+                    len(self._idle[runtime]) + pending < self.size
+                    and len(creating) < _PARALLEL
+                    and not self._stopping
+                ):
+                    creating[loop.run_in_executor(self.ctx.pool, self._create, runtime)] = runtime
+                    pending += 1
+            waits: set[asyncio.Future[Any]] = {*creating, asyncio.ensure_future(self._wake.wait())}
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                runtime_of = creating.pop(fut, None)
+                if runtime_of is None:
+                    continue
+                try:
+                    self._idle[runtime_of].append(fut.result())
+                except Exception as exc:  # noqa: BLE001 - engine or image trouble: retry later
+                    log.warning("warm container not created", runtime=runtime_of, error=str(exc))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop_event.wait(), _RETRY_S)
+            for w in waits - done:
+                if w not in creating:
+                    w.cancel()
+        for fut, runtime in creating.items():  # finish what was being created: nothing leaks
+            with contextlib.suppress(Exception):
+                self._idle[runtime].append(await fut)
 
     def _create(self, runtime: Runtime) -> WarmContainer:
         """Create, attach and start one waiting container (blocking; in the thread pool)."""

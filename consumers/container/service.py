@@ -44,6 +44,7 @@ class ContainerRunner(LaneWorker):
             pool=self.pool,
             runner_id=self.runner_id,
             settings=self.settings,
+            background=set(),
         )
         self.running: dict[str, Attempt] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -63,6 +64,8 @@ class ContainerRunner(LaneWorker):
             self._reaper.cancel()
         if self.warm is not None:
             await self.warm.close()
+        if self.ctx.background:  # removals still running
+            await asyncio.wait(set(self.ctx.background), timeout=30)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.runtime.close()
 

@@ -172,6 +172,13 @@ def stats_cmd(args: argparse.Namespace) -> int:
         print("runs per hour")
         for r in result["runs_per_hour"]:
             print(f"  {r['hour']:<20} {r['status']:<16} {r['runs']:>8}")
+        a = result["archive"]
+        if a["lines"]:
+            ratio = a["uncompressed_bytes"] / a["compressed_bytes"] if a["compressed_bytes"] else 0
+            print(
+                f"log archive: {a['lines']:,} lines (before merges), {a['compressed_bytes']:,} "
+                f"bytes on disk, {ratio:.1f}x compressed"
+            )
         print("run time per event (ms)        runs      p50      p95      p99")
         for r in result["durations_by_event"]:
             name = f"{r['event_ref'] or '(ad hoc)'} [{r['runtime']}]"

@@ -4,12 +4,12 @@ Names as in Cronium: cronium.input(), output(data), getVariable(k), setVariable(
 setCondition(bool), event(), and snake_case aliases; plus secret(name). Scripts may use them
 without importing anything (the launcher puts ``cronium`` in builtins) or with
 ``from cronium import cronium``.
+
+Importing this module is cheap (it runs before every script): http.client, json and socket are
+imported on the first helper call only.
 """
 
-import http.client
-import json
 import os
-import socket
 
 __all__ = ["CroniumError", "cronium"]
 
@@ -21,16 +21,19 @@ class CroniumError(Exception):
     """A helper call was refused; the message says why and what to do."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("cronium", timeout=30)
-        self._path = path
+def _connection(path):
+    """An HTTP connection over the runtime API's Unix socket."""
+    import http.client
+    import socket
 
-    def connect(self):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(30)
-        sock.connect(self._path)
-        self.sock = sock
+    class _UnixConnection(http.client.HTTPConnection):
+        def connect(self):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(30)
+            sock.connect(path)
+            self.sock = sock
+
+    return _UnixConnection("cronium", timeout=30)
 
 
 class _Cronium:
@@ -38,10 +41,12 @@ class _Cronium:
         self._token = None
 
     def _call(self, method, path, body=None):
+        import json
+
         if self._token is None:
             with open(_TOKEN_FILE) as f:
                 self._token = f.read().strip()
-        conn = _UnixConnection(_SOCKET)
+        conn = _connection(_SOCKET)
         headers = {"Authorization": "Bearer " + self._token}
         data = None
         if body is not None:

@@ -1,7 +1,6 @@
 """Runs a script with ``cronium`` available without an import, as Cronium scripts expect."""
 
 import builtins
-import runpy
 import sys
 
 from cronium import cronium
@@ -10,4 +9,8 @@ builtins.cronium = cronium
 script = sys.argv[1]
 sys.argv = sys.argv[1:]
 sys.path.insert(0, "/cronium")
-runpy.run_path(script, run_name="__main__")
+with open(script, "rb") as f:
+    code = compile(f.read(), script, "exec")
+del f
+# as runpy.run_path would, without importing runpy (≈ 20 ms of every start)
+exec(code, {"__name__": "__main__", "__file__": script, "__builtins__": builtins})
