@@ -59,7 +59,7 @@ COMMANDS: Final = {
 }
 NODE_SHIM: Final = "module.exports = require('/opt/cronium/node/cronium.js');\n"
 MAX_SOCKET_PATH: Final = 100
-_SAMPLE_S: Final = 0.1
+_SAMPLE_S: Final = 0.25  # cgroup peak and CPU counters are cumulative; sampling keeps them
 _DRAIN_S: Final = 5.0
 
 

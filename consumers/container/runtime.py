@@ -238,11 +238,11 @@ class DockerRuntime:
 
     def wait(self, container_id: str) -> ExitState:
         result = self.client.api.wait(container_id)
+        code = int(result.get("StatusCode", -1))
+        if code != 128 + 9:  # only a SIGKILL can be the OOM killer: inspect just then
+            return ExitState(exit_code=code, oom_killed=False)
         state = self.client.api.inspect_container(container_id).get("State", {})
-        return ExitState(
-            exit_code=int(result.get("StatusCode", state.get("ExitCode", -1))),
-            oom_killed=bool(state.get("OOMKilled", False)),
-        )
+        return ExitState(exit_code=code, oom_killed=bool(state.get("OOMKilled", False)))
 
     def stop(self, container_id: str, grace: float) -> None:
         try:
