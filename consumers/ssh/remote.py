@@ -70,6 +70,11 @@ def wrapper_command(
     return "sh -c " + shlex.quote(text)
 
 
+def uses_helpers(code: str) -> bool:
+    """Whether a script may call a helper (every helper's name starts with ``cronium``)."""
+    return "cronium" in code
+
+
 def with_helpers(runtime: Runtime, code: str) -> str:
     """The script with the helper SDK in front, so ``cronium`` works with nothing installed."""
     prelude = (SDK_DIR / _PRELUDES[runtime]).read_text()

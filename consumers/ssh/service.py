@@ -24,7 +24,13 @@ from consumers.logpump import LineSplitter, LogPump, Publish
 from consumers.masking import Masker
 from consumers.ssh.breaker import CircuitBreaker
 from consumers.ssh.pool import SshError, SshPool
-from consumers.ssh.remote import RemoteExit, prepare_remote_dir, run_remote, with_helpers
+from consumers.ssh.remote import (
+    RemoteExit,
+    prepare_remote_dir,
+    run_remote,
+    uses_helpers,
+    with_helpers,
+)
 from cronium_bus.bus import Bus
 from cronium_bus.errors import CroniumError
 from cronium_bus.events import (
@@ -272,11 +278,12 @@ class SshRunner(LaneWorker):
                 self._helpers(conn, queued, secret_values) as workdir,
             ):
                 flusher = asyncio.create_task(_flush_periodically(pump))
+                code = queued.request.code
                 try:
                     result = await run_remote(
                         conn,
                         queued.request.runtime,
-                        with_helpers(queued.request.runtime, queued.request.code),
+                        with_helpers(queued.request.runtime, code) if workdir else code,
                         workdir=workdir,
                         timeout=timeout,
                         grace=lim.stop_grace,
@@ -304,9 +311,16 @@ class SshRunner(LaneWorker):
     @contextlib.asynccontextmanager
     async def _helpers(
         self, conn: asyncssh.SSHClientConnection, queued: Queued, secret_values: dict[str, str]
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[str | None]:
         """The runtime API for a remote script: served locally, reached through a Unix socket
-        forwarded from a private directory on the host (which the wrapper removes)."""
+        forwarded from a private directory on the host (which the wrapper removes).
+
+        A script that never mentions ``cronium`` cannot call a helper: it gets no API, no
+        prelude and no extra session to make the directory (``None``; the wrapper makes a temp
+        dir) — one SSH session per target, as with plain ``ssh``."""
+        if not uses_helpers(queued.request.code):
+            yield None
+            return
         local = self.settings.runtime_dir / f"ssh-{queued.execution_id}"
         local.mkdir(parents=True, exist_ok=True)
         api = HelperApi(self.bus, queued, secret_values)
