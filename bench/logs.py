@@ -87,9 +87,12 @@ async def measure(url: str, lines: int) -> dict[str, float]:
         archived: dict[str, int] = {}
         while True:  # until the archive holds every line (bounded by the timeout above)
             reply = await bus.nc.request(
-                "cronium.query.stats", msgspec.json.encode({"since": "1h"}), timeout=30
+                "cronium.query.stats", msgspec.json.encode({"since": "2000-01-01"}), timeout=30
             )
-            archived = msgspec.json.decode(reply.data)["result"]["archive"]
+            answer = msgspec.json.decode(reply.data)
+            if not answer.get("ok"):
+                raise RuntimeError(f"stats query failed: {answer.get('error')}")
+            archived = answer["result"]["archive"]
             if int(archived["lines"] or 0) >= lines or time.perf_counter() - start > 900:
                 break
             await asyncio.sleep(0.5)
