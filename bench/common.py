@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cronium_bus.events import Request, Requested, utcnow
+
 
 def pct(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) of values (nearest rank); NaN when empty."""
@@ -45,6 +47,21 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.2f}"
     return str(value)
+
+
+def requested(execution_id: str, request: Request) -> Requested:
+    """The ``execution.requested`` event a benchmark publishes for ``request``."""
+    from cronium_bus.ids import new_id
+
+    return Requested(
+        event_id=new_id("ev"),
+        time=utcnow(),
+        execution_id=execution_id,
+        correlation_id=execution_id,
+        producer="bench",
+        user="bench",
+        request=request,
+    )
 
 
 def cronium_bin() -> str:

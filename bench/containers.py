@@ -25,10 +25,10 @@ from pathlib import Path
 import docker
 from docker.utils.socket import frames_iter
 
-from bench.common import median, pct, stack, table
+from bench.common import median, pct, requested, stack, table
 from consumers.container.runtime import ContainerSpec, sandbox_options
 from cronium_bus.bus import Bus
-from cronium_bus.events import Request, Requested, utcnow
+from cronium_bus.events import Request
 from cronium_bus.ids import new_id
 from cronium_bus.settings import load_settings
 
@@ -95,15 +95,7 @@ async def through_bus(
                 await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
             async with slots:
                 eid = new_id("ex")
-                req = Requested(
-                    event_id=new_id("ev"),
-                    time=utcnow(),
-                    execution_id=eid,
-                    correlation_id=eid,
-                    producer="bench",
-                    user="bench",
-                    request=Request(runtime=runtime, code=code),  # type: ignore[arg-type]
-                )
+                req = requested(eid, Request(runtime=runtime, code=code))  # type: ignore[arg-type]
                 done[eid] = loop.create_future()
                 t0[eid] = time.perf_counter()
                 await bus.publish(req)

@@ -19,9 +19,9 @@ import time
 
 import msgspec
 
-from bench.common import median, pct, stack, table
+from bench.common import median, pct, requested, stack, table
 from cronium_bus.bus import Bus
-from cronium_bus.events import LogChunk, Request, Requested, utcnow
+from cronium_bus.events import LogChunk, Request
 from cronium_bus.ids import new_id
 from cronium_bus.settings import load_settings
 
@@ -71,14 +71,8 @@ async def measure(url: str, lines: int) -> dict[str, float]:
 
     async with Bus(settings, name="bench-logs") as bus:
         sub = await bus.nc.subscribe(f"cronium.logs.{eid}", cb=on_log)
-        req = Requested(
-            event_id=new_id("ev"),
-            time=utcnow(),
-            execution_id=eid,
-            correlation_id=eid,
-            producer="bench",
-            user="bench",
-            request=Request(runtime="python", code=SCRIPT.format(lines=lines), timeout_s=600),
+        req = requested(
+            eid, Request(runtime="python", code=SCRIPT.format(lines=lines), timeout_s=600)
         )
         start = time.perf_counter()
         await bus.publish(req)

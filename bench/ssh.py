@@ -26,10 +26,10 @@ from pathlib import Path
 
 import asyncssh
 
-from bench.common import median, stack, table
+from bench.common import median, requested, stack, table
 from cronium_bus.bus import Bus
 from cronium_bus.cli.servers import register
-from cronium_bus.events import Request, Requested, utcnow
+from cronium_bus.events import Request
 from cronium_bus.ids import new_id
 from cronium_bus.settings import load_settings
 from tests.sshd import Sshd
@@ -142,14 +142,8 @@ async def through_bus(url: str, names: list[str]) -> float:
 
     async with Bus(settings, name="bench-ssh") as bus:
         sub = await bus.nc.subscribe(f"cronium.exec.{eid}.*", cb=on_exec)
-        req = Requested(
-            event_id=new_id("ev"),
-            time=utcnow(),
-            execution_id=eid,
-            correlation_id=eid,
-            producer="bench",
-            user="bench",
-            request=Request(runtime="bash", code=COMMAND, runner="ssh", targets=tuple(names)),
+        req = requested(
+            eid, Request(runtime="bash", code=COMMAND, runner="ssh", targets=tuple(names))
         )
         t = time.perf_counter()
         await bus.publish(req)
