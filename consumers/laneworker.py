@@ -94,6 +94,10 @@ class LaneWorker:
         """Cancel a running execution held here; whether it was held."""
         raise NotImplementedError
 
+    def is_running(self, execution_id: str) -> bool:
+        """Whether this process is running the execution right now."""
+        raise NotImplementedError
+
     async def on_lost(self, queued: Queued, previous: AttemptState) -> None:
         """Called after an attempt started by a dead runner was ended ``lost``."""
 
@@ -224,7 +228,10 @@ class LaneWorker:
             await self._after_end(queued, state)
             return None
         if state is not None and current is not None and current.status == "started":
-            if current.runner and await self._alive(current.runner):
+            held_here = current.runner == self.runner_id
+            if (held_here and self.is_running(queued.execution_id)) or (
+                not held_here and current.runner and await self._alive(current.runner)
+            ):
                 log.info("attempt held by a live runner; looking again later", by=current.runner)
                 return self.settings.runner.ack_wait
             await self.bus.publish(
@@ -305,9 +312,7 @@ class LaneWorker:
         log.info("retry scheduled", next_attempt=queued.attempt + 1, at=at.isoformat())
 
     async def _alive(self, instance: str) -> bool:
-        """Whether a runner instance's heartbeat is fresh (it may still be running the job)."""
-        if instance == self.runner_id:
-            return True
+        """Whether another runner instance's heartbeat is fresh (it may still run the job)."""
         value = await kv_value(self.bus.js, HEARTBEAT_BUCKET, instance)
         if value is None:
             return False

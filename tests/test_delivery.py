@@ -11,7 +11,7 @@ import pytest
 
 from consumers.container.service import ContainerRunner
 from cronium_bus.bus import Bus
-from cronium_bus.events import Queued, RetryPolicy, Started, Terminal, utcnow
+from cronium_bus.events import Queued, RetryPolicy, Started, Terminal, follow_up, utcnow
 from cronium_bus.history import execution_events
 from cronium_bus.retry import retry_delay
 from cronium_bus.settings import Settings
@@ -191,5 +191,38 @@ async def test_a_job_that_keeps_failing_is_dead_lettered_and_can_be_retried(
             again = await wait_final(bus, req.execution_id, timeout=60)
             assert again.status == "succeeded" and again.attempt == 2
             assert req.execution_id not in {d.execution_id for d in await list_dead_letters(bus)}
+        finally:
+            await runner.stop()
+
+
+class CrashAfterStartRunner(ContainerRunner):
+    """A real container runner that fails right after announcing the start (fault injection)."""
+
+    target = ""
+
+    async def execute(self, queued: Queued) -> None:
+        if queued.execution_id == CrashAfterStartRunner.target:
+            await self.bus.publish(Started(**follow_up(queued, "t"), runner=self.runner_id))
+            raise RuntimeError("injected fault after start")
+        await super().execute(queued)
+
+
+async def test_an_attempt_the_runner_dropped_ends_lost_not_stuck(
+    bus: Bus, settings: Settings, dispatcher: Embedded
+) -> None:
+    """The runner that started an attempt and then failed sees the redelivery, knows it no longer
+    runs it, and ends it `lost` (instead of waiting for itself forever)."""
+    async with Bus(settings, name="crash") as crash_bus:
+        runner = Embedded()
+        runner.tasks.append(
+            asyncio.create_task(CrashAfterStartRunner(crash_bus).run(runner.stopper))
+        )
+        try:
+            req = requested("echo never", "bash")
+            CrashAfterStartRunner.target = req.execution_id
+            await bus.publish(req)
+            state = await wait_final(bus, req.execution_id, timeout=60)
+            assert state.status == "lost" and state.error is not None
+            assert state.error.kind == "runner_lost"
         finally:
             await runner.stop()

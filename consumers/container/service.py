@@ -77,6 +77,10 @@ class ContainerRunner(LaneWorker):
         attempt.cancel()
         return True
 
+    def is_running(self, execution_id: str) -> bool:
+        """Whether an attempt of the execution runs in this process."""
+        return execution_id in self.running
+
     async def on_lost(self, queued: Queued, previous: AttemptState) -> None:
         """The dead runner's container may still run: reap it."""
         await self.reap_leftovers()

@@ -103,6 +103,10 @@ class SshRunner(LaneWorker):
         event.set()
         return True
 
+    def is_running(self, execution_id: str) -> bool:
+        """Whether the execution (a fan-out parent or a single target) runs in this process."""
+        return execution_id in self.cancels
+
     def breaker(self, server: Server) -> CircuitBreaker:
         """The circuit breaker of a server's host and port."""
         key = (server.host, server.port)
