@@ -33,7 +33,11 @@ SECTIONS: dict[str, Callable[[bool], None]] = {
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under two minutes")
     parser.add_argument("--only", metavar="LIST", help=f"comma-separated: {','.join(SECTIONS)}")
     args = parser.parse_args()

@@ -152,7 +152,7 @@ def docker_py(
         t0 = time.perf_counter()
         c = client.containers.create(**opts)
         sock = client.api.attach_socket(
-            c.id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0}
+            str(c.id), params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0}
         )
         c.start()
         first = None

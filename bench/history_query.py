@@ -13,7 +13,7 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,16 +110,19 @@ def run(executions: int, lookups: int) -> list[dict[str, Any]]:
         rng.shuffle(ids)
         results = []
         since = "2000-01-01"
-        for db, conn in (("cronium", wh), ("baseline", _NoFinal(wh))):
+        paths: list[tuple[str, Any]] = [("cronium", wh), ("baseline", _NoFinal(wh))]
+        for db, conn in paths:
             it = iter(ids * 2)
             history(conn, HistoryFilter(execution_id=ids[0]), db=db)  # warm
-            point = _timed(
-                lambda db=db, conn=conn, it=it: history(
-                    conn, HistoryFilter(execution_id=next(it)), db=db
-                ),
-                lookups,
-            )
-            dash = _timed(lambda db=db, conn=conn: aggregates(conn, since, db=db), 5)
+
+            def point_lookup(db: str = db, conn: Any = conn, it: Iterator[str] = it) -> None:
+                history(conn, HistoryFilter(execution_id=next(it)), db=db)
+
+            def dashboard(db: str = db, conn: Any = conn) -> None:
+                aggregates(conn, since, db=db)
+
+            point = _timed(point_lookup, lookups)
+            dash = _timed(dashboard, 5)
             results.append({"db": db, "point": point, "dash": dash})
         wh.close()
     print(f"filled {executions:,} executions in {fill_s:.1f} s")
