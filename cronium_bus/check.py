@@ -184,20 +184,24 @@ def container_labels() -> list[dict[str, str]] | None:
     except docker.errors.DockerException:
         return None
     try:
-        found = client.containers.list(all=True, filters={"label": LABEL_EXECUTION})
+        # one list call: no inspect per container (which would race with removals)
+        found = client.api.containers(all=True, filters={"label": LABEL_EXECUTION})
     except (docker.errors.DockerException, requests.exceptions.RequestException):
         return None
     finally:
         client.close()
-    return [
-        {
-            "execution": c.labels.get(LABEL_EXECUTION, ""),
-            "name": str(c.name or c.id),
-            "runner": c.labels.get(LABEL_RUNNER, ""),
-            "pool": c.labels.get(LABEL_POOL, ""),
-        }
-        for c in found
-    ]
+    out = []
+    for c in found:
+        labels = c.get("Labels") or {}
+        out.append(
+            {
+                "execution": labels.get(LABEL_EXECUTION, ""),
+                "name": str((c.get("Names") or [c.get("Id", "?")])[0]).lstrip("/"),
+                "runner": labels.get(LABEL_RUNNER, ""),
+                "pool": labels.get(LABEL_POOL, ""),
+            }
+        )
+    return out
 
 
 async def check(

@@ -82,8 +82,8 @@ async def test_sigkill_of_the_runner_leaves_no_container_behind(
     ids = {e.execution_id for e in events}
 
     def ours() -> list[str]:
-        found = client.containers.list(all=True, filters={"label": LABEL_EXECUTION})
-        return [c.id for c in found if c.labels.get(LABEL_EXECUTION) in ids]
+        found = client.api.containers(all=True, filters={"label": LABEL_EXECUTION})
+        return [c["Id"] for c in found if (c.get("Labels") or {}).get(LABEL_EXECUTION) in ids]
 
     deadline = time.monotonic() + 90
     while len(ours()) < 10 and time.monotonic() < deadline:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import docker
+import docker.errors
 import pytest
 
 from cronium_bus.bus import Bus
@@ -80,8 +82,10 @@ time.sleep(1)
     inspected = ""
     for _ in range(200):  # once the script has the secret, inspect every Cronium container
         if "token is" in live_out.getvalue():
-            found = client.containers.list(filters={"label": "org.cronium.execution"})
-            inspected = "".join(str(c.attrs) for c in found)
+            found = client.api.containers(filters={"label": "org.cronium.execution"})
+            for c in found:
+                with contextlib.suppress(docker.errors.NotFound):  # removed meanwhile
+                    inspected += str(client.api.inspect_container(c["Id"]))
             break
         await asyncio.sleep(0.05)
     state = await watch.wait_final()

@@ -23,8 +23,9 @@ def pooled() -> dict[str, str]:
     """Warm containers on the engine: id -> runner."""
     client = docker.from_env()
     try:
-        found = client.containers.list(all=True, filters={"label": LABEL_POOL})
-        return {str(c.id): c.labels.get(LABEL_RUNNER, "") for c in found}
+        # one list call (no inspect per container, which races with removals)
+        found = client.api.containers(all=True, filters={"label": LABEL_POOL})
+        return {str(c["Id"]): (c.get("Labels") or {}).get(LABEL_RUNNER, "") for c in found}
     finally:
         client.close()
 

@@ -269,12 +269,13 @@ class DockerRuntime:
         return peak, (cpu_ns / 1e6 if cpu_ns is not None else None)
 
     def leftovers(self) -> list[Leftover]:
-        found = self.client.containers.list(all=True, filters={"label": LABEL_EXECUTION})
+        # one list call: an inspect per container would race with removals in flight
+        found = self.client.api.containers(all=True, filters={"label": LABEL_EXECUTION})
         return [
             Leftover(
-                container_id=str(c.id),
-                labels=dict(c.labels),
-                running=c.status in {"running", "restarting", "paused", "created"},
+                container_id=str(c["Id"]),
+                labels=dict(c.get("Labels") or {}),
+                running=c.get("State") in {"running", "restarting", "paused", "created"},
             )
             for c in found
         ]
