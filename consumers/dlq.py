@@ -6,17 +6,14 @@ from typing import Any
 
 import msgspec
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from consumers.retries import enqueue
 from cronium_bus.bus import Bus
 from cronium_bus.codec import decode_as
 from cronium_bus.errors import CroniumError, EventDecodeError
 from cronium_bus.events import Queued, follow_up
-from cronium_bus.history import execution_state
+from cronium_bus.history import execution_state, read_messages
 from cronium_bus.subjects import DLQ_ALL, DLQ_STREAM
-
-_BATCH = 256
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,39 +39,22 @@ def _execution_of(subject: str, data: bytes) -> str:
 
 async def list_dead_letters(bus: Bus, limit: int = 1000) -> list[DeadLetter]:
     """The parked messages, oldest first (at most ``limit``)."""
-    config = ConsumerConfig(
-        ack_policy=AckPolicy.NONE,
-        deliver_policy=DeliverPolicy.ALL,
-        inactive_threshold=30.0,
-        mem_storage=True,
-    )
-    sub = await bus.js.pull_subscribe(DLQ_ALL, stream=DLQ_STREAM, config=config)
     out: list[DeadLetter] = []
-    try:
-        remaining = min((await sub.consumer_info()).num_pending or 0, limit)
-        while remaining > 0:
-            try:
-                msgs = await sub.fetch(min(remaining, _BATCH), timeout=5.0)
-            except nats.errors.TimeoutError:
-                break
-            remaining -= len(msgs)
-            for msg in msgs:
-                h = msg.headers or {}
-                original = h.get("Cronium-Subject", "")
-                out.append(
-                    DeadLetter(
-                        id=msg.metadata.sequence.stream,
-                        time=msg.metadata.timestamp.isoformat(),
-                        source=msg.subject.removeprefix("cronium.dlq."),
-                        subject=original,
-                        reason=h.get("Cronium-Reason", ""),
-                        deliveries=h.get("Cronium-Deliveries", ""),
-                        execution_id=_execution_of(original, msg.data),
-                        size=len(msg.data),
-                    )
-                )
-    finally:
-        await sub.unsubscribe()
+    async for msg in read_messages(bus.js, DLQ_STREAM, DLQ_ALL, limit=limit):
+        h = msg.headers or {}
+        original = h.get("Cronium-Subject", "")
+        out.append(
+            DeadLetter(
+                id=msg.metadata.sequence.stream,
+                time=msg.metadata.timestamp.isoformat(),
+                source=msg.subject.removeprefix("cronium.dlq."),
+                subject=original,
+                reason=h.get("Cronium-Reason", ""),
+                deliveries=h.get("Cronium-Deliveries", ""),
+                execution_id=_execution_of(original, msg.data),
+                size=len(msg.data),
+            )
+        )
     return out
 
 

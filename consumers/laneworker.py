@@ -209,7 +209,7 @@ class LaneWorker:
             )
         )
         await dead_letter(self.bus.js, self.kind, msg, reason)
-        await self._after_end(queued, await self._state(queued))  # retried if the policy says so
+        await self._after_end(queued)  # retried if the policy says so
 
     async def _settle(self, queued: Queued, *, first_delivery: bool = False) -> float | None:
         """Run the attempt unless the streams say it is settled, cancelled, held elsewhere or was
@@ -247,7 +247,7 @@ class LaneWorker:
             )
             await self.on_lost(queued, current)
             await self.gate.release(queued)
-            await self._after_end(queued, await self._state(queued))
+            await self._after_end(queued)
             return None
         if state is not None and state.cancel_requested:
             await self.bus.publish(
@@ -273,7 +273,7 @@ class LaneWorker:
             await self.execute(queued)
         finally:
             await self.gate.release(queued)
-        await self._after_end(queued, await self._state(queued))
+        await self._after_end(queued)
         return None
 
     async def _untouched(self, queued: Queued) -> bool:
@@ -299,9 +299,14 @@ class LaneWorker:
         max_bytes = self.settings.streams.max_msg_size
         return await execution_state(self.bus.js, queued.execution_id, max_bytes=max_bytes)
 
-    async def _after_end(self, queued: Queued, state: ExecutionState | None) -> None:
-        """Queue the next attempt when the policy says so (idempotent: once per attempt)."""
-        if state is None or queued.request.retry is None or state.cancel_requested:
+    async def _after_end(self, queued: Queued, state: ExecutionState | None = None) -> None:
+        """Queue the next attempt when the policy says so (idempotent: once per attempt).
+        The streams are read only when the request could be retried at all."""
+        retry = queued.request.retry
+        if retry is None or queued.attempt >= retry.max_attempts:
+            return
+        state = state or await self._state(queued)
+        if state is None or state.cancel_requested:
             return
         ended = state.attempt_state(queued.attempt)
         if ended is None or not should_retry(queued.request, ended):

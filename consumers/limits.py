@@ -23,6 +23,7 @@ import msgspec
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from cronium_bus.events import Queued
 from cronium_bus.settings import Settings
@@ -82,6 +83,7 @@ class Gate:
         self.settings = settings
         self.lease_s = max(30.0, settings.runner.ack_wait * 2)
         self.stale_s = max(10.0, settings.runner.limit_wait * 20)
+        self._kv: KeyValue | None = None
 
     async def acquire(self, queued: Queued) -> bool:
         """Admit the job in every scope, or in none (and wait)."""
@@ -106,7 +108,9 @@ class Gate:
 
     async def _change(self, key: str, execution_id: str, limit: int | None) -> bool:
         """Compare-and-set loop: admit under ``limit``, or remove when ``limit`` is None."""
-        kv = await self.js.key_value(LIMITS_BUCKET)
+        if self._kv is None:  # opening a bucket is a round trip: once per gate
+            self._kv = await self.js.key_value(LIMITS_BUCKET)
+        kv = self._kv
         for _ in range(_CAS_TRIES):
             try:
                 entry = await kv.get(key)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import nats.errors
 import nats.js.errors
 import structlog
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -21,10 +22,10 @@ log = structlog.get_logger(__name__)
 _BATCH = 256
 
 
-async def read_subject(
-    js: JetStreamContext, stream: str, subject: str, *, max_bytes: int
-) -> AsyncIterator[AnyEvent]:
-    """Every decodable event stored on ``subject`` now, in stream order (then stops).
+async def read_messages(
+    js: JetStreamContext, stream: str, subject: str, *, limit: int | None = None
+) -> AsyncIterator[Msg]:
+    """Every message stored on ``subject`` now (at most ``limit``), in stream order, then stops.
 
     Uses an ephemeral pull consumer: its pending count at creation says how many to fetch, so an
     empty subject answers at once instead of waiting for a timeout.
@@ -38,6 +39,8 @@ async def read_subject(
     sub = await js.pull_subscribe(subject, stream=stream, config=config)
     try:
         remaining = (await sub.consumer_info()).num_pending or 0
+        if limit is not None:
+            remaining = min(remaining, limit)
         while remaining > 0:
             try:
                 msgs = await sub.fetch(min(remaining, _BATCH), timeout=5.0)
@@ -45,12 +48,20 @@ async def read_subject(
                 break  # messages aged out while reading
             remaining -= len(msgs)
             for msg in msgs:
-                try:
-                    yield decode(msg.data, max_bytes=max_bytes)
-                except EventDecodeError as exc:
-                    log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
+                yield msg
     finally:
         await sub.unsubscribe()
+
+
+async def read_subject(
+    js: JetStreamContext, stream: str, subject: str, *, max_bytes: int
+) -> AsyncIterator[AnyEvent]:
+    """Every decodable event stored on ``subject`` now, in stream order (then stops)."""
+    async for msg in read_messages(js, stream, subject):
+        try:
+            yield decode(msg.data, max_bytes=max_bytes)
+        except EventDecodeError as exc:
+            log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
 
 
 async def execution_events(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -140,28 +141,20 @@ class Projector:
                 self._consume(stopper, LOGS_STREAM, LOGS_ALL, "projector-logs", self._on_logs),
             )
 
-    def exec_batch(self, msgs: list[Msg]) -> list[tuple[int, AnyEvent, bytes]]:
-        """Decodable lifecycle events of a fetch, with their stream sequence."""
-        batch = []
+    def _decoded(self, msgs: list[Msg]) -> Iterator[tuple[Msg, AnyEvent]]:
         for msg in msgs:
             try:
-                event = decode(msg.data, max_bytes=self.max_bytes)
+                yield msg, decode(msg.data, max_bytes=self.max_bytes)
             except EventDecodeError:
-                continue  # the dispatcher rejected or dead-lettered it; nothing to project
-            batch.append((msg.metadata.sequence.stream, event, msg.data))
-        return batch
+                continue  # rejected or dead-lettered upstream; nothing to project
+
+    def exec_batch(self, msgs: list[Msg]) -> list[tuple[int, AnyEvent, bytes]]:
+        """Decodable lifecycle events of a fetch, with their stream sequence."""
+        return [(m.metadata.sequence.stream, e, m.data) for m, e in self._decoded(msgs)]
 
     def log_batch(self, msgs: list[Msg]) -> list[LogChunk]:
         """Decodable log chunks of a fetch."""
-        chunks = []
-        for msg in msgs:
-            try:
-                event = decode(msg.data, max_bytes=self.max_bytes)
-            except EventDecodeError:
-                continue
-            if isinstance(event, LogChunk):
-                chunks.append(event)
-        return chunks
+        return [e for _, e in self._decoded(msgs) if isinstance(e, LogChunk)]
 
     async def _on_exec(self, msgs: list[Msg]) -> None:
         batch = self.exec_batch(msgs)

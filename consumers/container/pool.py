@@ -30,6 +30,7 @@ from consumers.container.runtime import (
     LABEL_POOL,
     LABEL_RUNNER,
     Attached,
+    ContainerEngineError,
     ContainerSpec,
 )
 from cronium_bus.events import Request, Runtime
@@ -120,9 +121,15 @@ class WarmPool:
             while idle:
                 warm = idle.pop()
                 warm.attached.close()
-                with contextlib.suppress(Exception):
+                try:
                     await loop.run_in_executor(
                         self.ctx.pool, self.ctx.runtime.remove, warm.container_id
+                    )
+                except ContainerEngineError as exc:
+                    log.warning(
+                        "warm container not removed; the next runner reaps it",
+                        container_id=warm.container_id[:12],
+                        error=str(exc),
                     )
                 shutil.rmtree(warm.runtime_dir, ignore_errors=True)
                 self.forget(warm.container_id, warm.runtime_dir)
@@ -158,8 +165,10 @@ class WarmPool:
                 if w not in creating:
                     w.cancel()
         for fut, runtime in creating.items():  # finish what was being created: nothing leaks
-            with contextlib.suppress(Exception):
+            try:
                 self._idle[runtime].append(await fut)
+            except Exception as exc:  # noqa: BLE001 - _create removed its own remains
+                log.warning("warm container not created", runtime=runtime, error=str(exc))
 
     def _create(self, runtime: Runtime) -> WarmContainer:
         """Create, attach and start one waiting container (blocking; in the thread pool)."""
@@ -187,14 +196,16 @@ class WarmPool:
         )
         container_id = rt.create(spec)
         self.ids.add(container_id)
+        started = False
         try:
             attached = rt.attach_interactive(container_id)
             rt.start(container_id)
-        except Exception:
-            rt.remove(container_id)
-            self.forget(container_id, runtime_dir)
-            shutil.rmtree(runtime_dir, ignore_errors=True)
-            raise
+            started = True
+        finally:
+            if not started:  # the error propagates to the fill loop, which logs it
+                rt.remove(container_id)
+                self.forget(container_id, runtime_dir)
+                shutil.rmtree(runtime_dir, ignore_errors=True)
         return WarmContainer(
             container_id=container_id,
             runtime=runtime,

@@ -261,6 +261,11 @@ class DockerRuntime:
             self.client.api.remove_container(container_id, force=True, v=True)
         except docker.errors.NotFound:
             return
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise ContainerEngineError(
+                f"container {container_id[:12]} not removed: {exc}",
+                hint="the runners' reaping removes it later",
+            ) from exc
 
     def usage(self, container_id: str) -> tuple[int | None, float | None]:
         """Peak memory (bytes) and CPU time (ms) from cgroup v1, while the container exists."""
