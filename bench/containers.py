@@ -1,6 +1,11 @@
 """Trivial container jobs end to end through the bus, against docker-py and `docker run`
 measured in the same run at the same concurrency, with the same sandbox flags.
 
+Baselines: docker-py with the options a user writes for ``docker run --network none`` and the
+bus's limits (the engine sets up its own network sandbox and ``/etc/hosts``), and -- to show what
+the engine options are worth by themselves -- docker-py with exactly the bus's create options
+(networking disabled in the engine, see ``consumers.container.runtime.sandbox_options``).
+
 Latency is what a live subscriber sees: from just before the request is published to the first
 log line arriving on ``cronium.logs.<id>``, and to the terminal event on ``cronium.exec.<id>.*``
 (the terminal is published after the container is removed). For docker-py: create, attach,
@@ -20,13 +25,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import docker
 from docker.utils.socket import frames_iter
 
 from bench.common import median, pct, requested, stack, table
-from consumers.container.runtime import ContainerSpec, sandbox_options
+from consumers.container.runtime import HOSTS, HOSTS_FILE, ContainerSpec, sandbox_options
 from cronium_bus.bus import Bus
 from cronium_bus.events import Request
 from cronium_bus.ids import new_id
@@ -138,13 +145,31 @@ def _spec(image: str, command: list[str], scratch: Path) -> ContainerSpec:
     )
 
 
+def user_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The bus's create options as a user writes them for ``docker run --network none``:
+    network mode ``none`` (the engine builds its network sandbox and ``/etc/hosts``)."""
+    out = {k: v for k, v in opts.items() if k != "network_disabled"}
+    out["volumes"] = {k: v for k, v in opts["volumes"].items() if v["bind"] != "/etc/hosts"}
+    return out
+
+
 def docker_py(
-    runtime: str, n: int, concurrency: int, image: str, interval: float | None = None
+    runtime: str,
+    n: int,
+    concurrency: int,
+    image: str,
+    interval: float | None = None,
+    *,
+    bus_options: bool = False,
 ) -> Samples:
-    """N jobs through docker-py directly (create, attach, start, wait, remove)."""
+    """N jobs through docker-py directly (create, attach, start, wait, remove), with the
+    options of ``docker run --network none`` or, with ``bus_options``, the bus's own."""
     client = docker.from_env(max_pool_size=concurrency * 2 + 2)
     scratch = Path(tempfile.mkdtemp(prefix="crb-"))
+    (scratch / HOSTS_FILE).write_text(HOSTS)
     opts = sandbox_options(_spec(image, JOBS[runtime][1], scratch))
+    if not bus_options:
+        opts = user_options(opts)
     out = Samples()
     lock = threading.Lock()
 
@@ -235,7 +260,12 @@ def run(
 
     def baselines(runtime: str) -> None:
         image = images[runtime]
-        for name, fn in (("docker-py", docker_py), ("docker run", docker_run)):
+        paths: tuple[tuple[str, Callable[..., Samples]], ...] = (
+            ("docker-py", docker_py),
+            ("docker-py, bus's create options", partial(docker_py, bus_options=True)),
+            ("docker run", docker_run),
+        )
+        for name, fn in paths:
             paced.setdefault((name, runtime), []).append(
                 fn(runtime, n, concurrency, image, interval)
             )

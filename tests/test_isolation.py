@@ -3,11 +3,14 @@ container and the runner keeps serving afterwards."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from consumers.container.runtime import HOSTS_FILE, ContainerSpec, sandbox_options
 from cronium_bus.bus import Bus
 from cronium_bus.events import Limits
 from cronium_bus.settings import Settings
@@ -71,7 +74,9 @@ async def test_filling_tmp_fails_inside_the_script_only(bus: Bus, runner: Embedd
 async def test_no_network_not_even_loopback_services(
     bus: Bus, runner: Embedded, settings: Settings
 ) -> None:
-    """The host's NATS port on 127.0.0.1 is unreachable; only a private loopback exists."""
+    """The host's NATS port on 127.0.0.1 is unreachable; only a private loopback exists, and
+    it works: a server the script starts on ``localhost`` answers (networking is disabled in
+    the engine, so ``/etc/hosts`` comes from the runner)."""
     port = settings.nats_url.rsplit(":", 1)[1]
     code = f"""
 import socket
@@ -81,11 +86,17 @@ try:
 except OSError as e:
     print("refused", type(e).__name__)
 print(sorted(n for _, n in socket.if_nameindex()))
+server = socket.create_server(("localhost", 0))
+client = socket.create_connection(("localhost", server.getsockname()[1]), timeout=2)
+conn, _ = server.accept()
+client.sendall(b"ping")
+print("loopback", conn.recv(4).decode(), socket.gethostbyname("localhost"), socket.gethostname())
 """
     state = await run_code(bus, code)
     out = (await lines_of(bus, state.execution_id))["stdout"]
     assert out[0].startswith("refused")
     assert out[1] == "['lo']"
+    assert out[2] == "loopback ping 127.0.0.1 sandbox"
 
 
 ESCALATION = r"""
@@ -120,3 +131,25 @@ async def test_no_root_no_capabilities_no_escalation(bus: Bus, runner: Embedded)
     )
     assert (await lines_of(bus, py.execution_id))["stdout"] == ["refused 1"]
     await still_serving(bus)
+
+
+def test_sandbox_options_disable_networking_unless_it_is_allowed(tmp_path: Path) -> None:
+    """Without network: networking disabled in the engine (no network sandbox, no hook) and
+    the runtime dir's hosts file over /etc/hosts; with network: neither."""
+    spec = ContainerSpec(
+        image="img",
+        command=["true"],
+        labels={},
+        runtime_dir=tmp_path,
+        cpus=0.5,
+        memory_bytes=2**28,
+        pids=64,
+        tmp_size=2**20,
+        workspace_size=2**20,
+    )
+    closed = sandbox_options(spec)
+    assert closed["network_disabled"] is True and closed["network_mode"] == "none"
+    assert closed["volumes"][str(tmp_path / HOSTS_FILE)] == {"bind": "/etc/hosts", "mode": "ro"}
+    opened = sandbox_options(dataclasses.replace(spec, network=True))
+    assert opened["network_disabled"] is False and opened["network_mode"] == "bridge"
+    assert list(opened["volumes"]) == [str(tmp_path)]
