@@ -168,6 +168,9 @@ class DockerRuntime:
         self._image_ids: dict[str, tuple[str, float]] = {}
         try:
             self.client = docker.from_env(max_pool_size=pool_size)
+            if self.client.api.base_url.startswith("http+docker://"):  # a local unix socket:
+                # no proxy or netrc applies, so skip requests' environment lookups per call
+                self.client.api.trust_env = False
             self.client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise ContainerEngineError(
