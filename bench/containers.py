@@ -1,5 +1,5 @@
 """Trivial container jobs end to end through the bus, against docker-py and `docker run`
-measured in the same run at the same concurrency, with the same sandbox flags.
+measured in the same run at the same concurrency, with the same isolation and limits.
 
 Baselines: docker-py with the options a user writes for ``docker run --network none`` and the
 bus's limits (the engine sets up its own network sandbox and ``/etc/hosts``), and -- to show what
@@ -8,7 +8,7 @@ the engine options are worth by themselves -- docker-py with exactly the bus's c
 
 Latency is what a live subscriber sees: from just before the request is published to the first
 log line arriving on ``cronium.logs.<id>``, and to the terminal event on ``cronium.exec.<id>.*``
-(the terminal is published after the container is removed). For docker-py: create, attach,
+(published once the container has exited; its removal follows). For docker-py: create, attach,
 start, first output frame, wait, remove. For `docker run --rm`: first stdout line, exit.
 
 Run: .venv/bin/python -m bench.containers [--jobs N] [--concurrency C] [--quick]
@@ -297,8 +297,14 @@ def run(
                         asyncio.run(through_bus(s.url, runtime, n, concurrency))
                     )
     latency_rows, load_rows = [], []
-    for key, parts in paced.items():
-        smp, base = _merge(parts), _merge(paced[("docker-py", key[1])])
+    order = ["docker-py", "docker-py, bus's create options", "docker run", *modes]
+
+    def rows(results: dict[tuple[str, str], list[Samples]]) -> list[tuple[str, str]]:
+        """Keys by job, then baselines before the bus."""
+        return sorted(results, key=lambda k: (runtimes.index(k[1]), order.index(k[0])))
+
+    for key in rows(paced):
+        smp, base = _merge(paced[key]), _merge(paced[("docker-py", key[1])])
         latency_rows.append(
             [
                 *key,
@@ -312,8 +318,9 @@ def run(
                 f"{median(smp.end) / median(base.end):.2f}x",
             ]
         )
-    for key, parts in loaded.items():
-        smp, base = _merge(parts), _merge(loaded[("docker-py", key[1])])
+    for key in rows(loaded):
+        smp, base = _merge(loaded[key]), _merge(loaded[("docker-py", key[1])])
+        same = _merge(loaded[("docker-py, bus's create options", key[1])])
         load_rows.append(
             [
                 *key,
@@ -323,6 +330,7 @@ def run(
                 median(smp.first),
                 median(smp.end),
                 f"{smp.throughput / base.throughput:.2f}x",
+                f"{smp.throughput / same.throughput:.2f}x",
             ]
         )
     return table(
@@ -338,7 +346,7 @@ def run(
         ">1x is faster)",
         [
             "path", "job", "N", "failed", "jobs/s", "first line p50", "terminal p50",
-            "throughput vs docker-py",
+            "throughput vs docker-py", "vs docker-py, bus's options",
         ],
         load_rows,
     )  # fmt: skip

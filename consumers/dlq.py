@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 import nats.js.errors
+from nats.js.api import RawStreamMsg
 
 from consumers.retries import enqueue
 from cronium_bus.bus import Bus
@@ -58,17 +59,29 @@ async def list_dead_letters(bus: Bus, limit: int = 1000) -> list[DeadLetter]:
     return out
 
 
-async def retry_dead_letter(bus: Bus, dlq_id: int) -> dict[str, Any]:
-    """Put a parked message back to work, then remove it from the dead-letter stream.
-
-    A job whose attempt already ended (the runner gave up on it) is queued as a new attempt;
-    anything else is published again on its original subject."""
+async def _get(bus: Bus, dlq_id: int) -> RawStreamMsg:
     try:
-        raw = await bus.js.get_msg(DLQ_STREAM, dlq_id)
+        return await bus.js.get_msg(DLQ_STREAM, dlq_id)
     except nats.js.errors.NotFoundError as exc:
         raise CroniumError(
             f"no dead letter {dlq_id}", hint="`cronium dlq list` shows the ids"
         ) from exc
+
+
+async def drop_dead_letter(bus: Bus, dlq_id: int) -> None:
+    """Remove a parked message without running it."""
+    await _get(bus, dlq_id)
+    await bus.js.delete_msg(DLQ_STREAM, dlq_id)
+
+
+async def retry_dead_letter(bus: Bus, dlq_id: int, *, force: bool = False) -> dict[str, Any]:
+    """Put a parked message back to work, then remove it from the dead-letter stream.
+
+    A job whose attempt already ended (the runner gave up on it) is queued as a new attempt;
+    anything else is published again on its original subject. A job whose execution already
+    went on to a later attempt (its retry policy took over) is refused unless ``force``: running
+    it again would add an attempt nobody asked for."""
+    raw = await _get(bus, dlq_id)
     headers = raw.headers or {}
     subject = headers.get("Cronium-Subject", "")
     data = raw.data or b""
@@ -82,6 +95,15 @@ async def retry_dead_letter(bus: Bus, dlq_id: int) -> dict[str, Any]:
         state = await execution_state(bus.js, queued.execution_id, max_bytes=max_bytes)
         ended = state.attempt_state(queued.attempt) if state else None
         attempt = queued.attempt
+        later = [a for a in state.attempts if a.attempt > queued.attempt] if state else []
+        if later and not force:
+            raise CroniumError(
+                f"execution {queued.execution_id} already went on to attempt "
+                f"{later[-1].attempt} ({later[-1].status}) after the dead-lettered attempt "
+                f"{queued.attempt}; retrying would run it once more",
+                hint=f"`cronium dlq retry {dlq_id} --force` runs it anyway; "
+                f"`cronium dlq drop {dlq_id}` removes the dead letter",
+            )
         if state is not None and ended is not None and ended.terminal:
             attempt = max(a.attempt for a in state.attempts) + 1
         await enqueue(

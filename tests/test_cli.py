@@ -245,6 +245,8 @@ def test_run_with_retries_waits_for_the_last_attempt(stack: Stack) -> None:
     assert check.returncode == 0 and json.loads(check.stdout)["ok"], check.stdout
     missing = stack.cli("dlq", "retry", "999999")
     assert missing.returncode == 1 and "no dead letter 999999" in missing.stderr
+    dropped = stack.cli("dlq", "drop", "999999")
+    assert dropped.returncode == 1 and "cronium dlq list" in dropped.stderr
     assert stack.cli("dlq", "list").returncode == 0
 
 
@@ -294,6 +296,7 @@ def test_a_killed_consumer_is_restarted(stack: Stack) -> None:
         (["run", "--runtime", "bash", "--delay", "later", "-c", "1"], "cannot read duration"),
         (["check", "--grace", "-1"], "--grace"),
         (["dlq", "retry", "abc"], "invalid int value"),
+        (["dlq", "drop"], "the following arguments are required: ID"),
         (["replay", "--force", "extra"], "unrecognized arguments"),
     ],
 )

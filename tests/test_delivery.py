@@ -11,6 +11,7 @@ import pytest
 
 from consumers.container.service import ContainerRunner
 from cronium_bus.bus import Bus
+from cronium_bus.errors import CroniumError
 from cronium_bus.events import Queued, RetryPolicy, Started, Terminal, follow_up, utcnow
 from cronium_bus.history import execution_events
 from cronium_bus.retry import retry_delay
@@ -191,6 +192,49 @@ async def test_a_job_that_keeps_failing_is_dead_lettered_and_can_be_retried(
             again = await wait_final(bus, req.execution_id, timeout=60)
             assert again.status == "succeeded" and again.attempt == 2
             assert req.execution_id not in {d.execution_id for d in await list_dead_letters(bus)}
+        finally:
+            await runner.stop()
+
+
+async def test_a_dead_letter_its_retry_policy_already_retried_is_not_run_twice(
+    bus: Bus, settings: Settings, dispatcher: Embedded
+) -> None:
+    """The runner gives up on attempt 1, the policy retries `infrastructure` and attempt 2
+    succeeds: `dlq retry` then refuses (saying which attempt followed) instead of adding a
+    third; `--force` runs it anyway; `drop` removes a dead letter without running it."""
+    from consumers.dlq import drop_dead_letter, list_dead_letters, retry_dead_letter
+
+    three = settings.model_copy(
+        update={"runner": settings.runner.model_copy(update={"max_deliver": 3})}
+    )
+    async with Bus(three, name="flaky") as flaky_bus:
+        FlakyRunner.failures = 3
+        runner = Embedded()
+        runner.tasks.append(asyncio.create_task(FlakyRunner(flaky_bus).run(runner.stopper)))
+        try:
+            policy = RetryPolicy(max_attempts=3, backoff="fixed", base_s=0.1, jitter=0)
+            req = requested("echo recovered", "bash", retry=policy)
+            FlakyRunner.target = req.execution_id
+            await bus.publish(req)
+            state = await wait_final(bus, req.execution_id, timeout=60)
+            assert state.status == "succeeded" and state.attempt == 2
+            (letter,) = [
+                d for d in await list_dead_letters(bus) if d.execution_id == req.execution_id
+            ]
+            with pytest.raises(CroniumError) as refused:
+                await retry_dead_letter(bus, letter.id)
+            assert "already went on to attempt 2 (succeeded)" in refused.value.message
+            assert "--force" in refused.value.hint and "dlq drop" in refused.value.hint
+            assert letter.id in {d.id for d in await list_dead_letters(bus)}  # nothing lost
+            assert (await retry_dead_letter(bus, letter.id, force=True))["attempt"] == 3
+            again = await wait_final(bus, req.execution_id, timeout=60)
+            assert again.status == "succeeded" and again.attempt == 3
+            await bus.js.publish("cronium.dlq.tests", b"parked", headers={"Cronium-Reason": "test"})
+            (parked,) = [d for d in await list_dead_letters(bus) if d.source == "tests"]
+            await drop_dead_letter(bus, parked.id)
+            assert parked.id not in {d.id for d in await list_dead_letters(bus)}
+            with pytest.raises(CroniumError, match=f"no dead letter {parked.id}"):
+                await drop_dead_letter(bus, parked.id)
         finally:
             await runner.stop()
 

@@ -54,6 +54,14 @@ def add_parsers(sub: _Sub) -> None:
         "retry", help="put one back to work (a job becomes a new attempt) and remove it"
     )
     a.add_argument("id", metavar="ID", type=int, help="the id shown by `cronium dlq list`")
+    a.add_argument(
+        "--force",
+        action="store_true",
+        help="run a job again even though its execution already went on to a later attempt",
+    )
+    add_client_options(a)
+    a = actions.add_parser("drop", help="remove one without running it")
+    a.add_argument("id", metavar="ID", type=int, help="the id shown by `cronium dlq list`")
     add_client_options(a)
     p.set_defaults(handler=dlq_cmd)
 
@@ -93,7 +101,7 @@ def check_cmd(args: argparse.Namespace) -> int:
 
 def dlq_cmd(args: argparse.Namespace) -> int:
     """``cronium dlq list|retry``."""
-    from consumers.dlq import list_dead_letters, retry_dead_letter
+    from consumers.dlq import drop_dead_letter, list_dead_letters, retry_dead_letter
 
     async def body(bus: Bus) -> int:
         if args.action == "list":
@@ -108,7 +116,11 @@ def dlq_cmd(args: argparse.Namespace) -> int:
                     f"{d.id:>6} {d.time[:19]} {d.source:<12} {d.execution_id or '-':<32} {d.reason}"
                 )
             return exitcodes.OK
-        result = await retry_dead_letter(bus, args.id)
+        if args.action == "drop":
+            await drop_dead_letter(bus, args.id)
+            print(f"dead letter {args.id}: dropped")
+            return exitcodes.OK
+        result = await retry_dead_letter(bus, args.id, force=args.force)
         where = (
             f"execution {result['execution_id']} attempt {result['attempt']} queued"
             if "attempt" in result
