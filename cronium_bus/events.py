@@ -52,6 +52,15 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     pids: Annotated[int, msgspec.Meta(gt=0)] | None = None
 
 
+class PayloadRef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where a payload is and what it must be: ``name`` in the payload bucket, its exact size in
+    bytes and the hex SHA-256 of its bytes."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_.-]{1,64}$")]
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+
+
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How a failed attempt is retried: ``max_attempts`` counts the first attempt too."""
 
@@ -72,6 +81,8 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
     limits: Limits = Limits()
     input: Any = None
+    input_ref: PayloadRef | None = None
+    """An input over ``limits.max_input``, in the payload store (then ``input`` is null)."""
     priority: Priority = "normal"
     secrets: tuple[Name, ...] = ()
     targets: tuple[str, ...] = ()

@@ -19,6 +19,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from cronium_bus.errors import BusUnavailableError
+from cronium_bus.payloads import ensure_store, payload_config
 from cronium_bus.settings import Settings
 from cronium_bus.subjects import (
     CIRCUITS_BUCKET,
@@ -172,6 +173,8 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
             ) from exc
     for bucket in bucket_configs(settings):
         await ensure_bucket(js, bucket)
+    s = settings.streams
+    await ensure_store(js, payload_config(s.exec_max_age, s.payloads_max_bytes, s.replicas))
 
 
 async def kv_value(js: JetStreamContext, bucket: str, key: str) -> bytes | None:

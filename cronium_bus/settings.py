@@ -54,6 +54,9 @@ class LimitSettings(_Section):
     max_request: Bytes = 1024**2
     max_code: Bytes = 256 * 1024
     max_input: Bytes = 256 * 1024
+    """Largest input carried inline in the request; larger goes to the payload store."""
+    max_input_object: Bytes = 64 * 1024**2
+    """Largest input at all (kept in the Object Store bucket ``cronium_payloads``)."""
     max_targets: int = Field(100, ge=1)
     allow_network: bool = False
 
@@ -68,6 +71,7 @@ class StreamSettings(_Section):
     logs_max_bytes: Bytes = 4 * 1024**3
     duplicate_window: Seconds = 120.0
     max_msg_size: Bytes = 16 * 1024**2
+    payloads_max_bytes: Bytes = 4 * 1024**3
 
 
 class RunnerSettings(_Section):

@@ -24,6 +24,7 @@ SECRETS_BUCKET: Final = "cronium_secrets"
 SERVERS_BUCKET: Final = "cronium_servers"
 CIRCUITS_BUCKET: Final = "cronium_circuits"
 LIMITS_BUCKET: Final = "cronium_limits"
+PAYLOADS_BUCKET: Final = "cronium_payloads"  # Object Store
 
 
 def exec_subject(execution_id: str, event_type: str) -> str:

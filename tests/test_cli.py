@@ -233,6 +233,23 @@ def test_history_and_audit_verify(stack: Stack) -> None:
     assert "run time per event" in stack.cli("stats").stdout
 
 
+def test_run_with_a_large_input_file_goes_through_the_payload_store(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """`--input @FILE` over the inline limit is uploaded and referenced; over the object limit
+    it is refused before anything is published."""
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"rows": [{"id": i, "pad": "x" * 40} for i in range(50_000)]}))
+    assert big.stat().st_size > 2 * 1024**2
+    code = "jq '.rows | length' /cronium/input.json; cronium_input | jq '.rows[-1].id'"
+    result = stack.cli("run", "--runtime", "bash", "--input", f"@{big}", "-c", code)
+    assert (result.returncode, result.stdout) == (0, "50000\n49999\n"), result.stderr
+    small = {"CRONIUM_LIMITS__MAX_INPUT_OBJECT": "1m"}
+    refused = stack.cli("run", "--runtime", "bash", "--input", f"@{big}", "-c", "1", env=small)
+    assert refused.returncode == 2
+    assert "over the limit of 1 MiB" in refused.stderr and "max_input_object" in refused.stderr
+
+
 def test_run_with_retries_waits_for_the_last_attempt(stack: Stack) -> None:
     """`cronium run --retries 2` shows every attempt and exits with the last one's code."""
     result = stack.cli(

@@ -296,6 +296,31 @@ async def test_cli_servers_and_multi_target_run(
     assert missing.returncode == 2 and "--ssh-key" in missing.stderr
 
 
+async def test_a_large_input_by_reference_reaches_remote_scripts(ssh_bus: Bus) -> None:
+    """An input in the payload store (2.6 MiB) is read by the runner and served to each
+    target's script through the forwarded helper socket."""
+    from cronium_bus.payloads import put_payload
+    from tests.test_payloads import BIG_JSON
+
+    ref = await put_payload(ssh_bus.js, "input/ssh-large", BIG_JSON)
+    code = "d = cronium.input()\nprint(len(d['rows']), d['rows'][7]['name'])"
+    event = requested(code, "python", runner="ssh", targets=("s12", "s13"), input_ref=ref)
+    await ssh_bus.publish(event)
+    state = await wait_final(ssh_bus, event.execution_id, timeout=60)
+    assert state.status == "succeeded", await children_of(ssh_bus, event.execution_id)
+    for child in state.children:
+        chunks = [
+            c
+            async for c in read_subject(
+                ssh_bus.js, LOGS_STREAM, log_subject(child.execution_id), max_bytes=1 << 20
+            )
+        ]
+        out = [
+            ln for c in chunks if isinstance(c, LogChunk) and c.stream == "stdout" for ln in c.lines
+        ]
+        assert out == ["60000 row-7"]
+
+
 @pytest.mark.parametrize("runtime", ["python", "bash"])
 async def test_helpers_work_on_remote_hosts(ssh_bus: Bus, runtime: str) -> None:
     """input, output, variables and condition work over SSH through a forwarded Unix socket,

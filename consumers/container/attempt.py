@@ -132,8 +132,8 @@ class Attempt:
             spec = self._spec()
             secret_values = await self._load_secrets()
             self.masker = Masker(secret_values.values())
-            self._prepare_dir()
             self.api = HelperApi(self.ctx.bus, self.queued, secret_values)
+            self._prepare_dir(await self.api.input_json())
             await self.api.start(self.runtime_dir / "api.sock")
             self._write_token()
             pump = self._make_pump()
@@ -229,7 +229,7 @@ class Attempt:
             values[name] = raw.decode("utf-8", errors="replace")
         return values
 
-    def _prepare_dir(self) -> None:
+    def _prepare_dir(self, input_json: bytes) -> None:
         """The read-only ``/cronium`` of the sandbox: script, token, input, event metadata."""
         d = self.runtime_dir
         if len(str(d / "api.sock")) > MAX_SOCKET_PATH:
@@ -240,13 +240,13 @@ class Attempt:
         d.mkdir(parents=True, exist_ok=True, mode=0o755)
         d.chmod(0o755)
         files = {
-            SCRIPT_FILES[self.request.runtime]: self.request.code,
-            "input.json": msgspec.json.encode(self.request.input).decode(),
-            "cronium.js": NODE_SHIM,
+            SCRIPT_FILES[self.request.runtime]: self.request.code.encode(),
+            "input.json": input_json,
+            "cronium.js": NODE_SHIM.encode(),
         }
-        for name, text in files.items():
+        for name, data in files.items():
             path = d / name
-            path.write_text(text)
+            path.write_bytes(data)
             path.chmod(0o644)
 
     def _write_token(self) -> None:

@@ -26,6 +26,7 @@ from cronium_bus.events import ErrorInfo, Queued, Rejected, Requested, utcnow
 from cronium_bus.health import Heartbeat
 from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.lifecycle import Stopper
+from cronium_bus.payloads import PayloadError, check_payload
 from cronium_bus.provision import provision
 from cronium_bus.subjects import EXEC_STREAM, REQUESTS, job_subject
 
@@ -86,6 +87,17 @@ class Dispatcher:
         if isinstance(result, ErrorInfo):
             await self._reject(msg, subject_id, event, result)
             return
+        if result.input_ref is not None:  # it must be there now: a runner may start at once
+            try:
+                await check_payload(self.bus.js, result.input_ref)
+            except PayloadError as exc:
+                await self._reject(
+                    msg,
+                    subject_id,
+                    event,
+                    ErrorInfo(kind="validation", message=exc.message, hint=exc.hint),
+                )
+                return
         delay = result.not_before.timestamp() - utcnow().timestamp() if result.not_before else 0.0
         queued = Queued(
             event_id=new_id("ev"),

@@ -34,9 +34,22 @@ def validate_request(request: Request, settings: Settings) -> Request | ErrorInf
     input_bytes = len(msgspec.json.encode(request.input))
     if input_bytes > lim.max_input:
         return _reject(
-            f"input is {format_size(input_bytes)}, over the limit of {format_size(lim.max_input)}",
-            "pass a smaller input, or raise limits.max_input",
+            f"input is {format_size(input_bytes)}, over the inline limit of "
+            f"{format_size(lim.max_input)}",
+            "upload it to the payload store and send input_ref (`cronium run --input @FILE` "
+            "does), or raise limits.max_input",
         )
+    if request.input_ref is not None:
+        if request.input is not None:
+            return _reject(
+                "both input and input_ref were given", "send the input inline or by reference"
+            )
+        if request.input_ref.size > lim.max_input_object:
+            return _reject(
+                f"input is {format_size(request.input_ref.size)}, over the limit of "
+                f"{format_size(lim.max_input_object)}",
+                "pass a smaller input, or raise limits.max_input_object",
+            )
     timeout = request.timeout_s if request.timeout_s is not None else lim.default_timeout
     if not lim.min_timeout <= timeout <= lim.max_timeout:
         return _reject(

@@ -29,6 +29,7 @@ from cronium_bus.events import (
     VariableSet,
     follow_up,
 )
+from cronium_bus.payloads import PayloadError, get_payload
 
 log = structlog.get_logger(__name__)
 
@@ -52,10 +53,17 @@ class HelperError(Exception):
 class HelperApi:
     """Serves one attempt's helper calls while it runs."""
 
-    def __init__(self, bus: Bus, queued: Queued, secrets_by_name: dict[str, str]) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        queued: Queued,
+        secrets_by_name: dict[str, str],
+        input_json: bytes | None = None,
+    ) -> None:
         self.bus = bus
         self.queued = queued
         self.secrets = secrets_by_name
+        self._input_json = input_json
         self.token = secrets.token_urlsafe(32)
         self.variables = VariableStore(bus.js)
         self.calls = 0
@@ -161,8 +169,23 @@ class HelperApi:
             )
         return body["value"], encoded
 
+    async def input_json(self) -> bytes:
+        """The input as JSON: inline, or read (once) from the payload store."""
+        if self._input_json is None:
+            request = self.queued.request
+            if request.input_ref is None:
+                self._input_json = msgspec.json.encode(request.input)
+            else:
+                limit = self.bus.settings.limits.max_input_object
+                self._input_json = await get_payload(self.bus.js, request.input_ref, limit)
+        return self._input_json
+
     async def _input(self, _request: web.Request) -> web.Response:
-        return web.json_response({"value": self.queued.request.input})
+        try:
+            raw = await self.input_json()
+        except PayloadError as exc:
+            raise HelperError(503, exc.message, exc.hint) from exc
+        return web.Response(body=b'{"value":' + raw + b"}", content_type="application/json")
 
     async def _event(self, _request: web.Request) -> web.Response:
         return web.json_response({"value": self.event_metadata()})

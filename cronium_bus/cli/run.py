@@ -27,9 +27,10 @@ from cronium_bus.events import (
     utcnow,
 )
 from cronium_bus.ids import is_valid_id, new_id
+from cronium_bus.payloads import put_payload
 from cronium_bus.servers import adhoc_name
 from cronium_bus.state import ExecutionState
-from cronium_bus.units import parse_duration, parse_size
+from cronium_bus.units import format_size, parse_duration, parse_size
 
 _EXTENSIONS: Final[dict[str, Runtime]] = {
     ".sh": "bash",
@@ -203,6 +204,22 @@ def read_input(value: str | None) -> Any:
         raise UsageError(f"--input is not valid JSON: {exc}") from exc
 
 
+async def offload_input(bus: Bus, request: Request, execution_id: str) -> Request:
+    """An input over the inline limit goes to the payload store; the request carries its
+    reference (``input_ref``) instead."""
+    lim = bus.settings.limits
+    encoded = msgspec.json.encode(request.input)
+    if len(encoded) <= lim.max_input:
+        return request
+    if len(encoded) > lim.max_input_object:
+        raise UsageError(
+            f"--input is {format_size(len(encoded))}, over the limit of "
+            f"{format_size(lim.max_input_object)}"
+        )
+    ref = await put_payload(bus.js, f"input/{execution_id}", encoded)
+    return msgspec.structs.replace(request, input=None, input_ref=ref)
+
+
 def exit_code_of(state: ExecutionState) -> int:
     """The process exit code for a final state (see ``exitcodes``)."""
     kind = state.error.kind if state.error else None
@@ -258,6 +275,11 @@ def main(args: argparse.Namespace) -> int:
         user = args.user or bus.settings.user
         if any(t.startswith("ssh://") for t in request.targets):
             request = await register_inline_targets(bus, request, args)
+        try:
+            request = await offload_input(bus, request, execution_id)
+        except UsageError as exc:
+            hint = "pass a smaller input, or raise limits.max_input_object"
+            return fail(str(exc), hint, exitcodes.USAGE)
         event = Requested(
             event_id=new_id("ev"),
             time=utcnow(),

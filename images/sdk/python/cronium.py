@@ -2,8 +2,8 @@
 
 Names as in Cronium: cronium.input(), output(data), getVariable(k), setVariable(k, v),
 setCondition(bool), event(), and snake_case aliases; plus secret(name). Scripts may use them
-without importing anything (the launcher puts ``cronium`` in builtins) or with
-``from cronium import cronium``.
+without importing anything (the launcher puts ``cronium`` in builtins), with
+``from cronium import cronium``, or after ``import cronium`` (the module offers the same calls).
 
 Importing this module is cheap (it runs before every script): http.client, json and socket are
 imported on the first helper call only.
@@ -11,7 +11,21 @@ imported on the first helper call only.
 
 import os
 
-__all__ = ["CroniumError", "cronium"]
+__all__ = [
+    "CroniumError",
+    "cronium",
+    "event",
+    "getVariable",
+    "get_secret",
+    "get_variable",
+    "input",
+    "output",
+    "secret",
+    "setCondition",
+    "setVariable",
+    "set_condition",
+    "set_variable",
+]
 
 _SOCKET = os.environ.get("CRONIUM_API_SOCKET", "/cronium/api.sock")
 _TOKEN_FILE = os.environ.get("CRONIUM_API_TOKEN_FILE", "/cronium/token")
@@ -102,3 +116,12 @@ class _Cronium:
 
 
 cronium = _Cronium()
+
+# `import cronium` then `cronium.input()` works too: the module offers the object's calls
+input = cronium.input  # noqa: A001 - Cronium's name; shadows the builtin only in this module
+output = cronium.output
+event = cronium.event
+secret = get_secret = getSecret = cronium.secret  # noqa: N816 - Cronium's name
+getVariable = get_variable = cronium.getVariable  # noqa: N816 - Cronium's name
+setVariable = set_variable = cronium.setVariable  # noqa: N816 - Cronium's name
+setCondition = set_condition = cronium.setCondition  # noqa: N816 - Cronium's name
