@@ -4,6 +4,7 @@ priorities with one slot, per-user limits across two runner processes, dead lett
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
@@ -164,36 +165,40 @@ class FlakyRunner(ContainerRunner):
         await super().execute(queued)
 
 
+@contextlib.asynccontextmanager
+async def flaky_runner(settings: Settings, target: str) -> AsyncIterator[None]:
+    """A FlakyRunner (3 faults for ``target``, ``max_deliver`` 3) running until the block ends."""
+    three = settings.model_copy(
+        update={"runner": settings.runner.model_copy(update={"max_deliver": 3})}
+    )
+    async with Bus(three, name="flaky") as flaky_bus:
+        FlakyRunner.failures, FlakyRunner.target = 3, target
+        runner = Embedded()
+        runner.tasks.append(asyncio.create_task(FlakyRunner(flaky_bus).run(runner.stopper)))
+        try:
+            yield
+        finally:
+            await runner.stop()
+
+
 async def test_a_job_that_keeps_failing_is_dead_lettered_and_can_be_retried(
     bus: Bus, settings: Settings, dispatcher: Embedded
 ) -> None:
     from consumers.dlq import list_dead_letters, retry_dead_letter
 
-    three = settings.model_copy(
-        update={"runner": settings.runner.model_copy(update={"max_deliver": 3})}
-    )
-    async with Bus(three, name="flaky") as flaky_bus:
-        FlakyRunner.failures = 3
-        runner = Embedded()
-        runner.tasks.append(asyncio.create_task(FlakyRunner(flaky_bus).run(runner.stopper)))
-        try:
-            req = requested("echo recovered", "bash")
-            FlakyRunner.target = req.execution_id
-            await bus.publish(req)
-            state = await wait_final(bus, req.execution_id, timeout=60)
-            assert state.status == "failed" and state.error is not None
-            assert state.error.kind == "infrastructure" and "3 times" in state.error.message
-            letters = [
-                d for d in await list_dead_letters(bus) if d.execution_id == req.execution_id
-            ]
-            assert len(letters) == 1 and "injected runner fault" in letters[0].reason
-            result = await retry_dead_letter(bus, letters[0].id)
-            assert result["attempt"] == 2
-            again = await wait_final(bus, req.execution_id, timeout=60)
-            assert again.status == "succeeded" and again.attempt == 2
-            assert req.execution_id not in {d.execution_id for d in await list_dead_letters(bus)}
-        finally:
-            await runner.stop()
+    req = requested("echo recovered", "bash")
+    async with flaky_runner(settings, req.execution_id):
+        await bus.publish(req)
+        state = await wait_final(bus, req.execution_id, timeout=60)
+        assert state.status == "failed" and state.error is not None
+        assert state.error.kind == "infrastructure" and "3 times" in state.error.message
+        letters = [d for d in await list_dead_letters(bus) if d.execution_id == req.execution_id]
+        assert len(letters) == 1 and "injected runner fault" in letters[0].reason
+        result = await retry_dead_letter(bus, letters[0].id)
+        assert result["attempt"] == 2
+        again = await wait_final(bus, req.execution_id, timeout=60)
+        assert again.status == "succeeded" and again.attempt == 2
+        assert req.execution_id not in {d.execution_id for d in await list_dead_letters(bus)}
 
 
 async def test_a_dead_letter_its_retry_policy_already_retried_is_not_run_twice(
@@ -204,39 +209,27 @@ async def test_a_dead_letter_its_retry_policy_already_retried_is_not_run_twice(
     third; `--force` runs it anyway; `drop` removes a dead letter without running it."""
     from consumers.dlq import drop_dead_letter, list_dead_letters, retry_dead_letter
 
-    three = settings.model_copy(
-        update={"runner": settings.runner.model_copy(update={"max_deliver": 3})}
-    )
-    async with Bus(three, name="flaky") as flaky_bus:
-        FlakyRunner.failures = 3
-        runner = Embedded()
-        runner.tasks.append(asyncio.create_task(FlakyRunner(flaky_bus).run(runner.stopper)))
-        try:
-            policy = RetryPolicy(max_attempts=3, backoff="fixed", base_s=0.1, jitter=0)
-            req = requested("echo recovered", "bash", retry=policy)
-            FlakyRunner.target = req.execution_id
-            await bus.publish(req)
-            state = await wait_final(bus, req.execution_id, timeout=60)
-            assert state.status == "succeeded" and state.attempt == 2
-            (letter,) = [
-                d for d in await list_dead_letters(bus) if d.execution_id == req.execution_id
-            ]
-            with pytest.raises(CroniumError) as refused:
-                await retry_dead_letter(bus, letter.id)
-            assert "already went on to attempt 2 (succeeded)" in refused.value.message
-            assert "--force" in refused.value.hint and "dlq drop" in refused.value.hint
-            assert letter.id in {d.id for d in await list_dead_letters(bus)}  # nothing lost
-            assert (await retry_dead_letter(bus, letter.id, force=True))["attempt"] == 3
-            again = await wait_final(bus, req.execution_id, timeout=60)
-            assert again.status == "succeeded" and again.attempt == 3
-            await bus.js.publish("cronium.dlq.tests", b"parked", headers={"Cronium-Reason": "test"})
-            (parked,) = [d for d in await list_dead_letters(bus) if d.source == "tests"]
+    policy = RetryPolicy(max_attempts=3, backoff="fixed", base_s=0.1, jitter=0)
+    req = requested("echo recovered", "bash", retry=policy)
+    async with flaky_runner(settings, req.execution_id):
+        await bus.publish(req)
+        state = await wait_final(bus, req.execution_id, timeout=60)
+        assert state.status == "succeeded" and state.attempt == 2
+        (letter,) = [d for d in await list_dead_letters(bus) if d.execution_id == req.execution_id]
+        with pytest.raises(CroniumError) as refused:
+            await retry_dead_letter(bus, letter.id)
+        assert "already went on to attempt 2 (succeeded)" in refused.value.message
+        assert "--force" in refused.value.hint and "dlq drop" in refused.value.hint
+        assert letter.id in {d.id for d in await list_dead_letters(bus)}  # nothing lost
+        assert (await retry_dead_letter(bus, letter.id, force=True))["attempt"] == 3
+        again = await wait_final(bus, req.execution_id, timeout=60)
+        assert again.status == "succeeded" and again.attempt == 3
+        await bus.js.publish("cronium.dlq.tests", b"parked", headers={"Cronium-Reason": "test"})
+        (parked,) = [d for d in await list_dead_letters(bus) if d.source == "tests"]
+        await drop_dead_letter(bus, parked.id)
+        assert parked.id not in {d.id for d in await list_dead_letters(bus)}
+        with pytest.raises(CroniumError, match=f"no dead letter {parked.id}"):
             await drop_dead_letter(bus, parked.id)
-            assert parked.id not in {d.id for d in await list_dead_letters(bus)}
-            with pytest.raises(CroniumError, match=f"no dead letter {parked.id}"):
-                await drop_dead_letter(bus, parked.id)
-        finally:
-            await runner.stop()
 
 
 class CrashAfterStartRunner(ContainerRunner):

@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from consumers.container.runtime import LABEL_EXECUTION
+from consumers.container.runtime import LABEL_RUNNER
 from cronium_bus.bus import Bus
 from cronium_bus.history import execution_state
 from cronium_bus.settings import Settings
@@ -71,33 +71,47 @@ async def test_50_mb_of_output_ends_output_limit_with_bounded_runner_memory(
 async def test_sigkill_of_the_runner_leaves_no_container_behind(
     bus: Bus, settings: Settings, cronium_bin: str, runner_process: list[RunnerProcess]
 ) -> None:
-    """SIGKILL during 10 running executions: once a runner is back, none of their containers
-    remain and every execution reaches a final state."""
+    """SIGKILL during 10 running executions: once a runner is back, none of the dead runner's
+    containers remain (the executions' and its idle warm ones) and every execution reaches a
+    final state. Containers are found by runner label: a claimed warm container carries no
+    execution label."""
     first = RunnerProcess(cronium_bin, settings, slots=10)
     runner_process.append(first)
     events = [requested(f"echo started {i}; sleep 300", "bash") for i in range(10)]
     for event in events:
         await bus.publish(event)
     client = docker.from_env()
-    ids = {e.execution_id for e in events}
 
-    def ours() -> list[str]:
-        found = client.api.containers(all=True, filters={"label": LABEL_EXECUTION})
-        return [c["Id"] for c in found if (c.get("Labels") or {}).get(LABEL_EXECUTION) in ids]
+    async def runners_of_started() -> set[str | None]:
+        """The runners holding the ten attempts once all have started (else empty)."""
+        runners: set[str | None] = set()
+        for e in events:
+            state = await execution_state(bus.js, e.execution_id, max_bytes=1 << 24)
+            current = state.attempt_state(state.attempt) if state else None
+            if current is None or current.status != "started":
+                return set()
+            runners.add(current.runner)
+        return runners
+
+    def of_runner(runner_id: str) -> list[str]:
+        found = client.api.containers(all=True, filters={"label": f"{LABEL_RUNNER}={runner_id}"})
+        return [c["Id"] for c in found]
 
     deadline = time.monotonic() + 90
-    while len(ours()) < 10 and time.monotonic() < deadline:
+    while not (held := await runners_of_started()) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-    assert len(ours()) == 10, "all ten should be running"
+    assert len(held) == 1, f"all ten should be running in the one runner: {held}"
+    runner_id = str(held.pop())
+    assert len(of_runner(runner_id)) >= 10
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
-    assert len(ours()) == 10, "SIGKILL leaves the containers running until someone reaps them"
+    assert len(of_runner(runner_id)) >= 10, "SIGKILL leaves the containers until reaped"
 
     runner_process.append(RunnerProcess(cronium_bin, settings, slots=10))
     deadline = time.monotonic() + 60
-    while ours() and time.monotonic() < deadline:
+    while of_runner(runner_id) and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
-    assert ours() == []
+    assert of_runner(runner_id) == []
     for event in events:
         state = await wait_final(bus, event.execution_id, timeout=60)
         assert state.status == "lost"

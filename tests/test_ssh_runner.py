@@ -300,6 +300,7 @@ async def test_a_large_input_by_reference_reaches_remote_scripts(ssh_bus: Bus) -
     """An input in the payload store (2.6 MiB) is read by the runner and served to each
     target's script through the forwarded helper socket."""
     from cronium_bus.payloads import put_payload
+    from tests.test_container_runner import lines_of
     from tests.test_payloads import BIG_JSON
 
     ref = await put_payload(ssh_bus.js, "input/ssh-large", BIG_JSON)
@@ -309,16 +310,7 @@ async def test_a_large_input_by_reference_reaches_remote_scripts(ssh_bus: Bus) -
     state = await wait_final(ssh_bus, event.execution_id, timeout=60)
     assert state.status == "succeeded", await children_of(ssh_bus, event.execution_id)
     for child in state.children:
-        chunks = [
-            c
-            async for c in read_subject(
-                ssh_bus.js, LOGS_STREAM, log_subject(child.execution_id), max_bytes=1 << 20
-            )
-        ]
-        out = [
-            ln for c in chunks if isinstance(c, LogChunk) and c.stream == "stdout" for ln in c.lines
-        ]
-        assert out == ["60000 row-7"]
+        assert (await lines_of(ssh_bus, child.execution_id))["stdout"] == ["60000 row-7"]
 
 
 @pytest.mark.parametrize("runtime", ["python", "bash"])

@@ -53,17 +53,11 @@ class HelperError(Exception):
 class HelperApi:
     """Serves one attempt's helper calls while it runs."""
 
-    def __init__(
-        self,
-        bus: Bus,
-        queued: Queued,
-        secrets_by_name: dict[str, str],
-        input_json: bytes | None = None,
-    ) -> None:
+    def __init__(self, bus: Bus, queued: Queued, secrets_by_name: dict[str, str]) -> None:
         self.bus = bus
         self.queued = queued
         self.secrets = secrets_by_name
-        self._input_json = input_json
+        self._input_json: bytes | None = None
         self.token = secrets.token_urlsafe(32)
         self.variables = VariableStore(bus.js)
         self.calls = 0
