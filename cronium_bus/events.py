@@ -56,7 +56,7 @@ class PayloadRef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Where a payload is and what it must be: ``name`` in the payload bucket, its exact size in
     bytes and the hex SHA-256 of its bytes."""
 
-    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_.-]{1,64}$")]
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_.-]{1,80}$")]
     size: Annotated[int, msgspec.Meta(ge=0)]
     sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 
@@ -254,9 +254,11 @@ class HelperCalled(Event, frozen=True, kw_only=True, tag="helper.called"):
 
 
 class OutputSet(Event, frozen=True, kw_only=True, tag="execution.output_set"):
-    """The script set its output (``output(data)``)."""
+    """The script set its output (``output(data)``): inline, or — over the inline limit — in
+    the payload store, referenced by ``output_ref`` (then ``output`` is null)."""
 
-    output: Any
+    output: Any = None
+    output_ref: PayloadRef | None = None
 
 
 class ConditionSet(Event, frozen=True, kw_only=True, tag="execution.condition_set"):

@@ -1,11 +1,12 @@
-"""Payloads over the inline limit, kept in the JetStream Object Store (DESIGN.md).
+"""Payloads over the inline limits, kept in the JetStream Object Store (DESIGN.md).
 
-An event stays small: a request whose input is larger than ``limits.max_input`` carries a
+Events stay small: a request whose input is larger than ``limits.max_input`` carries a
 :class:`PayloadRef` (object name, size, SHA-256) instead of the value, and the input itself is
-an object in the ``cronium_payloads`` bucket, uploaded by the producer before it publishes.
-Whoever reads the payload checks its size and digest against the reference, so a replaced or
-truncated object is an error, never silently different input. Objects expire with the lifecycle
-events (``streams.exec_max_age``).
+an object in the ``cronium_payloads`` bucket, uploaded by the producer before it publishes; an
+``output(data)`` over 256 KiB is stored the same way by the runner and referenced from
+``execution.output_set``. Whoever reads a payload checks its size and digest against the
+reference, so a replaced or truncated object is an error, never silently different data.
+Objects expire with the lifecycle events (``streams.exec_max_age``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def payload_config(ttl_s: float, max_bytes: int, replicas: int) -> ObjectStoreCo
     """The bucket's configuration (provisioned with the streams)."""
     return ObjectStoreConfig(
         bucket=PAYLOADS_BUCKET,
-        description="Inputs over the inline limit, referenced from execution.requested",
+        description="Inputs and outputs over the inline limits, referenced from events",
         ttl=ttl_s,
         max_bytes=max_bytes,
         storage=StorageType.FILE,

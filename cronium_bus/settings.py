@@ -57,6 +57,8 @@ class LimitSettings(_Section):
     """Largest input carried inline in the request; larger goes to the payload store."""
     max_input_object: Bytes = 64 * 1024**2
     """Largest input at all (kept in the Object Store bucket ``cronium_payloads``)."""
+    max_output_object: Bytes = 16 * 1024**2
+    """Largest ``output(data)``; over 256 KiB it is kept in the payload store."""
     max_targets: int = Field(100, ge=1)
     allow_network: bool = False
 

@@ -27,6 +27,7 @@ from cronium_bus.events import (
     HelperCalled,
     LogChunk,
     OutputSet,
+    PayloadRef,
     Queued,
     Rejected,
     Request,
@@ -92,6 +93,7 @@ class ExecutionState(msgspec.Struct, frozen=True, kw_only=True):
     exit_code: int | None = None
     cancel_requested: bool = False
     output: Any = None
+    output_ref: PayloadRef | None = None
     condition: bool | None = None
     attempts: tuple[AttemptState, ...] = ()
     children: tuple[ChildRef, ...] = ()
@@ -189,7 +191,7 @@ def apply(state: ExecutionState | None, event: AnyEvent | Event) -> ExecutionSta
     if isinstance(event, CancelRequested):
         return msgspec.structs.replace(state, cancel_requested=True)
     if isinstance(event, OutputSet):
-        return msgspec.structs.replace(state, output=event.output)
+        return msgspec.structs.replace(state, output=event.output, output_ref=event.output_ref)
     if isinstance(event, ConditionSet):
         return msgspec.structs.replace(state, condition=event.condition)
     if isinstance(event, FannedOut):

@@ -236,14 +236,19 @@ def test_history_and_audit_verify(stack: Stack) -> None:
 def test_run_with_a_large_input_file_goes_through_the_payload_store(
     stack: Stack, tmp_path: Path
 ) -> None:
-    """`--input @FILE` over the inline limit is uploaded and referenced; over the object limit
-    it is refused before anything is published."""
+    """`--input @FILE` over the inline limit is uploaded and referenced (and an output that
+    large comes back whole in `--json`); over the object limit it is refused before anything
+    is published."""
     big = tmp_path / "big.json"
     big.write_text(json.dumps({"rows": [{"id": i, "pad": "x" * 40} for i in range(50_000)]}))
     assert big.stat().st_size > 2 * 1024**2
     code = "jq '.rows | length' /cronium/input.json; cronium_input | jq '.rows[-1].id'"
     result = stack.cli("run", "--runtime", "bash", "--input", f"@{big}", "-c", code)
     assert (result.returncode, result.stdout) == (0, "50000\n49999\n"), result.stderr
+    echo = "import cronium\ncronium.output(cronium.input())"
+    both = stack.cli("run", "--json", "--runtime", "python", "--input", f"@{big}", "-c", echo)
+    assert both.returncode == 0, both.stderr
+    assert json.loads(both.stdout)["output"] == json.loads(big.read_text())  # both ways by ref
     small = {"CRONIUM_LIMITS__MAX_INPUT_OBJECT": "1m"}
     refused = stack.cli("run", "--runtime", "bash", "--input", f"@{big}", "-c", "1", env=small)
     assert refused.returncode == 2

@@ -79,7 +79,7 @@ def call(method, path, body, token=None):
     c.request(method, path, body=body, headers={"Authorization": "Bearer " + tok})
     r = c.getresponse(); return r.status, json.loads(r.read())["error"]
 print(call("POST", "/v1/output", b"not json"))
-print(call("POST", "/v1/output", b'{"value": "' + b"x" * 300000 + b'"}'))
+print(call("PUT", "/v1/variables/big", b'{"value": "' + b"x" * 300000 + b'"}'))
 print(call("PUT", "/v1/variables/bad..name%2F..", b'{"value": 1}'))
 print(call("GET", "/v1/input", None, token="forged"))
 print(call("POST", "/v1/condition", b'{"value": "yes"}'))
@@ -92,7 +92,7 @@ except Exception as e:
     state = await run_code(bus, code)
     out = (await lines_of(bus, state.execution_id))["stdout"]
     assert out[0].startswith("(400, 'the body is not JSON")
-    assert out[1].startswith("(413, 'the value is 300,")
+    assert out[1].startswith("(413, 'the body is 300,")
     assert out[2].startswith("(400,") or out[2].startswith("(404,")
     assert out[3] == "(401, 'missing or wrong token')"
     assert out[4] == "(400, 'the condition must be true or false')"

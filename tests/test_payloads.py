@@ -3,6 +3,7 @@ referenced from the request, checked by the dispatcher, read and verified by the
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 
@@ -56,7 +57,7 @@ def test_a_reference_is_checked_against_the_limits(settings: Settings) -> None:
     "ref",
     [
         {"name": "../../etc/passwd", "size": 1, "sha256": "0" * 64},
-        {"name": "input/" + "x" * 65, "size": 1, "sha256": "0" * 64},
+        {"name": "input/" + "x" * 81, "size": 1, "sha256": "0" * 64},
         {"name": "noslash", "size": 1, "sha256": "0" * 64},
         {"name": "input/a b", "size": 1, "sha256": "0" * 64},
         {"name": "input/ex", "size": -1, "sha256": "0" * 64},
@@ -110,3 +111,39 @@ async def test_get_payload_checks_the_size_limit_before_reading(bus: Bus) -> Non
     assert await get_payload(bus.js, ref, max_bytes=7) == b"[1,2,3]"
     with pytest.raises(PayloadError, match="over the limit"):
         await get_payload(bus.js, ref, max_bytes=6)
+
+
+async def test_a_large_output_is_kept_in_the_payload_store(bus: Bus, settings: Settings) -> None:
+    """An output over the inline 256 KiB goes to the payload store (the event carries the
+    reference); over limits.max_output_object (1 MiB here) the script gets a 413 with the
+    limit and the setting to raise, and nothing is stored."""
+    from consumers.container.service import ContainerRunner
+    from consumers.dispatcher.service import Dispatcher
+
+    small = settings.model_copy(
+        update={"limits": settings.limits.model_copy(update={"max_output_object": 1024**2})}
+    )
+    async with Bus(small, name="small-output") as small_bus:
+        emb = Embedded()
+        emb.tasks.append(asyncio.create_task(Dispatcher(small_bus).run(emb.stopper)))
+        emb.tasks.append(asyncio.create_task(ContainerRunner(small_bus).run(emb.stopper)))
+        try:
+            code = (
+                "import cronium\n"
+                "cronium.output({'rows': ['r' * 100] * 5000})\n"
+                "try:\n"
+                "    cronium.output('x' * 2_000_000)\n"
+                "except cronium.CroniumError as e:\n"
+                "    print('refused:', e)\n"
+            )
+            state = await run_code(bus, code)
+        finally:
+            await emb.stop()
+    lines = await lines_of(bus, state.execution_id)
+    assert state.status == "succeeded", lines["stderr"]
+    assert state.output is None and state.output_ref is not None
+    assert state.output_ref.name == f"output/{state.execution_id}-1"
+    data = await get_payload(bus.js, state.output_ref, max_bytes=1024**2)
+    assert msgspec.json.decode(data) == {"rows": ["r" * 100] * 5000}
+    (refusal,) = lines["stdout"]
+    assert "refused:" in refusal and "1,048,576" in refusal and "max_output_object" in refusal

@@ -29,7 +29,7 @@ from cronium_bus.events import (
     VariableSet,
     follow_up,
 )
-from cronium_bus.payloads import PayloadError, get_payload
+from cronium_bus.payloads import PayloadError, get_payload, put_payload
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +81,9 @@ class HelperApi:
 
     async def start(self, socket_path: Path) -> None:
         """Listen on ``socket_path`` (connectable by the sandbox user)."""
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
+        # output may be large (it goes to the payload store); every other call stays small
+        max_body = max(MAX_BODY, self.bus.settings.limits.max_output_object + MAX_BODY)
+        app = web.Application(client_max_size=max_body, middlewares=[self._middleware])
         app.add_routes(
             [
                 web.get("/v1/input", self._input),
@@ -146,7 +148,15 @@ class HelperApi:
             )
         )
 
-    async def _json_value(self, request: web.Request, limit: int) -> tuple[Any, bytes]:
+    async def _json_value(
+        self, request: web.Request, limit: int, raise_hint: str = ""
+    ) -> tuple[Any, bytes]:
+        if (request.content_length or 0) > limit + 1024:  # refused before it is read
+            raise HelperError(
+                413,
+                f"the body is {request.content_length:,} bytes; the limit is {limit:,}",
+                f"store less, or split it {raise_hint}".strip(),
+            )
         raw = await request.read()
         try:
             body = msgspec.json.decode(raw)
@@ -159,7 +169,7 @@ class HelperApi:
             raise HelperError(
                 413,
                 f"the value is {len(encoded):,} bytes; the limit is {limit:,}",
-                "store less, or split it",
+                f"store less, or split it {raise_hint}".strip(),
             )
         return body["value"], encoded
 
@@ -185,8 +195,15 @@ class HelperApi:
         return web.json_response({"value": self.event_metadata()})
 
     async def _output(self, request: web.Request) -> web.Response:
-        value, _ = await self._json_value(request, MAX_OUTPUT_BYTES)
-        await self.bus.publish(OutputSet(**follow_up(self.queued, self.bus.producer), output=value))
+        limit = self.bus.settings.limits.max_output_object
+        value, encoded = await self._json_value(request, limit, "or raise limits.max_output_object")
+        envelope = follow_up(self.queued, self.bus.producer)
+        if len(encoded) <= MAX_OUTPUT_BYTES:
+            await self.bus.publish(OutputSet(**envelope, output=value))
+        else:
+            q = self.queued
+            ref = await put_payload(self.bus.js, f"output/{q.execution_id}-{q.attempt}", encoded)
+            await self.bus.publish(OutputSet(**envelope, output_ref=ref))
         return web.json_response({"value": None})
 
     async def _condition(self, request: web.Request) -> web.Response:

@@ -27,7 +27,7 @@ from cronium_bus.events import (
     utcnow,
 )
 from cronium_bus.ids import is_valid_id, new_id
-from cronium_bus.payloads import put_payload
+from cronium_bus.payloads import get_payload, put_payload
 from cronium_bus.servers import adhoc_name
 from cronium_bus.state import ExecutionState
 from cronium_bus.units import format_size, parse_duration, parse_size
@@ -242,8 +242,9 @@ def exit_code_of(state: ExecutionState) -> int:
     return exitcodes.INFRASTRUCTURE
 
 
-def summary(state: ExecutionState) -> dict[str, Any]:
-    """The ``--json`` summary of a final state."""
+def summary(state: ExecutionState, output: Any = None) -> dict[str, Any]:
+    """The ``--json`` summary of a final state (``output``: the value of an output kept in the
+    payload store, read by the caller)."""
     current = state.attempt_state(state.attempt)
     return {
         "execution_id": state.execution_id,
@@ -251,7 +252,7 @@ def summary(state: ExecutionState) -> dict[str, Any]:
         "attempt": state.attempt,
         "exit_code": state.exit_code,
         "error": msgspec.to_builtins(state.error) if state.error else None,
-        "output": state.output,
+        "output": output if state.output_ref is not None else state.output,
         "condition": state.condition,
         "runner": current.runner if current else None,
     }
@@ -316,7 +317,11 @@ def main(args: argparse.Namespace) -> int:
         finally:
             await watch.close()
         if args.json:
-            print(json.dumps(summary(state)))
+            output = None
+            if state.output_ref is not None:
+                limit = bus.settings.limits.max_output_object
+                output = msgspec.json.decode(await get_payload(bus.js, state.output_ref, limit))
+            print(json.dumps(summary(state, output)))
         elif state.error and state.error.kind != "nonzero_exit":
             print(f"cronium: {state.status}: {state.error.message}", file=sys.stderr)
             if state.error.hint:
