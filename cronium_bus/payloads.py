@@ -11,6 +11,7 @@ Objects expire with the lifecycle events (``streams.exec_max_age``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import msgspec
@@ -44,11 +45,18 @@ def payload_config(ttl_s: float, max_bytes: int, replicas: int) -> ObjectStoreCo
 
 
 async def ensure_store(js: JetStreamContext, config: ObjectStoreConfig) -> ObjectStore:
-    """Open the payload bucket, creating it if missing."""
+    """Open the payload bucket, creating it if missing; a changed TTL or size limit is applied
+    to its stream in place."""
     try:
-        return await js.object_store(PAYLOADS_BUCKET)
+        store = await js.object_store(PAYLOADS_BUCKET)
     except nats.js.errors.BucketNotFoundError:
         return await js.create_object_store(PAYLOADS_BUCKET, config)
+    stream = (await js.stream_info(f"OBJ_{PAYLOADS_BUCKET}")).config
+    if stream.max_age != config.ttl or stream.max_bytes != config.max_bytes:
+        await js.update_stream(
+            dataclasses.replace(stream, max_age=config.ttl, max_bytes=config.max_bytes)
+        )
+    return store
 
 
 async def put_payload(js: JetStreamContext, name: str, data: bytes) -> PayloadRef:

@@ -147,3 +147,21 @@ async def test_a_large_output_is_kept_in_the_payload_store(bus: Bus, settings: S
     assert msgspec.json.decode(data) == {"rows": ["r" * 100] * 5000}
     (refusal,) = lines["stdout"]
     assert "refused:" in refusal and "1,048,576" in refusal and "max_output_object" in refusal
+
+
+async def test_a_changed_payload_retention_is_applied_at_the_next_start(
+    bus: Bus, settings: Settings
+) -> None:
+    from cronium_bus.provision import provision
+
+    shorter = settings.model_copy(
+        update={
+            "streams": settings.streams.model_copy(
+                update={"exec_max_age": 3600.0, "payloads_max_bytes": 2 * 1024**3}
+            )
+        }
+    )
+    await provision(bus.js, shorter)
+    config = (await bus.js.stream_info("OBJ_cronium_payloads")).config
+    assert (config.max_age, config.max_bytes) == (3600.0, 2 * 1024**3)
+    await provision(bus.js, settings)  # the module's server is shared: put the settings back
