@@ -36,11 +36,13 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-schemas: venv ## regenerate schemas/ from the event types
+schemas: venv ## regenerate schemas/ from the event types and deploy/clickhouse/schema.sql from the DDL
 	$(BIN)/python -m cronium_bus.schemagen
+	$(BIN)/python -m projections.ddl
 
 schemas-check: venv
 	$(BIN)/python -m cronium_bus.schemagen --check
+	$(BIN)/python -m projections.ddl --check
 
 test: setup lint typecheck ## the whole suite against real NATS and Docker (exit 5, no tests, fails)
 	$(BIN)/pytest

@@ -110,7 +110,13 @@ class Bus:
         try:
             self._nc = await asyncio.wait_for(
                 nats.connect(
-                    servers=[self.settings.nats_url],
+                    servers=[u.strip() for u in self.settings.nats_url.split(",") if u.strip()],
+                    user=self.settings.nats_user,
+                    password=(
+                        self.settings.nats_password.get_secret_value()
+                        if self.settings.nats_password
+                        else None
+                    ),
                     name=self.name,
                     connect_timeout=min(2.0, self.settings.connect_timeout),
                     allow_reconnect=True,

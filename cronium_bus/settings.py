@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     )
 
     nats_url: str = "nats://127.0.0.1:4222"
+    """One server, or several separated by commas (seeds of a cluster)."""
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
     nats_port: int = Field(4222, ge=0, le=65535)
     data_dir: Path = Field(default_factory=_default_data_dir)
     user: str = Field(default_factory=getpass.getuser, min_length=1, max_length=128)
@@ -176,7 +179,7 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, secrets replaced by ``"**********"``."""
         data: dict[str, Any] = self.model_dump(mode="json")
-        for key in ("secret_key", "clickhouse_url"):
+        for key in ("secret_key", "clickhouse_url", "nats_password"):
             if data.get(key) is not None:
                 data[key] = "**********"
         return data

@@ -14,6 +14,8 @@ blocks: a point lookup decompresses one small block per column instead of 8192 r
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Final
 
 DATABASE: Final = "cronium"
@@ -83,3 +85,41 @@ def statements(db: str = DATABASE, log_ttl_s: float = DEFAULT_LOG_TTL_S) -> list
             FROM {db}.executions FINAL WHERE ended_at IS NOT NULL
             GROUP BY event_ref, runtime""",
     ]
+
+
+SQL_FILE: Final = Path(__file__).resolve().parent.parent / "deploy" / "clickhouse" / "schema.sql"
+
+
+def render_sql(db: str = DATABASE, log_ttl_s: float = DEFAULT_LOG_TTL_S) -> str:
+    """The DDL as one SQL file, for a DBA who creates the warehouse ahead of the projector
+    (which applies the same statements at start either way)."""
+    head = (
+        "-- Cronium warehouse DDL, generated from projections/ddl.py (`make schemas`).\n"
+        f"-- Database {db}; log archive retention {int(log_ttl_s)} s "
+        "(warehouse.log_retention). Idempotent:\n"
+        "-- clickhouse-client --multiquery < deploy/clickhouse/schema.sql\n\n"
+    )
+    body = ";\n\n".join(
+        "\n    ".join(line.strip() for line in st.splitlines()) for st in statements(db, log_ttl_s)
+    )
+    return head + body + ";\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write deploy/clickhouse/schema.sql, or with ``--check`` exit 1 when it is stale."""
+    args = sys.argv[1:] if argv is None else argv
+    text = render_sql()
+    if "--check" in args:
+        current = SQL_FILE.read_text() if SQL_FILE.is_file() else ""
+        if current != text:
+            print(f"{SQL_FILE} is stale: run `python -m projections.ddl`", file=sys.stderr)
+            return 1
+        return 0
+    SQL_FILE.parent.mkdir(parents=True, exist_ok=True)
+    SQL_FILE.write_text(text)
+    print(f"wrote {SQL_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""The NATS configurations in deploy/ run as written: a 3-node cluster that keeps executing
+work after losing a node, and accounts whose producer user can run scripts but cannot forge
+lifecycle events, read secrets or touch streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+
+from consumers.container.service import ContainerRunner
+from consumers.dispatcher.service import Dispatcher
+from cronium_bus.bus import Bus
+from cronium_bus.embedded import free_port, nats_server_binary, port_open
+from cronium_bus.history import execution_state
+from cronium_bus.provision import provision
+from cronium_bus.settings import Settings, load_settings
+from tests.conftest import Embedded
+from tests.helpers import requested, run_code
+
+pytestmark = pytest.mark.docker
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nats"
+PASSWORDS = {
+    "CRONIUM_SERVICE_PASSWORD": "service-pw",
+    "CRONIUM_PRODUCER_PASSWORD": "producer-pw",
+    "NATS_SYSTEM_PASSWORD": "system-pw",
+    "NATS_ROUTE_PASSWORD": "route-pw",
+}
+
+
+class Node:
+    """nats-server started from a deploy/ config with its environment (stopped by pid)."""
+
+    def __init__(self, config: str, env: dict[str, str], workdir: Path) -> None:
+        self.port = int(env["NATS_PORT"])
+        self.log = workdir / f"{env.get('NATS_NODE_NAME', 'single')}.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [str(nats_server_binary()), "-c", str(DEPLOY / config)],
+                env={"PATH": os.environ["PATH"], **PASSWORDS, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=workdir,  # includes resolve against the config's own folder
+            )
+        deadline = time.monotonic() + 15
+        while not port_open("127.0.0.1", self.port):
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "nats-server did not listen in time"
+            time.sleep(0.05)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def client_settings(url: str, user: str, password: str, tmp: Path, **extra: object) -> Settings:
+    runtime_dir = Path(tempfile.mkdtemp(prefix="crd-", dir="/tmp"))
+    return load_settings(
+        nats_url=url,
+        nats_user=user,
+        nats_password=password,
+        data_dir=tmp / "data",
+        user="tester",
+        runner={"slots": 2, "heartbeat": 0.5, "ack_wait": 5.0, "runtime_dir": runtime_dir},
+        limits={"stop_grace": 1.0},
+        **extra,
+    )
+
+
+async def provisioned(settings: Settings, timeout: float = 30.0) -> None:
+    """Provision once the cluster has elected its JetStream leader (bounded)."""
+    deadline = time.monotonic() + timeout
+    async with Bus(settings, name="provision") as bus:
+        while True:
+            try:
+                await provision(bus.js, settings)
+                return
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+
+async def leaders_back(bus: Bus, streams: list[str], timeout: float = 30.0) -> None:
+    """Wait (bounded) until every stream answers again: after a node is lost, streams it led
+    elect a new leader among the two left (a few seconds)."""
+    deadline = time.monotonic() + timeout
+    for name in streams:
+        while True:
+            try:
+                info = await bus.js.stream_info(name)
+                if info.cluster is not None and info.cluster.leader:
+                    break
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, f"{name} has no leader after {timeout:g}s"
+            await asyncio.sleep(0.5)
+
+
+@asynccontextmanager
+async def consumers(settings: Settings) -> AsyncIterator[Bus]:
+    """A dispatcher and a container runner on ``settings``; the bus they share."""
+    async with Bus(settings, name="deploy-test") as bus:
+        emb = Embedded()
+        emb.tasks.append(asyncio.create_task(Dispatcher(bus).run(emb.stopper)))
+        emb.tasks.append(asyncio.create_task(ContainerRunner(bus).run(emb.stopper)))
+        try:
+            yield bus
+        finally:
+            await emb.stop()
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="cronium-deploy-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_missing_password_stops_the_server_with_its_name(workdir: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "NATS_HOST": "127.0.0.1", "NATS_PORT": "0"}
+    env["NATS_STORE_DIR"] = str(workdir)
+    result = subprocess.run(
+        [str(nats_server_binary()), "-c", str(DEPLOY / "single.conf"), "-t"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "CRONIUM_SERVICE_PASSWORD" in result.stderr + result.stdout
+
+
+async def test_a_three_node_cluster_keeps_running_work_after_losing_a_node(
+    workdir: Path,
+) -> None:
+    """Streams with 3 replicas on deploy/nats/cluster.conf: a job runs; one node is
+    SIGKILLed; the clients fail over and the next job runs too, its events replicated."""
+    ports = [(free_port(), free_port()) for _ in range(3)]
+    routes = {
+        f"NATS_ROUTE_{i + 1}": f"nats-route://route:route-pw@127.0.0.1:{cluster}"
+        for i, (_, cluster) in enumerate(ports)
+    }
+    nodes = [
+        Node(
+            "cluster.conf",
+            {
+                "NATS_NODE_NAME": f"n{i + 1}",
+                "NATS_HOST": "127.0.0.1",
+                "NATS_PORT": str(client),
+                "NATS_CLUSTER_PORT": str(cluster),
+                "NATS_STORE_DIR": str(workdir / f"n{i + 1}"),
+                **routes,
+            },
+            workdir,
+        )
+        for i, (client, cluster) in enumerate(ports)
+    ]
+    try:
+        url = ",".join(f"nats://127.0.0.1:{client}" for client, _ in ports)
+        settings = client_settings(
+            url, "cronium-service", "service-pw", workdir, streams={"replicas": 3}
+        )
+        await provisioned(settings)
+        async with consumers(settings) as bus:
+            info = await bus.js.stream_info("CRONIUM_EXEC")
+            assert info.config.num_replicas == 3
+            first = await run_code(bus, "print('one')")
+            assert first.status == "succeeded"
+            connected = bus.nc.connected_url
+            assert connected is not None
+            victim = next(n for n in nodes if n.port == connected.port)
+            victim.stop(signal.SIGKILL)
+            await leaders_back(bus, ["CRONIUM_EXEC", "CRONIUM_JOBS", "CRONIUM_LOGS"])
+            second = await run_code(bus, "print('two')", timeout_s=60.0)
+            assert second.status == "succeeded"
+            assert bus.nc.connected_url is not None and bus.nc.connected_url.port != victim.port
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture
+async def single(workdir: Path) -> AsyncIterator[str]:
+    """deploy/nats/single.conf on a free port, provisioned by the service user; its URL."""
+    port = free_port()
+    env = {"NATS_HOST": "127.0.0.1", "NATS_PORT": str(port), "NATS_STORE_DIR": str(workdir)}
+    node = Node("single.conf", env, workdir)
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        await provisioned(client_settings(url, "cronium-service", "service-pw", workdir))
+        yield url
+    finally:
+        node.stop()
+
+
+async def test_the_producer_runs_scripts_but_cannot_forge_or_reach_further(
+    single: str, workdir: Path, cronium_bin: str
+) -> None:
+    """As cronium-producer, `cronium run` works end to end (live output, a large input through
+    the payload store, --json summary); publishing a lifecycle event, opening the secrets
+    bucket or deleting a stream is refused by the server."""
+    service = client_settings(single, "cronium-service", "service-pw", workdir)
+    big = workdir / "big.json"
+    big.write_text(json.dumps({"rows": list(range(100_000))}))  # over the inline limit
+    env = {
+        **os.environ,
+        "CRONIUM_NATS_URL": single,
+        "CRONIUM_NATS_USER": "cronium-producer",
+        "CRONIUM_NATS_PASSWORD": "producer-pw",
+    }
+    code = "import cronium\nprint('hi', sum(cronium.input()['rows']))"
+    async with consumers(service) as bus:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [cronium_bin, "run", "--json", "--runtime", "python", "--input", f"@{big}", "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["status"] == "succeeded"
+        assert "hi 4999950000" in result.stderr  # the script's lines; the summary is on stdout
+
+        nc = await nats.connect(single, user="cronium-producer", password="producer-pw")
+        try:
+            js = nc.jetstream(timeout=2.0)
+            forged = requested("print(1)")
+            with pytest.raises((nats.errors.Error, TimeoutError)):
+                await js.publish(f"cronium.exec.{forged.execution_id}.succeeded", b"{}")
+            assert await execution_state(bus.js, forged.execution_id, max_bytes=1 << 20) is None
+            with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
+                await js.key_value("cronium_secrets")
+            with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
+                await js.delete_stream("CRONIUM_EXEC")
+        finally:
+            await nc.close()
+        assert (await bus.js.stream_info("CRONIUM_EXEC")).config.name == "CRONIUM_EXEC"
+
+
+def test_the_clickhouse_ddl_file_is_current_and_creates_the_warehouse(tmp_path: Path) -> None:
+    """deploy/clickhouse/schema.sql is what projections/ddl.py renders (run
+    `make schemas` after changing the DDL), and run statement by statement on a fresh engine
+    it creates every table and view."""
+    from projections import ddl
+    from projections.warehouse import ChdbWarehouse
+
+    assert ddl.main(["--check"]) == 0, "deploy/clickhouse/schema.sql is stale: `make schemas`"
+    warehouse = ChdbWarehouse(tmp_path / "warehouse")
+    try:
+        for statement in ddl.SQL_FILE.read_text().split(";\n"):
+            body = "\n".join(ln for ln in statement.splitlines() if not ln.startswith("--"))
+            if body.strip():
+                warehouse.command(body)
+        rows = warehouse.query("SELECT name FROM system.tables WHERE database = 'cronium'")
+        assert {r["name"] for r in rows} == {*ddl.TABLES, "runs_per_hour", "durations_by_event"}
+    finally:
+        warehouse.close()
