@@ -9,10 +9,12 @@ so a runner that publishes twice — after a crash or a redelivery — still yie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import socket
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import nats
 import nats.errors
@@ -100,15 +102,18 @@ class Bus:
             log.info("nats reconnected", url=self.settings.nats_url)
 
         connected = False
+        refused = asyncio.Event()  # the server answered, but turned the credentials down
 
         async def on_error(exc: Exception) -> None:
             if connected:
                 log.warning("nats error", error=str(exc))
+            elif "authorization" in str(exc).lower():
+                refused.set()
 
         # nats-py retries the first connection forever when reconnecting is allowed, so the
         # first connection is bounded here; once connected, reconnects go on without limit.
         try:
-            self._nc = await asyncio.wait_for(
+            self._nc = await _first_of(
                 nats.connect(
                     servers=[u.strip() for u in self.settings.nats_url.split(",") if u.strip()],
                     user=self.settings.nats_user,
@@ -126,8 +131,16 @@ class Bus:
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
                 ),
+                refused,
                 timeout=self.settings.connect_timeout,
             )
+        except _Refused as exc:
+            raise BusUnavailableError(
+                f"NATS at {self.settings.nats_url} refused the credentials"
+                + (f" of user {self.settings.nats_user}" if self.settings.nats_user else ""),
+                hint="check CRONIUM_NATS_USER and CRONIUM_NATS_PASSWORD (see "
+                "deploy/nats/accounts.conf)",
+            ) from exc
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             raise BusUnavailableError(
                 f"cannot reach NATS at {self.settings.nats_url} "
@@ -173,3 +186,30 @@ class Bus:
             log.debug("drain did not finish; closing", error=str(exc) or type(exc).__name__)
         if not self._nc.is_closed:
             await self._nc.close()
+
+
+class _Refused(Exception):
+    """The server turned the credentials down while connecting."""
+
+
+async def _first_of(
+    connect: Coroutine[Any, Any, Client], refused: asyncio.Event, timeout: float
+) -> Client:
+    """The connection, or :class:`_Refused` as soon as the server refuses the credentials, or
+    ``TimeoutError`` after ``timeout``."""
+    connecting = asyncio.ensure_future(connect)
+    waiting = asyncio.ensure_future(refused.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {connecting, waiting}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        waiting.cancel()
+    if connecting in done:
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await connecting
+    if waiting in done:
+        raise _Refused
+    raise TimeoutError

@@ -218,8 +218,9 @@ async def test_the_producer_runs_scripts_but_cannot_forge_or_reach_further(
     single: str, workdir: Path, cronium_bin: str
 ) -> None:
     """As cronium-producer, `cronium run` works end to end (live output, a large input through
-    the payload store, --json summary); publishing a lifecycle event, opening the secrets
-    bucket or deleting a stream is refused by the server."""
+    the payload store, --json summary); a wrong password is reported as such at once (exit 69,
+    not a 5 s "cannot reach"); publishing a lifecycle event, opening the secrets bucket or
+    deleting a stream is refused by the server."""
     service = client_settings(single, "cronium-service", "service-pw", workdir)
     big = workdir / "big.json"
     big.write_text(json.dumps({"rows": list(range(100_000))}))  # over the inline limit
@@ -243,6 +244,18 @@ async def test_the_producer_runs_scripts_but_cannot_forge_or_reach_further(
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["status"] == "succeeded"
         assert "hi 4999950000" in result.stderr  # the script's lines; the summary is on stdout
+        wrong = await asyncio.to_thread(
+            subprocess.run,
+            [cronium_bin, "status"],
+            env={**env, "CRONIUM_NATS_PASSWORD": "wrong"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert wrong.returncode == 69
+        assert "refused the credentials of user cronium-producer" in wrong.stderr
+        assert "CRONIUM_NATS_PASSWORD" in wrong.stderr and "wrong" not in wrong.stderr
 
         nc = await nats.connect(single, user="cronium-producer", password="producer-pw")
         try:
