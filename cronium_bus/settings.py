@@ -153,6 +153,20 @@ class Settings(BaseSettings):
     ssh: SshSettings = SshSettings()
     warehouse: WarehouseSettings = WarehouseSettings()
 
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_urls(cls, value: str) -> str:
+        """One or more ``nats://``/``tls://``/``ws://``/``wss://`` URLs, comma-separated."""
+        urls = [u.strip() for u in value.split(",")]
+        for url in urls:
+            scheme, sep, rest = url.partition("://")
+            if scheme not in {"nats", "tls", "ws", "wss"} or not sep or not rest.strip("/"):
+                raise ValueError(
+                    f"{url!r} is not a NATS URL: write nats://HOST:PORT (several separated by "
+                    "commas); credentials go in nats_user / nats_password"
+                )
+        return ",".join(urls)
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -99,6 +99,10 @@ def test_secrets_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CRONIUM_LOG_LEVEL", "loud"),
         ("CRONIUM_NATS_PORT", "70000"),
         ("CRONIUM_LIMITS__BOGUS", "1"),
+        ("CRONIUM_NATS_URL", ",,"),
+        ("CRONIUM_NATS_URL", "127.0.0.1:4222"),
+        ("CRONIUM_NATS_URL", "nats://127.0.0.1:4222,http://evil"),
+        ("CRONIUM_NATS_URL", "nats://"),
     ],
 )
 def test_bad_values_are_refused(env: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,6 +110,17 @@ def test_bad_values_are_refused(env: str, value: str, monkeypatch: pytest.Monkey
     monkeypatch.setenv(env, value)
     with pytest.raises(ValidationError):
         load_settings()
+
+
+def test_cluster_seeds_and_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRONIUM_NATS_URL", "nats://10.0.0.1:4222, tls://10.0.0.2:4222")
+    monkeypatch.setenv("CRONIUM_NATS_USER", "cronium-producer")
+    monkeypatch.setenv("CRONIUM_NATS_PASSWORD", "s3cret-pw")
+    s = load_settings()
+    assert s.nats_url == "nats://10.0.0.1:4222,tls://10.0.0.2:4222"
+    data = s.redacted()
+    assert data["nats_password"] == "**********" and "s3cret" not in str(data)
+    assert data["nats_user"] == "cronium-producer"
 
 
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
