@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import ObjectStoreConfig, StorageType
@@ -59,12 +60,25 @@ async def ensure_store(js: JetStreamContext, config: ObjectStoreConfig) -> Objec
     return store
 
 
+class PayloadStoreError(CroniumError):
+    """The payload store could not keep an object (full, or not reachable)."""
+
+    kind: ErrorKind = "infrastructure"
+
+
 async def put_payload(js: JetStreamContext, name: str, data: bytes) -> PayloadRef:
     """Store ``data`` under ``name`` (replacing an object of that name); its reference."""
     ref = PayloadRef(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
     msgspec.convert(msgspec.to_builtins(ref), PayloadRef)  # the name's pattern, checked early
-    store = await js.object_store(PAYLOADS_BUCKET)
-    await store.put(name, data)
+    try:
+        store = await js.object_store(PAYLOADS_BUCKET)
+        await store.put(name, data)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise PayloadStoreError(
+            f"the payload store did not keep {name} ({format_size(len(data))}): {exc}",
+            hint="if it is full, raise streams.payloads_max_bytes or let older objects expire "
+            "(streams.exec_max_age)",
+        ) from exc
     return ref
 
 

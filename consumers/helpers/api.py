@@ -29,7 +29,7 @@ from cronium_bus.events import (
     VariableSet,
     follow_up,
 )
-from cronium_bus.payloads import PayloadError, get_payload, put_payload
+from cronium_bus.payloads import PayloadError, PayloadStoreError, get_payload, put_payload
 
 log = structlog.get_logger(__name__)
 
@@ -202,7 +202,12 @@ class HelperApi:
             await self.bus.publish(OutputSet(**envelope, output=value))
         else:
             q = self.queued
-            ref = await put_payload(self.bus.js, f"output/{q.execution_id}-{q.attempt}", encoded)
+            try:
+                ref = await put_payload(
+                    self.bus.js, f"output/{q.execution_id}-{q.attempt}", encoded
+                )
+            except PayloadStoreError as exc:
+                raise HelperError(507, exc.message, exc.hint) from exc
             await self.bus.publish(OutputSet(**envelope, output_ref=ref))
         return web.json_response({"value": None})
 

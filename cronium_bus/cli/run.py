@@ -68,7 +68,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--cpus", metavar="N", type=float, help="CPU limit (e.g. 0.5)")
     p.add_argument("--memory", metavar="SIZE", help="memory limit (e.g. 256m, 1g)")
     p.add_argument("--pids", metavar="N", type=int, help="process limit")
-    p.add_argument("--input", metavar="JSON|@FILE", help="input for the script, JSON or @file")
+    p.add_argument(
+        "--input",
+        metavar="JSON|@FILE",
+        help="input for the script, JSON or @file (over 256 KiB it travels through the payload "
+        "store, up to 64 MiB)",
+    )
     p.add_argument("--priority", choices=list(reversed(PRIORITIES)), default="normal")
     p.add_argument(
         "--target",
