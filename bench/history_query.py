@@ -1,7 +1,9 @@
 """How fast the warehouse answers: one execution's history and the dashboard aggregates among
 N executions, against a baseline measured in the same run — the same rows in a plain table
 without a sort key (the seed's "history queries lack indexes"), queried with the same SQL minus
-``FINAL`` (a plain table has nothing to deduplicate, which only favours the baseline).
+``FINAL`` (a plain table has nothing to deduplicate, which only favours the baseline). Both are
+measured right after the inserts (many parts, merges in flight) and once merged (``OPTIMIZE
+FINAL``, where background merges bring a table between bursts of inserts).
 
 Run: .venv/bin/python -m bench.history_query [--executions N] [--lookups K]
 """
@@ -111,19 +113,23 @@ def run(executions: int, lookups: int) -> list[dict[str, Any]]:
         results = []
         since = "2000-01-01"
         paths: list[tuple[str, Any]] = [("cronium", wh), ("baseline", _NoFinal(wh))]
-        for db, conn in paths:
-            it = iter(ids * 2)
-            history(conn, HistoryFilter(execution_id=ids[0]), db=db)  # warm
+        for state in ("as inserted", "merged"):
+            if state == "merged":  # what background merges reach between bursts of inserts
+                for db, _ in paths:
+                    wh.command(f"OPTIMIZE TABLE {db}.executions FINAL")
+            for db, conn in paths:
+                it = iter(ids * 2)
+                history(conn, HistoryFilter(execution_id=ids[0]), db=db)  # warm
 
-            def point_lookup(db: str = db, conn: Any = conn, it: Iterator[str] = it) -> None:
-                history(conn, HistoryFilter(execution_id=next(it)), db=db)
+                def point_lookup(db: str = db, conn: Any = conn, it: Iterator[str] = it) -> None:
+                    history(conn, HistoryFilter(execution_id=next(it)), db=db)
 
-            def dashboard(db: str = db, conn: Any = conn) -> None:
-                aggregates(conn, since, db=db)
+                def dashboard(db: str = db, conn: Any = conn) -> None:
+                    aggregates(conn, since, db=db)
 
-            point = _timed(point_lookup, lookups)
-            dash = _timed(dashboard, 5)
-            results.append({"db": db, "point": point, "dash": dash})
+                point = _timed(point_lookup, lookups)
+                dash = _timed(dashboard, 5)
+                results.append({"db": db, "state": state, "point": point, "dash": dash})
         wh.close()
     print(f"filled {executions:,} executions in {fill_s:.1f} s")
     return results
@@ -135,12 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lookups", type=int, default=100)
     args = parser.parse_args(argv)
     results = run(args.executions, args.lookups)
-    by = {r["db"]: r for r in results}
-    print(f"{'query (ms)':<34}{'warehouse p50':>14}{'p95':>8}{'baseline p50':>14}{'ratio':>8}")
-    for key, name in (("point", "one execution's history"), ("dash", "dashboard aggregates")):
-        ours, base = by["cronium"][key], by["baseline"][key]
-        p50, base_p50 = statistics.median(ours), statistics.median(base)
-        print(f"{name:<34}{p50:>14.1f}{_p95(ours):>8.1f}{base_p50:>14.1f}{base_p50 / p50:>7.1f}x")
+    by = {(r["db"], r["state"]): r for r in results}
+    print(
+        f"{'query (ms)':<34}{'parts':<13}{'warehouse p50':>14}{'p95':>8}{'baseline p50':>14}"
+        f"{'ratio':>8}"
+    )
+    for state in ("as inserted", "merged"):
+        for key, name in (("point", "one execution's history"), ("dash", "dashboard aggregates")):
+            ours, base = by[("cronium", state)][key], by[("baseline", state)][key]
+            p50, base_p50 = statistics.median(ours), statistics.median(base)
+            print(
+                f"{name:<34}{state:<13}{p50:>14.1f}{_p95(ours):>8.1f}{base_p50:>14.1f}"
+                f"{base_p50 / p50:>7.1f}x"
+            )
 
 
 if __name__ == "__main__":
