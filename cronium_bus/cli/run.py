@@ -71,8 +71,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--input",
         metavar="JSON|@FILE",
-        help="input for the script, JSON or @file (over 256 KiB it travels through the payload "
-        "store, up to 64 MiB)",
+        help="input for the script, JSON or @file (over limits.max_input, 256 KiB by default, "
+        "it travels through the payload store)",
     )
     p.add_argument("--priority", choices=list(reversed(PRIORITIES)), default="normal")
     p.add_argument(
