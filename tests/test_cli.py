@@ -248,7 +248,11 @@ def test_run_with_a_large_input_file_goes_through_the_payload_store(
     echo = "import cronium\ncronium.output(cronium.input())"
     both = stack.cli("run", "--json", "--runtime", "python", "--input", f"@{big}", "-c", echo)
     assert both.returncode == 0, both.stderr
-    assert json.loads(both.stdout)["output"] == json.loads(big.read_text())  # both ways by ref
+    summary = json.loads(both.stdout)
+    assert summary["output"] == json.loads(big.read_text())  # both ways by reference
+    shown = stack.cli("show", summary["execution_id"], "--json")
+    state = json.loads(shown.stdout)["state"]
+    assert state["output"] == summary["output"] and state["output_ref"]["size"] > 256 * 1024
     small = {"CRONIUM_LIMITS__MAX_INPUT_OBJECT": "1m"}
     refused = stack.cli("run", "--runtime", "bash", "--input", f"@{big}", "-c", "1", env=small)
     assert refused.returncode == 2
