@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cronium_bus.events import Request, Requested, utcnow
+from cronium_bus.events import Request, Requested, new_request
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -51,17 +51,7 @@ def _fmt(value: object) -> str:
 
 def requested(execution_id: str, request: Request) -> Requested:
     """The ``execution.requested`` event a benchmark publishes for ``request``."""
-    from cronium_bus.ids import new_id
-
-    return Requested(
-        event_id=new_id("ev"),
-        time=utcnow(),
-        execution_id=execution_id,
-        correlation_id=execution_id,
-        producer="bench",
-        user="bench",
-        request=request,
-    )
+    return new_request(execution_id, request, producer="bench", user="bench")
 
 
 def cronium_bin() -> str:

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Final, Literal, TypedDict, TypeVar
 
 import msgspec
 
-from cronium_bus.errors import ErrorKind
-from cronium_bus.ids import ID_PATTERN
+from cronium_bus.errors import CroniumError, ErrorKind
+from cronium_bus.ids import ID_PATTERN, new_id
 
 SCHEMA_VERSION: Final = 1
 
@@ -336,10 +336,26 @@ class EnvelopeFields(TypedDict):
     user: str
 
 
+def error_info(exc: CroniumError) -> ErrorInfo:
+    """What an event says about a :class:`CroniumError`: its kind, message and hint."""
+    return ErrorInfo(kind=exc.kind, message=exc.message, hint=exc.hint)
+
+
+def new_request(execution_id: str, request: Request, *, producer: str, user: str) -> Requested:
+    """The ``execution.requested`` event that starts ``execution_id`` (its own correlation)."""
+    return Requested(
+        event_id=new_id("ev"),
+        time=utcnow(),
+        execution_id=execution_id,
+        correlation_id=execution_id,
+        producer=producer,
+        user=user,
+        request=request,
+    )
+
+
 def follow_up(cause: Event, producer: str, *, attempt: int | None = None) -> EnvelopeFields:
     """The envelope of an event caused by ``cause``: same execution, correlation and user."""
-    from cronium_bus.ids import new_id
-
     return EnvelopeFields(
         event_id=new_id("ev"),
         time=utcnow(),

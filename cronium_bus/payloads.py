@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from typing import Any
 
 import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import ObjectStoreConfig, StorageType
-from nats.js.object_store import ObjectStore
 
 from cronium_bus.errors import CroniumError, ErrorKind
 from cronium_bus.events import PayloadRef
@@ -45,19 +45,18 @@ def payload_config(ttl_s: float, max_bytes: int, replicas: int) -> ObjectStoreCo
     )
 
 
-async def ensure_store(js: JetStreamContext, config: ObjectStoreConfig) -> ObjectStore:
-    """Open the payload bucket, creating it if missing; a changed TTL or size limit is applied
-    to its stream in place."""
+async def ensure_store(js: JetStreamContext, config: ObjectStoreConfig) -> None:
+    """Create the payload bucket if missing; a changed TTL or size limit is applied to its
+    stream in place."""
     try:
-        store = await js.object_store(PAYLOADS_BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        return await js.create_object_store(PAYLOADS_BUCKET, config)
-    stream = (await js.stream_info(f"OBJ_{PAYLOADS_BUCKET}")).config
+        stream = (await js.stream_info(f"OBJ_{PAYLOADS_BUCKET}")).config
+    except nats.js.errors.NotFoundError:
+        await js.create_object_store(PAYLOADS_BUCKET, config)
+        return
     if stream.max_age != config.ttl or stream.max_bytes != config.max_bytes:
         await js.update_stream(
             dataclasses.replace(stream, max_age=config.ttl, max_bytes=config.max_bytes)
         )
-    return store
 
 
 class PayloadStoreError(CroniumError):
@@ -118,6 +117,11 @@ async def get_payload(js: JetStreamContext, ref: PayloadRef, max_bytes: int) -> 
             hint="it was replaced after the request was published; upload it again and rerun",
         )
     return data
+
+
+async def get_json_payload(js: JetStreamContext, ref: PayloadRef, max_bytes: int) -> Any:
+    """The payload decoded as JSON (an input or output kept in the store)."""
+    return msgspec.json.decode(await get_payload(js, ref, max_bytes))
 
 
 def _missing(ref: PayloadRef) -> PayloadError:

@@ -9,7 +9,7 @@ import subprocess
 from typing import Any
 
 from cronium_bus.bus import Bus
-from cronium_bus.events import Limits, Request, Requested, utcnow
+from cronium_bus.events import Limits, Request, Requested, new_request
 from cronium_bus.history import execution_state
 from cronium_bus.ids import new_id
 from cronium_bus.settings import Settings
@@ -18,17 +18,10 @@ from cronium_bus.state import ExecutionState
 
 def requested(code: str, runtime: str = "python", **fields: Any) -> Requested:
     """A request event for ``code``; ``fields`` go into the Request."""
-    execution_id = new_id("ex")
     limits = fields.pop("limits", Limits())
-    return Requested(
-        event_id=new_id("ev"),
-        time=utcnow(),
-        execution_id=execution_id,
-        correlation_id=execution_id,
-        producer="tests",
-        user=fields.pop("user", "tester"),
-        request=Request(runtime=runtime, code=code, limits=limits, **fields),  # type: ignore[arg-type]
-    )
+    user = fields.pop("user", "tester")
+    request = Request(runtime=runtime, code=code, limits=limits, **fields)  # type: ignore[arg-type]
+    return new_request(new_id("ex"), request, producer="tests", user=user)
 
 
 async def wait_final(bus: Bus, execution_id: str, timeout: float = 60.0) -> ExecutionState:

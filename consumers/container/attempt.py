@@ -42,6 +42,7 @@ from cronium_bus.events import (
     Succeeded,
     TerminalEvent,
     TimedOut,
+    error_info,
     follow_up,
     make_terminal,
 )
@@ -151,7 +152,7 @@ class Attempt:
                     "output did not close after exit", execution_id=self.queued.execution_id
                 )
         except CroniumError as exc:
-            error = ErrorInfo(kind=exc.kind, message=exc.message, hint=exc.hint)
+            error = error_info(exc)
         except Exception as exc:
             log.exception("attempt failed in the runner", execution_id=self.queued.execution_id)
             error = ErrorInfo(

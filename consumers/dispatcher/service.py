@@ -22,7 +22,7 @@ from consumers.retries import enqueue
 from cronium_bus.bus import Bus
 from cronium_bus.codec import decode
 from cronium_bus.errors import EventDecodeError
-from cronium_bus.events import ErrorInfo, Queued, Rejected, Requested, utcnow
+from cronium_bus.events import ErrorInfo, Queued, Rejected, Requested, error_info, utcnow
 from cronium_bus.health import Heartbeat
 from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.lifecycle import Stopper
@@ -51,12 +51,7 @@ class Dispatcher:
         try:
             event = decode(msg.data, max_bytes=self.settings.limits.max_request)
         except EventDecodeError as exc:
-            await self._reject(
-                msg,
-                subject_id,
-                None,
-                ErrorInfo(kind="validation", message=exc.reason, hint=exc.hint),
-            )
+            await self._reject(msg, subject_id, None, error_info(exc))
             return
         if not isinstance(event, Requested):
             await self._reject(
@@ -91,12 +86,7 @@ class Dispatcher:
             try:
                 await check_payload(self.bus.js, result.input_ref)
             except PayloadError as exc:
-                await self._reject(
-                    msg,
-                    subject_id,
-                    event,
-                    ErrorInfo(kind="validation", message=exc.message, hint=exc.hint),
-                )
+                await self._reject(msg, subject_id, event, error_info(exc))
                 return
         delay = result.not_before.timestamp() - utcnow().timestamp() if result.not_before else 0.0
         queued = Queued(

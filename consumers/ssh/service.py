@@ -49,6 +49,7 @@ from cronium_bus.events import (
     Succeeded,
     TerminalEvent,
     TimedOut,
+    error_info,
     follow_up,
     make_terminal,
 )
@@ -247,7 +248,7 @@ class SshRunner(LaneWorker):
                 Failed,
                 follow_up(queued, self.bus.producer),
                 runner=self.runner_id,
-                error=ErrorInfo(kind=exc.kind, message=exc.message, hint=exc.hint),
+                error=error_info(exc),
                 durations=PhaseDurations(setup_ms=_ms(t0)),
             )
         breaker.record_success()

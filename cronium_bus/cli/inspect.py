@@ -21,7 +21,7 @@ from cronium_bus.events import CancelRequested, LogChunk, Terminal, utcnow
 from cronium_bus.health import read_beats
 from cronium_bus.history import execution_events, read_subject
 from cronium_bus.ids import is_valid_id, new_id
-from cronium_bus.payloads import get_payload
+from cronium_bus.payloads import get_json_payload
 from cronium_bus.provision import stream_configs
 from cronium_bus.state import fold
 from cronium_bus.subjects import LOGS_STREAM, log_subject
@@ -143,9 +143,7 @@ def show(args: argparse.Namespace) -> int:
             extra: dict[str, Any] = {"seen": None}
             if state.output_ref is not None:  # the value, as for an inline output
                 limit = bus.settings.limits.max_output_object
-                extra["output"] = msgspec.json.decode(
-                    await get_payload(bus.js, state.output_ref, limit)
-                )
+                extra["output"] = await get_json_payload(bus.js, state.output_ref, limit)
             print(
                 json.dumps(
                     {

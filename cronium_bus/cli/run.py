@@ -21,13 +21,13 @@ from cronium_bus.events import (
     AnyEvent,
     Limits,
     Request,
-    Requested,
     RetryPolicy,
     Runtime,
+    new_request,
     utcnow,
 )
 from cronium_bus.ids import is_valid_id, new_id
-from cronium_bus.payloads import get_payload, put_payload
+from cronium_bus.payloads import get_json_payload, put_payload
 from cronium_bus.servers import adhoc_name
 from cronium_bus.state import ExecutionState
 from cronium_bus.units import format_size, parse_duration, parse_size
@@ -286,15 +286,7 @@ def main(args: argparse.Namespace) -> int:
         except UsageError as exc:
             hint = "pass a smaller input, or raise limits.max_input_object"
             return fail(str(exc), hint, exitcodes.USAGE)
-        event = Requested(
-            event_id=new_id("ev"),
-            time=utcnow(),
-            execution_id=execution_id,
-            correlation_id=execution_id,
-            producer=bus.producer,
-            user=user,
-            request=request,
-        )
+        event = new_request(execution_id, request, producer=bus.producer, user=user)
         size = len(msgspec.json.encode(event))
         if size > bus.settings.limits.max_request:
             return fail(
@@ -325,7 +317,7 @@ def main(args: argparse.Namespace) -> int:
             output = None
             if state.output_ref is not None:
                 limit = bus.settings.limits.max_output_object
-                output = msgspec.json.decode(await get_payload(bus.js, state.output_ref, limit))
+                output = await get_json_payload(bus.js, state.output_ref, limit)
             print(json.dumps(summary(state, output)))
         elif state.error and state.error.kind != "nonzero_exit":
             print(f"cronium: {state.status}: {state.error.message}", file=sys.stderr)
