@@ -10,6 +10,7 @@ from typing import Any
 
 from cronium_bus.bus import Bus
 from cronium_bus.events import Limits, Request, Requested, new_request
+from cronium_bus.health import read_beats
 from cronium_bus.history import execution_state
 from cronium_bus.ids import new_id
 from cronium_bus.settings import Settings
@@ -68,6 +69,20 @@ class RunnerProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+    async def ready(self, bus: Bus, timeout: float = 60.0) -> str:
+        """Wait (bounded) until this process's heartbeat is in the bucket, which it writes once
+        it claims jobs; its runner id."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"runner process exited with {self.proc.returncode}")
+            for beat in await read_beats(bus.js):
+                if beat.pid == self.proc.pid and beat.kind == "container":
+                    return beat.instance
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"runner process {self.proc.pid} not claiming after {timeout}s")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
