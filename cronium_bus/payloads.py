@@ -23,7 +23,7 @@ from nats.js.api import ObjectStoreConfig, StorageType
 
 from cronium_bus.errors import CroniumError, ErrorKind
 from cronium_bus.events import PayloadRef
-from cronium_bus.subjects import PAYLOADS_BUCKET
+from cronium_bus.subjects import PAYLOADS_BUCKET, PAYLOADS_STREAM
 from cronium_bus.units import format_size
 
 
@@ -49,7 +49,7 @@ async def ensure_store(js: JetStreamContext, config: ObjectStoreConfig) -> None:
     """Create the payload bucket if missing; a changed TTL or size limit is applied to its
     stream in place."""
     try:
-        stream = (await js.stream_info(f"OBJ_{PAYLOADS_BUCKET}")).config
+        stream = (await js.stream_info(PAYLOADS_STREAM)).config
     except nats.js.errors.NotFoundError:
         await js.create_object_store(PAYLOADS_BUCKET, config)
         return
@@ -70,6 +70,17 @@ async def put_payload(js: JetStreamContext, name: str, data: bytes) -> PayloadRe
     ref = PayloadRef(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
     msgspec.convert(msgspec.to_builtins(ref), PayloadRef)  # the name's pattern, checked early
     try:
+        # refuse what cannot fit before sending a byte: cheaper than a failed upload, and the
+        # producer account cannot purge the chunks of one (deploy/nats/accounts.conf)
+        info = await js.stream_info(PAYLOADS_STREAM)
+        limit = info.config.max_bytes or -1
+        if 0 < limit < info.state.bytes + len(data):
+            raise PayloadStoreError(
+                f"the payload store is full: {format_size(info.state.bytes)} of "
+                f"{format_size(limit)} used, {name} needs {format_size(len(data))}",
+                hint="raise streams.payloads_max_bytes or let older objects expire "
+                "(streams.exec_max_age)",
+            )
         store = await js.object_store(PAYLOADS_BUCKET)
         await store.put(name, data)
     except (nats.errors.Error, TimeoutError) as exc:

@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from cronium_bus.units import parse_duration, parse_size
+from cronium_bus.units import parse_duration, parse_listen, parse_size
 
 Bytes = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
@@ -147,6 +147,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     clickhouse_url: SecretStr | None = None
     connect_timeout: Seconds = 5.0
+    metrics_listen: str | None = None
+    """HOST:PORT where `cronium up` serves Prometheus metrics (GET /metrics); off when unset."""
     limits: LimitSettings = LimitSettings()
     streams: StreamSettings = StreamSettings()
     runner: RunnerSettings = RunnerSettings()
@@ -166,6 +168,14 @@ class Settings(BaseSettings):
                     "commas); credentials go in nats_user / nats_password"
                 )
         return ",".join(urls)
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        """``HOST:PORT`` to bind."""
+        if value is not None:
+            parse_listen(value)
+        return value
 
     @field_validator("data_dir")
     @classmethod

@@ -25,6 +25,7 @@ SERVERS_BUCKET: Final = "cronium_servers"
 CIRCUITS_BUCKET: Final = "cronium_circuits"
 LIMITS_BUCKET: Final = "cronium_limits"
 PAYLOADS_BUCKET: Final = "cronium_payloads"  # Object Store
+PAYLOADS_STREAM: Final = f"OBJ_{PAYLOADS_BUCKET}"  # the stream behind it
 
 
 def exec_subject(execution_id: str, event_type: str) -> str:

@@ -59,3 +59,19 @@ def format_size(n: int) -> str:
             return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"  # pragma: no cover - loop always returns
+
+
+_MAX_HOST_LEN: Final = 253
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) to bind; port 0 picks a free one. Raises
+    ``ValueError`` with what to write instead."""
+    host, sep, port_text = text.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or len(host) > _MAX_HOST_LEN or any(c.isspace() for c in host):
+        raise ValueError(f"{text[:80]!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+    if not digits or int(port_text) > 65535:
+        raise ValueError(f"{port_text[:20]!r} is not a port (0-65535) in {text[:80]!r}")
+    return host, int(port_text)

@@ -102,6 +102,15 @@ def aggregates(wh: Any, since: str, db: str = DATABASE) -> dict[str, Any]:
     return {"runs_per_hour": hours, "durations_by_event": events}
 
 
+def attempt_totals(wh: Any, db: str = DATABASE) -> list[dict[str, Any]]:
+    """Attempts by current status over all retained history (for the metrics exporter)."""
+    rows: list[dict[str, Any]] = wh.query(
+        f"SELECT status, count() AS attempts FROM {db}.executions FINAL "
+        "GROUP BY status ORDER BY status"
+    )
+    return rows
+
+
 def archive_size(wh: Any, db: str = DATABASE) -> dict[str, Any]:
     """The log archive on disk: rows (before merges remove redelivered copies), compressed and
     uncompressed bytes."""

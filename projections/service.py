@@ -26,6 +26,7 @@ from projections.queries import (
     aggregates,
     archive_size,
     archived_logs,
+    attempt_totals,
     audit_rows,
     history,
     verify_audit,
@@ -91,6 +92,7 @@ class ProjectorService:
             "cronium.query.audit.verify": self._verify,
             "cronium.query.audit.export": self._export,
             "cronium.query.stats": self._stats,
+            "cronium.query.metrics": self._metrics,
         }
         handler = handlers.get(msg.subject)
         if handler is None:
@@ -162,6 +164,11 @@ class ProjectorService:
         q = msgspec.json.decode(data, type=_StatsQuery)
         return await self._run(
             lambda: {**aggregates(self.wh, q.since), "archive": archive_size(self.wh)}
+        )
+
+    async def _metrics(self, _data: bytes) -> Any:
+        return await self._run(
+            lambda: {"attempts": attempt_totals(self.wh), "archive": archive_size(self.wh)}
         )
 
     async def _export(self, data: bytes) -> Any:

@@ -9,22 +9,28 @@ import re
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.docker
 
 
+METRICS_LINE = r"cronium metrics: serving (http://127\.0\.0\.1:\d+/metrics)$"
 SECRET_ENV = {"CRONIUM_SECRET_KEY": "cli-test-key-0123456789abcdef"}
 
 
 class Stack:
-    def __init__(self, proc: subprocess.Popen[str], url: str, binary: str) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[str], url: str, binary: str, metrics_url: str
+    ) -> None:
         self.proc = proc
         self.url = url
         self.binary = binary
+        self.metrics_url = metrics_url
 
     def cli(
         self,
@@ -68,6 +74,7 @@ def stack(cronium_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 **SECRET_ENV,
                 "CRONIUM_RUNNER__HEARTBEAT": "0.5",
                 "CRONIUM_LIMITS__STOP_GRACE": "1",
+                "CRONIUM_METRICS_LISTEN": "127.0.0.1:0",
             },
         ) as proc,
     ):
@@ -75,7 +82,12 @@ def stack(cronium_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         line = proc.stdout.readline()
         match = re.match(r"cronium ready: (nats://127\.0\.0\.1:\d+) ", line)
         assert match, f"no ready line: {line!r}; log: {(data / 'up.log').read_text()[-2000:]}"
-        yield Stack(proc, match.group(1), cronium_bin)
+        metrics = re.match(
+            r"cronium metrics: serving (http://127\.0\.0\.1:\d+/metrics)$",
+            line2 := proc.stdout.readline().strip(),
+        )
+        assert metrics, f"no metrics line: {line2!r}"
+        yield Stack(proc, match.group(1), cronium_bin, metrics.group(1))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
 
@@ -324,6 +336,9 @@ def test_a_killed_consumer_is_restarted(stack: Stack) -> None:
         (["dlq", "retry", "abc"], "invalid int value"),
         (["dlq", "drop"], "the following arguments are required: ID"),
         (["replay", "--force", "extra"], "unrecognized arguments"),
+        (["metrics", "--listen", "nowhere"], "is not HOST:PORT"),
+        (["metrics", "--listen", "127.0.0.1:99999"], "is not a port"),
+        (["metrics", "--listen", "127.0.0.1:0"], "--listen needs --serve"),
     ],
 )
 def test_bad_flags_exit_2_with_a_message(stack: Stack, args: list[str], message: str) -> None:
@@ -339,9 +354,10 @@ def test_oversized_script_is_refused_before_publishing(stack: Stack) -> None:
     assert "over the limit" in result.stderr
 
 
-def test_unreachable_stack_exits_69_with_a_hint(cronium_bin: str) -> None:
+@pytest.mark.parametrize("command", ["status", "metrics"])
+def test_unreachable_stack_exits_69_with_a_hint(cronium_bin: str, command: str) -> None:
     result = subprocess.run(
-        [cronium_bin, "status", "--nats-url", "nats://127.0.0.1:1"],
+        [cronium_bin, command, "--nats-url", "nats://127.0.0.1:1"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -350,6 +366,61 @@ def test_unreachable_stack_exits_69_with_a_hint(cronium_bin: str) -> None:
     )
     assert result.returncode == 69
     assert "cannot reach NATS" in result.stderr and "cronium up" in result.stderr
+
+
+def _metrics_of(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_of_the_running_stack(stack: Stack) -> None:
+    """`cronium up` with metrics_listen serves GET /metrics: a job that ran is counted once the
+    projector has it, the lane consumers and every process of the stack are there;
+    `cronium metrics` prints the same figures once."""
+    ran = stack.cli("run", "--runtime", "bash", "-c", "echo counted")
+    assert ran.returncode == 0, ran.stderr
+    deadline = time.monotonic() + 60
+    while True:
+        with urllib.request.urlopen(stack.metrics_url, timeout=30) as response:
+            found = _metrics_of(response.read().decode())
+        succeeded = found.get(("cronium_attempts", frozenset({("status", "succeeded")})), 0)
+        if succeeded >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert succeeded >= 1
+    assert found[("cronium_up", frozenset())] == 1
+    kinds = {dict(k)["kind"] for (name, k) in found if name == "cronium_process_healthy"}
+    assert kinds == {"dispatcher", "container", "ssh", "projector"}
+    lanes = {dict(k)["consumer"] for (name, k) in found if name == "cronium_consumer_pending"}
+    assert {"container-normal", "container-critical", "projector-exec"} <= lanes
+
+    once = stack.cli("metrics")
+    assert once.returncode == 0, once.stderr
+    printed = _metrics_of(once.stdout)
+    assert printed[("cronium_attempts", frozenset({("status", "succeeded")}))] >= succeeded
+
+
+def test_metrics_serve_answers_until_sigterm_and_refuses_a_taken_port(stack: Stack) -> None:
+    with stack.popen("metrics", "--serve", "--listen", "127.0.0.1:0", "--no-warehouse") as served:
+        try:
+            assert served.stdout is not None
+            line = served.stdout.readline().strip()
+            match = re.match(METRICS_LINE, line)
+            assert match, line
+            with urllib.request.urlopen(match.group(1), timeout=30) as response:
+                found = _metrics_of(response.read().decode())
+            assert found[("cronium_up", frozenset())] == 1
+            assert ("cronium_warehouse_up", frozenset()) not in found
+        finally:
+            served.send_signal(signal.SIGTERM)
+            assert served.wait(30) == 0
+    nats_port = stack.url.rsplit(":", 1)[1]
+    taken = stack.cli("metrics", "--serve", "--listen", f"127.0.0.1:{nats_port}")
+    assert taken.returncode == 1
+    assert "cannot listen on 127.0.0.1:" in taken.stderr and "--listen" in taken.stderr
 
 
 def test_help_explains_commands_and_exit_codes(cronium_bin: str) -> None:

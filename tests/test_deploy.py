@@ -28,6 +28,7 @@ from cronium_bus.embedded import free_port, nats_server_binary, port_open
 from cronium_bus.history import execution_state
 from cronium_bus.provision import provision
 from cronium_bus.settings import Settings, load_settings
+from cronium_bus.subjects import PAYLOADS_STREAM
 from tests.conftest import Embedded
 from tests.helpers import requested, run_code
 
@@ -219,8 +220,9 @@ async def test_the_producer_runs_scripts_but_cannot_forge_or_reach_further(
 ) -> None:
     """As cronium-producer, `cronium run` works end to end (live output, a large input through
     the payload store, --json summary); a wrong password is reported as such at once (exit 69,
-    not a 5 s "cannot reach"); publishing a lifecycle event, opening the secrets bucket or
-    deleting a stream is refused by the server."""
+    not a 5 s "cannot reach"); publishing a lifecycle event, opening the secrets bucket,
+    purging the payload store (other producers' inputs) or deleting a stream is refused by the
+    server."""
     service = client_settings(single, "cronium-service", "service-pw", workdir)
     big = workdir / "big.json"
     big.write_text(json.dumps({"rows": list(range(100_000))}))  # over the inline limit
@@ -267,10 +269,14 @@ async def test_the_producer_runs_scripts_but_cannot_forge_or_reach_further(
             with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
                 await js.key_value("cronium_secrets")
             with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
+                await js.purge_stream(PAYLOADS_STREAM, subject="$O.cronium_payloads.C.>")
+            with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
                 await js.delete_stream("CRONIUM_EXEC")
         finally:
             await nc.close()
         assert (await bus.js.stream_info("CRONIUM_EXEC")).config.name == "CRONIUM_EXEC"
+        kept = await bus.js.stream_info(PAYLOADS_STREAM)
+        assert kept.state.messages >= 2  # the big input's chunk(s) and its metadata
 
 
 def test_the_clickhouse_ddl_file_is_current_and_creates_the_warehouse(tmp_path: Path) -> None:

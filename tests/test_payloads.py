@@ -17,6 +17,7 @@ from cronium_bus.errors import EventDecodeError
 from cronium_bus.events import ErrorInfo, PayloadRef, Request
 from cronium_bus.payloads import PayloadError, PayloadStoreError, get_payload, put_payload
 from cronium_bus.settings import Settings
+from cronium_bus.subjects import PAYLOADS_STREAM
 from tests.conftest import Embedded
 from tests.helpers import requested, run_code
 from tests.test_container_runner import lines_of
@@ -162,7 +163,7 @@ async def test_a_changed_payload_retention_is_applied_at_the_next_start(
         }
     )
     await provision(bus.js, shorter)
-    config = (await bus.js.stream_info("OBJ_cronium_payloads")).config
+    config = (await bus.js.stream_info(PAYLOADS_STREAM)).config
     assert (config.max_age, config.max_bytes) == (3600.0, 2 * 1024**3)
     full = settings.model_copy(
         update={"streams": settings.streams.model_copy(update={"payloads_max_bytes": 1024**2})}
@@ -170,6 +171,7 @@ async def test_a_changed_payload_retention_is_applied_at_the_next_start(
     await provision(bus.js, full)
     with pytest.raises(PayloadStoreError) as refused:  # a full store says so, and what to change
         await put_payload(bus.js, "input/too-big-for-the-store", BIG_JSON)
-    assert "did not keep input/too-big-for-the-store" in refused.value.message
+    assert "payload store is full" in refused.value.message
+    assert "input/too-big-for-the-store needs" in refused.value.message
     assert "payloads_max_bytes" in refused.value.hint
     await provision(bus.js, settings)  # the module's server is shared: put the settings back

@@ -8,7 +8,17 @@ import sys
 from collections.abc import Sequence
 
 from cronium_bus import __version__
-from cronium_bus.cli import exitcodes, inspect, ops, run, secret, servers, stack, warehouse
+from cronium_bus.cli import (
+    exitcodes,
+    inspect,
+    metrics,
+    ops,
+    run,
+    secret,
+    servers,
+    stack,
+    warehouse,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     servers.add_parsers(sub)
     warehouse.add_parsers(sub)
     ops.add_parsers(sub)
+    metrics.add_parser(sub)
     return parser
 
 

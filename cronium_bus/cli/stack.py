@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -22,8 +23,10 @@ from cronium_bus.errors import BusUnavailableError, CroniumError
 from cronium_bus.health import read_beats
 from cronium_bus.lifecycle import Stopper, run_service
 from cronium_bus.logging import configure_logging
+from cronium_bus.metrics import MetricsServer
 from cronium_bus.provision import provision
 from cronium_bus.settings import Settings
+from cronium_bus.units import parse_listen
 
 log = structlog.get_logger(__name__)
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -182,8 +185,20 @@ async def _run_stack(settings: Settings, supervisor: Supervisor, names: list[str
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopper.stop)
-    async with Bus(settings, name="cronium-up") as bus:
+    async with Bus(settings, name="cronium-up") as bus, contextlib.AsyncExitStack() as stack:
         await provision(bus.js, settings)
+        metrics: MetricsServer | None = None
+        if settings.metrics_listen:
+            metrics = MetricsServer(bus, *parse_listen(settings.metrics_listen))
+            try:
+                await stack.enter_async_context(metrics)
+            except OSError as exc:
+                print(
+                    f"cronium: error: cannot serve metrics on {settings.metrics_listen}: "
+                    f"{exc.strerror or exc}\nhint: set metrics_listen to a free HOST:PORT",
+                    file=sys.stderr,
+                )
+                return exitcodes.FAILURE
         supervisor.tick()
         ready = False
         deadline = time.monotonic() + _READY_TIMEOUT_S
@@ -198,6 +213,8 @@ async def _run_stack(settings: Settings, supervisor: Supervisor, names: list[str
                         f"cronium ready: {settings.nats_url} data {settings.data_dir} ({pids})",
                         flush=True,
                     )
+                    if metrics is not None:
+                        print(f"cronium metrics: serving {metrics.url}", flush=True)
                 elif time.monotonic() > deadline:
                     missing = [n for n in names if n not in beats]
                     print(
