@@ -48,7 +48,7 @@ from cronium_bus.events import (
     make_terminal,
     utcnow,
 )
-from cronium_bus.health import Beat, Heartbeat
+from cronium_bus.health import Beat, Gauge, Heartbeat
 from cronium_bus.history import execution_state
 from cronium_bus.lifecycle import Stopper, drain_tasks
 from cronium_bus.provision import kv_value, provision
@@ -71,6 +71,7 @@ class LaneWorker:
         self.settings = bus.settings
         self.slots = slots
         self.heartbeat = Heartbeat(bus.js, self.kind, self.settings.runner.heartbeat)
+        self.heartbeat.sampler = self._gauges
         self.runner_id = self.heartbeat.instance
         self.claimer = LaneClaimer(bus.nc, self.kind)
         self.gate = Gate(bus.js, self.settings)
@@ -100,6 +101,13 @@ class LaneWorker:
 
     async def on_lost(self, queued: Queued, previous: AttemptState) -> None:
         """Called after an attempt started by a dead runner was ended ``lost``."""
+
+    async def gauges(self) -> list[Gauge]:
+        """The runner's own numbers for its heartbeat (``cronium metrics`` exports them)."""
+        return []
+
+    async def _gauges(self) -> list[Gauge]:
+        return [Gauge(name="runner_slots", value=float(self.slots)), *await self.gauges()]
 
     # -- the loop --------------------------------------------------------------------------------
 

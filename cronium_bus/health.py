@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Self
 
 import msgspec
@@ -22,6 +23,17 @@ log = structlog.get_logger(__name__)
 _STOP_WAIT_S = 2.0
 
 
+class Gauge(msgspec.Struct, frozen=True, kw_only=True):
+    """A number a process reports with its heartbeat (exported as ``cronium_<name>``)."""
+
+    name: str
+    value: float
+    labels: dict[str, str] = {}
+
+
+Sampler = Callable[[], Awaitable[list[Gauge]]]
+
+
 class Beat(msgspec.Struct, frozen=True, kw_only=True):
     """One consumer's heartbeat, as stored in the bucket."""
 
@@ -35,6 +47,7 @@ class Beat(msgspec.Struct, frozen=True, kw_only=True):
     in_flight: int = 0
     status: str = "ok"
     detail: dict[str, str] = {}
+    gauges: list[Gauge] = []
 
     def healthy(self, now: float | None = None) -> bool:
         """Whether the last beat is recent (within three intervals) and reports ok."""
@@ -60,9 +73,20 @@ class Heartbeat:
         self.in_flight = 0
         self.status = "ok"
         self.detail: dict[str, str] = {}
+        self.sampler: Sampler | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def beat(self) -> Beat:
+    async def sample(self) -> list[Gauge]:
+        """The process's gauges now; none when its sampler fails or takes over an interval."""
+        if self.sampler is None:
+            return []
+        try:
+            return await asyncio.wait_for(self.sampler(), self.interval)
+        except Exception as exc:  # noqa: BLE001 - a failing probe must not stop the heartbeat
+            log.warning("heartbeat gauges not sampled", error=str(exc) or type(exc).__name__)
+            return []
+
+    def beat(self, gauges: list[Gauge] | None = None) -> Beat:
         """The current heartbeat record."""
         return Beat(
             instance=self.instance,
@@ -75,13 +99,15 @@ class Heartbeat:
             in_flight=self.in_flight,
             status=self.status,
             detail=dict(self.detail),
+            gauges=gauges or [],
         )
 
     async def _loop(self) -> None:
         kv = await self.js.key_value(HEARTBEAT_BUCKET)
         while True:
             try:
-                await kv.put(self.instance, msgspec.json.encode(self.beat()))
+                beat = self.beat(await self.sample())
+                await kv.put(self.instance, msgspec.json.encode(beat))
             except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
                 log.warning("heartbeat not written", error=str(exc))
             await asyncio.sleep(self.interval)

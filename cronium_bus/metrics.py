@@ -1,10 +1,12 @@
 """Prometheus metrics of the service, gathered when scraped.
 
 No process keeps counters for this: the numbers already live in NATS (streams and their
-consumers, the heartbeat bucket) and in the warehouse (attempts by status, the log archive), so
-one scrape asks them and renders the answer in the Prometheus text format with
-``prometheus_client``. Any number of exporters can run; each scrape costs a handful of JetStream
-API requests and, when a projector answers, one warehouse query.
+consumers; the heartbeat bucket, where each process also reports a few gauges of its own such
+as its slots, the Docker engine's health, warm containers and SSH connections; the circuit
+breakers' bucket) and in the warehouse (attempts by status, the log archive), so one scrape asks
+them and renders the answer in the Prometheus text format with ``prometheus_client``. Any
+number of exporters can run; each scrape costs about a dozen JetStream API requests and, when a
+projector answers, one warehouse query.
 
 A part that does not answer within the scrape's budget is reported as down
 (``cronium_up 0``, ``cronium_warehouse_up 0``) instead of failing the scrape, so an alert can
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Final, get_args
 
@@ -32,6 +36,7 @@ from cronium_bus import __version__
 from cronium_bus.bus import Bus
 from cronium_bus.events import PRIORITIES, RunnerKind
 from cronium_bus.health import read_beats
+from cronium_bus.servers import read_circuits
 from cronium_bus.subjects import (
     DLQ_STREAM,
     EXEC_STREAM,
@@ -54,21 +59,36 @@ NATS_BUDGET_S: Final = 5.0
 WAREHOUSE_BUDGET_S: Final = 10.0
 
 
+_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_PROCESS_GAUGES: Final = {
+    "runner_slots": "Jobs the runner process runs at most at a time",
+    "docker_up": "1 when the container runner's Docker engine answered its last heartbeat's ping",
+    "warm_pool_idle": "Warm containers waiting to be claimed, per runtime",
+    "ssh_connections": "Open pooled SSH connections of the SSH runner process",
+}
+_CIRCUIT_STATES: Final = ("closed", "open", "half_open")
+
+
 class _Families:
     """Collects metric families for one scrape (a ``prometheus_client`` collector)."""
 
     def __init__(self) -> None:
-        self._families: dict[str, GaugeMetricFamily] = {}
+        self._families: dict[str, tuple[GaugeMetricFamily, tuple[str, ...]]] = {}
 
     def gauge(self, name: str, doc: str, value: float, **labels: str) -> None:
-        family = self._families.get(name)
+        """Add a sample; one whose label names differ from its family's is dropped."""
+        names = tuple(labels)
+        family, family_names = self._families.get(name) or (None, names)
         if family is None:
-            family = GaugeMetricFamily(name, doc, labels=list(labels))
-            self._families[name] = family
+            family = GaugeMetricFamily(name, doc, labels=list(names))
+            self._families[name] = (family, names)
+        if names != family_names:
+            log.warning("metrics: sample with other labels dropped", metric=name)
+            return
         family.add_metric(list(labels.values()), value)
 
     def collect(self) -> Iterable[Metric]:
-        return list(self._families.values())
+        return [family for family, _ in self._families.values()]
 
 
 async def _nats_metrics(bus: Bus, out: _Families) -> None:
@@ -164,6 +184,31 @@ async def _nats_metrics(bus: Bus, out: _Families) -> None:
             max(0.0, now - b.beat_at),
             **labels,
         )
+        for g in b.gauges:  # what the process reported; names checked, labels kept apart
+            own = {k: v[:200] for k, v in g.labels.items()}
+            if not _NAME.fullmatch(g.name) or any(
+                not _NAME.fullmatch(k) or k in labels for k in own
+            ):
+                continue
+            doc = _PROCESS_GAUGES.get(g.name, "Reported by the process with its heartbeat")
+            out.gauge(f"cronium_{g.name}", doc, g.value, **labels, **own)
+    with contextlib.suppress(nats.js.errors.BucketNotFoundError):
+        circuits = await read_circuits(js)
+        states = Counter(circuit.state for circuit in circuits.values())
+        for state in _CIRCUIT_STATES:
+            out.gauge(
+                "cronium_ssh_circuits",
+                "SSH hosts by circuit-breaker state, as the runners last saw them",
+                states.get(state, 0),
+                state=state,
+            )
+        for key, circuit in circuits.items():
+            out.gauge(
+                "cronium_ssh_circuit_open",
+                "1 while the host's circuit is open or half-open: runs there fail fast",
+                0.0 if circuit.state == "closed" else 1.0,
+                circuit=key,
+            )
 
 
 async def _warehouse_metrics(bus: Bus, out: _Families) -> None:

@@ -6,6 +6,7 @@ secret (encrypted at rest) under ``ssh-key.<name>`` and never logged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from typing import Final
@@ -17,7 +18,7 @@ from nats.js import JetStreamContext
 
 from cronium_bus.errors import CroniumError, ErrorKind
 from cronium_bus.provision import kv_value
-from cronium_bus.subjects import SERVERS_BUCKET
+from cronium_bus.subjects import CIRCUITS_BUCKET, SERVERS_BUCKET
 
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -131,3 +132,20 @@ class CircuitState(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str
     runner: str
     at: float
+
+
+async def read_circuits(js: JetStreamContext) -> dict[str, CircuitState]:
+    """Every circuit state in the circuits bucket, by key (``host_port``)."""
+    kv = await js.key_value(CIRCUITS_BUCKET)
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return {}
+    circuits: dict[str, CircuitState] = {}
+    for key in sorted(keys):
+        value = await kv_value(js, CIRCUITS_BUCKET, key)
+        if value is None:
+            continue
+        with contextlib.suppress(msgspec.DecodeError):
+            circuits[key] = msgspec.json.decode(value, type=CircuitState)
+    return circuits

@@ -397,6 +397,20 @@ def test_metrics_of_the_running_stack(stack: Stack) -> None:
     lanes = {dict(k)["consumer"] for (name, k) in found if name == "cronium_consumer_pending"}
     assert {"container-normal", "container-critical", "projector-exec"} <= lanes
 
+    def of(name: str, kind: str) -> list[tuple[dict[str, str], float]]:
+        return [
+            (dict(k), v) for (n, k), v in found.items() if n == name and dict(k)["kind"] == kind
+        ]
+
+    assert [v for _, v in of("cronium_docker_up", "container")] == [1]
+    assert {labels["runtime"] for labels, _ in of("cronium_warm_pool_idle", "container")} == {
+        "bash",
+        "python",
+        "node",
+    }
+    assert [v for _, v in of("cronium_runner_slots", "container")] == [4]
+    assert [v for _, v in of("cronium_ssh_connections", "ssh")] == [0]
+
     once = stack.cli("metrics")
     assert once.returncode == 0, once.stderr
     printed = _metrics_of(once.stdout)

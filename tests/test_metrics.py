@@ -4,10 +4,13 @@ scraped over HTTP, and reported as down, not failed, when a part does not answer
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
@@ -15,9 +18,11 @@ from pydantic import ValidationError
 from cronium_bus.bus import Bus
 from cronium_bus.embedded import NatsServer
 from cronium_bus.events import Limits
+from cronium_bus.health import Beat, Gauge, Heartbeat, read_beats
 from cronium_bus.metrics import MetricsServer, scrape
 from cronium_bus.provision import provision
 from cronium_bus.settings import Settings, load_settings
+from cronium_bus.subjects import HEARTBEAT_BUCKET
 from cronium_bus.units import parse_listen
 from projections.service import ProjectorService
 from projections.warehouse import ChdbWarehouse
@@ -189,3 +194,101 @@ async def test_nats_going_away_reads_as_up_0_and_coming_back_as_up_1(
                     await asyncio.sleep(0.2)
     finally:
         server.stop()
+
+
+async def test_process_gauges_are_exported_and_hostile_ones_dropped(bus: Bus) -> None:
+    """Gauges a process reports with its heartbeat become cronium_<name>{kind, instance, ...};
+    a bad name, a bad label, a label that would shadow kind/instance, or label names differing
+    from the family's are dropped, and the scrape still answers."""
+    now = time.time()
+    beat = Beat(
+        instance="container-probe-1",
+        kind="container",
+        pid=1,
+        host="probe",
+        started_at=now,
+        beat_at=now,
+        interval=2.0,
+        gauges=[
+            Gauge(name="runner_slots", value=4),
+            Gauge(name="warm_pool_idle", value=2, labels={"runtime": "python"}),
+            Gauge(name="warm_pool_idle", value=1, labels={"other": "x"}),  # labels differ
+            Gauge(name="Bad-Name", value=1),
+            Gauge(name="x" * 65, value=1),
+            Gauge(name="ok_name", value=1, labels={"bad label": "v"}),
+            Gauge(name="ok_name", value=1, labels={"instance": "forged"}),
+            Gauge(name="long_label", value=1, labels={"v": "y" * 10_000}),
+        ],
+    )
+    kv = await bus.js.key_value(HEARTBEAT_BUCKET)
+    await kv.put(beat.instance, msgspec.json.encode(beat))
+    await kv.put("garbage", b"\xff not a beat")
+    try:
+        found = samples((await scrape(bus, warehouse=False)).body.decode())
+    finally:
+        await kv.delete(beat.instance)
+        await kv.delete("garbage")
+    who = {"kind": "container", "instance": "container-probe-1"}
+    assert value(found, "cronium_up") == 1
+    assert value(found, "cronium_runner_slots", **who) == 4
+    assert value(found, "cronium_warm_pool_idle", **who, runtime="python") == 2
+    assert value(found, "cronium_long_label", **who, v="y" * 200) == 1
+    names = {name for name, _ in found}
+    assert not {n for n in names if "bad" in n.lower() or "xxxx" in n or "ok_name" in n}
+    assert ("cronium_warm_pool_idle", frozenset({**who, "other": "x"}.items())) not in found
+
+
+async def test_a_failing_sampler_still_beats(bus: Bus) -> None:
+    """A sampler that raises or hangs leaves the heartbeat going, without gauges."""
+
+    async def broken() -> list[Gauge]:
+        raise RuntimeError("probe broke")
+
+    async def hangs() -> list[Gauge]:
+        await asyncio.sleep(3600)
+        return []
+
+    for sampler in (broken, hangs):
+        heartbeat = Heartbeat(bus.js, "probe", 0.2)
+        heartbeat.sampler = sampler
+        async with heartbeat:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while not [b for b in await read_beats(bus.js) if b.instance == heartbeat.instance]:
+                assert loop.time() < deadline, "no heartbeat written"
+                await asyncio.sleep(0.05)
+        assert await heartbeat.sample() == []
+
+
+class _HungEngine:
+    """A container engine whose ping never answers (pure logic of the runner's probe)."""
+
+    def __init__(self) -> None:
+        self.pings = 0
+        self.release = threading.Event()
+
+    def ping(self) -> bool:
+        self.pings += 1
+        self.release.wait(30)
+        return True
+
+    def close(self) -> None:
+        self.release.set()
+
+
+async def test_a_hung_docker_engine_reads_as_down_without_piling_up_pings(bus: Bus) -> None:
+    from consumers.container.service import ContainerRunner
+
+    engine = _HungEngine()
+    runner = ContainerRunner(bus, runtime=engine)  # type: ignore[arg-type]
+    try:
+        for _ in range(3):
+            gauges = {g.name: g.value for g in await runner.gauges()}
+            assert gauges["docker_up"] == 0
+        assert engine.pings == 1  # one ping in flight, not one per heartbeat
+        engine.release.set()
+        await asyncio.sleep(0.1)
+        assert {g.name: g.value for g in await runner.gauges()}["docker_up"] == 1
+    finally:
+        engine.release.set()
+        runner.pool.shutdown(wait=True)

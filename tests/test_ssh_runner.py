@@ -21,6 +21,7 @@ from cronium_bus.cli.servers import register
 from cronium_bus.events import CancelRequested, LogChunk, Terminal, follow_up
 from cronium_bus.history import execution_events, read_subject
 from cronium_bus.lifecycle import Stopper
+from cronium_bus.metrics import scrape
 from cronium_bus.servers import CircuitState, circuit_key
 from cronium_bus.settings import Settings
 from cronium_bus.subjects import CIRCUITS_BUCKET, LOGS_STREAM, log_subject
@@ -146,6 +147,11 @@ async def test_stopped_servers_make_a_partial_run_and_open_their_circuits(
         kv = await ssh_bus.js.key_value(CIRCUITS_BUCKET)
         entry = await kv.get(circuit_key("127.0.0.1", farm[17].port))
         assert msgspec.json.decode(entry.value or b"", type=CircuitState).state == "open"
+        exported = (await scrape(ssh_bus, warehouse=False)).body.decode()
+        for i in down:  # the exporter says which hosts fail fast
+            key = circuit_key("127.0.0.1", farm[i].port)
+            assert f'cronium_ssh_circuit_open{{circuit="{key}"}} 1.0' in exported
+        assert 'cronium_ssh_circuits{state="open"} 3.0' in exported
     finally:
         for i in down:
             farm[i].start()
@@ -155,6 +161,9 @@ async def test_stopped_servers_make_a_partial_run_and_open_their_circuits(
         assert state.status == "succeeded"
     entry = await kv.get(circuit_key("127.0.0.1", farm[17].port))
     assert msgspec.json.decode(entry.value or b"", type=CircuitState).state == "closed"
+    exported = (await scrape(ssh_bus, warehouse=False)).body.decode()
+    assert 'cronium_ssh_circuits{state="open"} 0.0' in exported
+    assert 'cronium_ssh_circuits{state="half_open"} 0.0' in exported
 
 
 async def test_changed_host_key_and_wrong_client_key(

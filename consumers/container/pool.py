@@ -90,6 +90,10 @@ class WarmPool:
             and request.limits.pids in (None, lim.default_pids)
         )
 
+    def idle(self) -> dict[Runtime, int]:
+        """Idle (warm, unclaimed) containers per runtime now."""
+        return {runtime: len(found) for runtime, found in self._idle.items()}
+
     def take(self, runtime: Runtime) -> WarmContainer | None:
         """An idle warm container, or ``None`` (the caller starts a cold one)."""
         idle = self._idle.get(runtime)

@@ -115,6 +115,7 @@ class ContainerRuntime(Protocol):
     def remove(self, container_id: str) -> None: ...
     def usage(self, container_id: str) -> tuple[int | None, float | None]: ...
     def leftovers(self) -> list[Leftover]: ...
+    def ping(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -306,6 +307,13 @@ class DockerRuntime:
             )
             for c in found
         ]
+
+    def ping(self) -> bool:
+        """Whether the engine answers now."""
+        try:
+            return bool(self.client.ping())
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return False
 
     def close(self) -> None:
         """Close the engine connection pool."""

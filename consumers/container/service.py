@@ -20,12 +20,13 @@ from consumers.container.runtime import LABEL_RUNNER, ContainerRuntime, DockerRu
 from consumers.laneworker import LaneWorker
 from cronium_bus.bus import Bus
 from cronium_bus.events import Queued, RunnerKind
-from cronium_bus.health import read_beats
+from cronium_bus.health import Gauge, read_beats
 from cronium_bus.state import AttemptState
 
 log = structlog.get_logger(__name__)
 KIND: Final[RunnerKind] = "container"
 _REAP_EVERY_S: Final = 15.0
+_PING_WAIT_S: Final = 0.2  # an engine that answers at all answers a ping in milliseconds
 _STALE_DIR_S: Final = 120.0  # longer than any setup phase: a younger dir may be in use
 
 
@@ -48,6 +49,7 @@ class ContainerRunner(LaneWorker):
         )
         self.running: dict[str, Attempt] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._ping: asyncio.Future[bool] | None = None
         r = self.settings.runner
         self.warm = WarmPool(self.ctx, r.warm_pool, r.warm_runtimes) if r.warm_pool else None
 
@@ -80,6 +82,25 @@ class ContainerRunner(LaneWorker):
     def is_running(self, execution_id: str) -> bool:
         """Whether an attempt of the execution runs in this process."""
         return execution_id in self.running
+
+    async def gauges(self) -> list[Gauge]:
+        """Whether the Docker engine answers, and the warm containers waiting per runtime.
+
+        One ping at a time: while a ping hangs (an engine that accepts and never answers), the
+        engine reads as down and no further thread is spent on it."""
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.get_running_loop().run_in_executor(self.pool, self.runtime.ping)
+        try:
+            up = await asyncio.wait_for(asyncio.shield(self._ping), _PING_WAIT_S)
+        except TimeoutError:
+            up = False
+        found = [Gauge(name="docker_up", value=1.0 if up else 0.0)]
+        if self.warm is not None:
+            found += [
+                Gauge(name="warm_pool_idle", value=float(n), labels={"runtime": runtime})
+                for runtime, n in sorted(self.warm.idle().items())
+            ]
+        return found
 
     async def on_lost(self, queued: Queued, previous: AttemptState) -> None:
         """The dead runner's container may still run: reap it."""

@@ -74,6 +74,10 @@ class SshPool:
         """Open connections to ``server`` now."""
         return sum(c.alive for c in self._conns.get(self.key_of(server), []))
 
+    def open_connections(self) -> int:
+        """Open connections to all servers now."""
+        return sum(c.alive for conns in self._conns.values() for c in conns)
+
     async def _connect(self, server: Server, client_key: asyncssh.SSHKey) -> _Conn:
         s = self.settings
         try:

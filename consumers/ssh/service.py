@@ -53,6 +53,7 @@ from cronium_bus.events import (
     follow_up,
     make_terminal,
 )
+from cronium_bus.health import Gauge
 from cronium_bus.secrets import box_from, get_secret
 from cronium_bus.servers import CircuitState, Server, circuit_key, load_server
 from cronium_bus.subjects import CIRCUITS_BUCKET, job_subject
@@ -95,6 +96,11 @@ class SshRunner(LaneWorker):
         if self._reaper is not None:
             self._reaper.cancel()
         await self.pool.close()
+
+    async def gauges(self) -> list[Gauge]:
+        """Open pooled connections (circuit states are in their bucket, which the exporter
+        reads)."""
+        return [Gauge(name="ssh_connections", value=float(self.pool.open_connections()))]
 
     def cancel(self, execution_id: str) -> bool:
         """Cancel a running parent (all its children)."""
