@@ -29,7 +29,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 from aiohttp import web
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from cronium_bus import __version__
@@ -74,6 +74,7 @@ class _Families:
 
     def __init__(self) -> None:
         self._families: dict[str, tuple[GaugeMetricFamily, tuple[str, ...]]] = {}
+        self._histograms: dict[str, HistogramMetricFamily] = {}
 
     def gauge(self, name: str, doc: str, value: float, **labels: str) -> None:
         """Add a sample; one whose label names differ from its family's is dropped."""
@@ -87,8 +88,19 @@ class _Families:
             return
         family.add_metric(list(labels.values()), value)
 
+    def histogram(
+        self, name: str, doc: str, buckets: list[tuple[str, float]], total: float, **labels: str
+    ) -> None:
+        """Add one histogram (cumulative ``buckets`` ending with ``+Inf``, sum ``total``)."""
+        if name not in self._histograms:
+            self._histograms[name] = HistogramMetricFamily(name, doc, labels=list(labels))
+        self._histograms[name].add_metric(list(labels.values()), buckets, total)
+
     def collect(self) -> Iterable[Metric]:
-        return [family for family, _ in self._families.values()]
+        return [
+            *(family for family, _ in self._families.values()),
+            *self._histograms.values(),
+        ]
 
 
 async def _nats_metrics(bus: Bus, out: _Families) -> None:
@@ -224,6 +236,16 @@ async def _warehouse_metrics(bus: Bus, out: _Families) -> None:
             "Attempts recorded in the warehouse, by their current status",
             float(row["attempts"]),
             status=str(row["status"]),
+        )
+    bounds = [float(b) for b in result["run_time"]["bounds"]]
+    for row in result["run_time"]["rows"]:
+        cumulative = [(repr(b), float(n)) for b, n in zip(bounds, row["buckets"], strict=True)]
+        out.histogram(
+            "cronium_run_time_seconds",
+            "Run time of attempts that ran to an end, per runtime (from the warehouse)",
+            [*cumulative, ("+Inf", float(row["runs"]))],
+            float(row["sum_s"]),
+            runtime=str(row["runtime"]),
         )
     archive = result["archive"]
     out.gauge(

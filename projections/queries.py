@@ -102,6 +102,10 @@ def aggregates(wh: Any, since: str, db: str = DATABASE) -> dict[str, Any]:
     return {"runs_per_hour": hours, "durations_by_event": events}
 
 
+RUN_TIME_BUCKETS_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+"""Upper bounds of the run-time histogram (seconds); +Inf is the count."""
+
+
 def attempt_totals(wh: Any, db: str = DATABASE) -> list[dict[str, Any]]:
     """Attempts by current status over all retained history (for the metrics exporter)."""
     rows: list[dict[str, Any]] = wh.query(
@@ -109,6 +113,29 @@ def attempt_totals(wh: Any, db: str = DATABASE) -> list[dict[str, Any]]:
         "GROUP BY status ORDER BY status"
     )
     return rows
+
+
+def run_time_histogram(wh: Any, db: str = DATABASE) -> list[dict[str, Any]]:
+    """Per runtime, attempts that ran to an end: their count, summed run time (s) and the count
+    at or under each of :data:`RUN_TIME_BUCKETS_S` (cumulative, as Prometheus wants it)."""
+    buckets = ", ".join(
+        f"countIf(run_ms <= {bound * 1000:.0f}) AS le_{i}"
+        for i, bound in enumerate(RUN_TIME_BUCKETS_S)
+    )
+    rows: list[dict[str, Any]] = wh.query(
+        f"SELECT runtime, count() AS runs, sum(run_ms) / 1000 AS sum_s, {buckets} "
+        f"FROM {db}.executions FINAL WHERE started_at IS NOT NULL AND ended_at IS NOT NULL "
+        "GROUP BY runtime ORDER BY runtime"
+    )
+    return [
+        {
+            "runtime": r["runtime"],
+            "runs": int(r["runs"]),
+            "sum_s": float(r["sum_s"]),
+            "buckets": [int(r[f"le_{i}"]) for i in range(len(RUN_TIME_BUCKETS_S))],
+        }
+        for r in rows
+    ]
 
 
 def archive_size(wh: Any, db: str = DATABASE) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from cronium_bus.errors import CroniumError
 from cronium_bus.lifecycle import Stopper
 from projections.projector import Projector
 from projections.queries import (
+    RUN_TIME_BUCKETS_S,
     HistoryFilter,
     aggregates,
     archive_size,
@@ -29,6 +30,7 @@ from projections.queries import (
     attempt_totals,
     audit_rows,
     history,
+    run_time_histogram,
     verify_audit,
 )
 from projections.replay import Replay
@@ -168,7 +170,14 @@ class ProjectorService:
 
     async def _metrics(self, _data: bytes) -> Any:
         return await self._run(
-            lambda: {"attempts": attempt_totals(self.wh), "archive": archive_size(self.wh)}
+            lambda: {
+                "attempts": attempt_totals(self.wh),
+                "run_time": {
+                    "bounds": list(RUN_TIME_BUCKETS_S),
+                    "rows": run_time_histogram(self.wh),
+                },
+                "archive": archive_size(self.wh),
+            }
         )
 
     async def _export(self, data: bytes) -> Any:

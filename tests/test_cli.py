@@ -410,6 +410,12 @@ def test_metrics_of_the_running_stack(stack: Stack) -> None:
     }
     assert [v for _, v in of("cronium_runner_slots", "container")] == [4]
     assert [v for _, v in of("cronium_ssh_connections", "ssh")] == [0]
+    bash = frozenset({("runtime", "bash")})
+    assert found[("cronium_run_time_seconds_count", bash)] >= 1
+    assert (
+        found[("cronium_run_time_seconds_bucket", bash | {("le", "+Inf")})]
+        == (found[("cronium_run_time_seconds_count", bash)])
+    )
 
     once = stack.cli("metrics")
     assert once.returncode == 0, once.stderr

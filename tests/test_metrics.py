@@ -17,7 +17,15 @@ from pydantic import ValidationError
 
 from cronium_bus.bus import Bus
 from cronium_bus.embedded import NatsServer
-from cronium_bus.events import Limits
+from cronium_bus.events import (
+    Limits,
+    PhaseDurations,
+    Queued,
+    Started,
+    Succeeded,
+    follow_up,
+    make_terminal,
+)
 from cronium_bus.health import Beat, Gauge, Heartbeat, read_beats
 from cronium_bus.metrics import MetricsServer, scrape
 from cronium_bus.provision import provision
@@ -292,3 +300,59 @@ async def test_a_hung_docker_engine_reads_as_down_without_piling_up_pings(bus: B
     finally:
         engine.release.set()
         runner.pool.shutdown(wait=True)
+
+
+async def test_run_time_histogram_counts_attempts_that_ran(bus: Bus, projector: Embedded) -> None:
+    """Attempts of 30 ms, 700 ms and 45 s (python) and 2 s (bash), as a runner would report
+    them, come out of the warehouse as cumulative buckets whose +Inf is the count and whose sum
+    is the run time; a rejected request, which never ran, is not in it."""
+    ran = {"python": [30.0, 700.0, 45_000.0], "bash": [2_000.0]}
+    for runtime, durations in ran.items():
+        for run_ms in durations:
+            req = requested("pass", runtime)
+            await bus.publish(req)
+            await bus.publish(
+                Queued(**follow_up(req, "t"), request=req.request, lane="cronium.jobs.x.normal")
+            )
+            await bus.publish(Started(**follow_up(req, "t"), runner="r"))
+            await bus.publish(
+                make_terminal(
+                    Succeeded,
+                    follow_up(req, "t"),
+                    runner="r",
+                    exit_code=0,
+                    durations=PhaseDurations(run_ms=run_ms),
+                )
+            )
+    await bus.publish(requested("pass", "python", limits=Limits(memory_bytes=999 * 1024**3)))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:
+        text = (await scrape(bus)).body.decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        run_time = families.get("cronium_run_time_seconds")
+        counts = {
+            s.labels["runtime"]: s.value
+            for s in (run_time.samples if run_time else [])
+            if s.name.endswith("_count")
+        }
+        if counts == {"python": 3, "bash": 1} or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert counts == {"python": 3, "bash": 1}
+    assert run_time is not None
+    python = {
+        s.labels["le"]: s.value
+        for s in run_time.samples
+        if s.name.endswith("_bucket") and s.labels["runtime"] == "python"
+    }
+    assert (python["0.05"], python["0.5"], python["1.0"], python["30.0"], python["60.0"]) == (
+        1,
+        1,
+        2,
+        2,
+        3,
+    )
+    assert python["+Inf"] == 3
+    sums = {s.labels["runtime"]: s.value for s in run_time.samples if s.name.endswith("_sum")}
+    assert sums == pytest.approx({"python": 45.73, "bash": 2.0})

@@ -28,7 +28,15 @@ from cronium_bus.events import (
 from cronium_bus.ids import new_id
 from projections.ddl import TABLES
 from projections.projector import Projector
-from projections.queries import HistoryFilter, aggregates, archived_logs, history, verify_audit
+from projections.queries import (
+    HistoryFilter,
+    aggregates,
+    archived_logs,
+    attempt_totals,
+    history,
+    run_time_histogram,
+    verify_audit,
+)
 from projections.warehouse import ChdbWarehouse, ServerWarehouse, Warehouse
 from tests.helpers import requested
 
@@ -111,11 +119,19 @@ def test_history_audit_and_aggregates_agree_and_survive_redelivery(projector: Pr
     ]
     verified = verify_audit(projector.wh, db=db)
     assert verified["ok"] and verified["rows"] == len(events)
+    totals = attempt_totals(projector.wh, db=db)  # what `cronium metrics` exports
+    assert [(r["status"], int(r["attempts"])) for r in totals] == [("failed", 2), ("succeeded", 1)]
+    histogram = run_time_histogram(projector.wh, db=db)
+    assert [(h["runtime"], h["runs"]) for h in histogram] == [("python", 3)]
+    assert histogram[0]["buckets"] == sorted(histogram[0]["buckets"])  # cumulative
+    assert histogram[0]["buckets"][-1] <= 3
 
     project(projector, events)  # the whole batch redelivered
     assert history(projector.wh, HistoryFilter(limit=100), db=db) == rows
     assert aggregates(projector.wh, "2000-01-01", db=db) == stats
     assert verify_audit(projector.wh, db=db) == verified
+    assert attempt_totals(projector.wh, db=db) == totals
+    assert run_time_histogram(projector.wh, db=db) == histogram
 
 
 def test_log_lines_round_trip_exactly(projector: Projector) -> None:
