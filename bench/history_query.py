@@ -1,5 +1,6 @@
-"""How fast the warehouse answers: one execution's history and the dashboard aggregates among
-N executions, against a baseline measured in the same run — the same rows in a plain table
+"""How fast the warehouse answers: one execution's history, the dashboard aggregates and the
+warehouse part of a metrics scrape (attempts by status, run-time histogram) among N
+executions, against a baseline measured in the same run — the same rows in a plain table
 without a sort key (the seed's "history queries lack indexes"), queried with the same SQL minus
 ``FINAL`` (a plain table has nothing to deduplicate, which only favours the baseline). Both are
 measured right after the inserts (many parts, merges in flight) and once merged (``OPTIMIZE
@@ -20,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from projections.ddl import statements
-from projections.queries import HistoryFilter, aggregates, history
+from projections.queries import (
+    HistoryFilter,
+    aggregates,
+    attempt_totals,
+    history,
+    run_time_histogram,
+)
 from projections.warehouse import ChdbWarehouse
 
 _GENERATED = """
@@ -127,9 +134,16 @@ def run(executions: int, lookups: int) -> list[dict[str, Any]]:
                 def dashboard(db: str = db, conn: Any = conn) -> None:
                     aggregates(conn, since, db=db)
 
+                def metrics(db: str = db, conn: Any = conn) -> None:
+                    attempt_totals(conn, db=db)
+                    run_time_histogram(conn, db=db)
+
                 point = _timed(point_lookup, lookups)
                 dash = _timed(dashboard, 5)
-                results.append({"db": db, "state": state, "point": point, "dash": dash})
+                scrape = _timed(metrics, 5)
+                results.append(
+                    {"db": db, "state": state, "point": point, "dash": dash, "metrics": scrape}
+                )
         wh.close()
     print(f"filled {executions:,} executions in {fill_s:.1f} s")
     return results
@@ -147,7 +161,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{'ratio':>8}"
     )
     for state in ("as inserted", "merged"):
-        for key, name in (("point", "one execution's history"), ("dash", "dashboard aggregates")):
+        for key, name in (
+            ("point", "one execution's history"),
+            ("dash", "dashboard aggregates"),
+            ("metrics", "metrics scrape (warehouse part)"),
+        ):
             ours, base = by[("cronium", state)][key], by[("baseline", state)][key]
             p50, base_p50 = statistics.median(ours), statistics.median(base)
             print(
