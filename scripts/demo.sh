@@ -46,4 +46,10 @@ set -e
 
 step "6. the stack" "cronium status"
 $BIN/cronium status
+
+step "7. its metrics, as Prometheus scrapes them (a few of them)" \
+     "cronium metrics | grep -E '^cronium_(up|lane_jobs|attempts|docker_up|run_time_seconds_count)'"
+$BIN/cronium metrics \
+  | grep -E '^cronium_(up|attempts|docker_up|run_time_seconds_count)|^cronium_lane_jobs.*"normal",runner="container"' \
+  || true
 printf '\nDone. Stopping the stack (data kept in %s).\n' "$DATA"
