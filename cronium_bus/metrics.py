@@ -59,8 +59,8 @@ NATS_BUDGET_S: Final = 5.0
 WAREHOUSE_BUDGET_S: Final = 10.0
 
 
-_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_PROCESS_GAUGES: Final = {
+_LABEL: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_PROCESS_GAUGES: Final = {  # what a process may report with its heartbeat (others are dropped)
     "runner_slots": "Jobs the runner process runs at most at a time",
     "docker_up": "1 when the container runner's Docker engine answered its last heartbeat's ping",
     "warm_pool_idle": "Warm containers waiting to be claimed, per runtime",
@@ -196,13 +196,11 @@ async def _nats_metrics(bus: Bus, out: _Families) -> None:
             max(0.0, now - b.beat_at),
             **labels,
         )
-        for g in b.gauges:  # what the process reported; names checked, labels kept apart
+        for g in b.gauges:  # what the process reported: catalogued names only, labels apart
             own = {k: v[:200] for k, v in g.labels.items()}
-            if not _NAME.fullmatch(g.name) or any(
-                not _NAME.fullmatch(k) or k in labels for k in own
-            ):
+            doc = _PROCESS_GAUGES.get(g.name)
+            if doc is None or any(not _LABEL.fullmatch(k) or k in labels for k in own):
                 continue
-            doc = _PROCESS_GAUGES.get(g.name, "Reported by the process with its heartbeat")
             out.gauge(f"cronium_{g.name}", doc, g.value, **labels, **own)
     with contextlib.suppress(nats.js.errors.BucketNotFoundError):
         circuits = await read_circuits(js)

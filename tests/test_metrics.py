@@ -205,9 +205,11 @@ async def test_nats_going_away_reads_as_up_0_and_coming_back_as_up_1(
 
 
 async def test_process_gauges_are_exported_and_hostile_ones_dropped(bus: Bus) -> None:
-    """Gauges a process reports with its heartbeat become cronium_<name>{kind, instance, ...};
-    a bad name, a bad label, a label that would shadow kind/instance, or label names differing
-    from the family's are dropped, and the scrape still answers."""
+    """Gauges a process reports with its heartbeat become cronium_<name>{kind, instance, ...}
+    when their name is catalogued; an unknown or malformed name (one that would shadow a
+    built-in family such as cronium_up included), a bad label name, a label that would shadow
+    kind/instance, or label names differing from the family's are dropped; long label values
+    are cut; an undecodable heartbeat is skipped; the scrape still answers."""
     now = time.time()
     beat = Beat(
         instance="container-probe-1",
@@ -221,11 +223,12 @@ async def test_process_gauges_are_exported_and_hostile_ones_dropped(bus: Bus) ->
             Gauge(name="runner_slots", value=4),
             Gauge(name="warm_pool_idle", value=2, labels={"runtime": "python"}),
             Gauge(name="warm_pool_idle", value=1, labels={"other": "x"}),  # labels differ
+            Gauge(name="warm_pool_idle", value=3, labels={"runtime": "r" * 10_000}),
+            Gauge(name="up", value=0),  # would forge cronium_up
+            Gauge(name="process_healthy", value=1),
             Gauge(name="Bad-Name", value=1),
-            Gauge(name="x" * 65, value=1),
-            Gauge(name="ok_name", value=1, labels={"bad label": "v"}),
-            Gauge(name="ok_name", value=1, labels={"instance": "forged"}),
-            Gauge(name="long_label", value=1, labels={"v": "y" * 10_000}),
+            Gauge(name="docker_up", value=1, labels={"bad label": "v"}),
+            Gauge(name="ssh_connections", value=1, labels={"instance": "forged"}),
         ],
     )
     kv = await bus.js.key_value(HEARTBEAT_BUCKET)
@@ -240,10 +243,17 @@ async def test_process_gauges_are_exported_and_hostile_ones_dropped(bus: Bus) ->
     assert value(found, "cronium_up") == 1
     assert value(found, "cronium_runner_slots", **who) == 4
     assert value(found, "cronium_warm_pool_idle", **who, runtime="python") == 2
-    assert value(found, "cronium_long_label", **who, v="y" * 200) == 1
-    names = {name for name, _ in found}
-    assert not {n for n in names if "bad" in n.lower() or "xxxx" in n or "ok_name" in n}
+    assert value(found, "cronium_warm_pool_idle", **who, runtime="r" * 200) == 3
     assert ("cronium_warm_pool_idle", frozenset({**who, "other": "x"}.items())) not in found
+    assert value(found, "cronium_process_healthy", **who) == 1  # from the beat, not forged
+    mine = {name for name, labels in found if ("instance", "container-probe-1") in labels}
+    assert mine == {
+        "cronium_process_healthy",
+        "cronium_process_in_flight",
+        "cronium_process_heartbeat_age_seconds",
+        "cronium_runner_slots",
+        "cronium_warm_pool_idle",
+    }
 
 
 async def test_a_failing_sampler_still_beats(bus: Bus) -> None:
