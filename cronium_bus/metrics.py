@@ -29,6 +29,8 @@ import nats.errors
 import nats.js.errors
 import structlog
 from aiohttp import web
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -67,6 +69,8 @@ _PROCESS_GAUGES: Final = {  # what a process may report with its heartbeat (othe
     "ssh_connections": "Open pooled SSH connections of the SSH runner process",
 }
 _CIRCUIT_STATES: Final = ("closed", "open", "half_open")
+_CONSUMER_PAGE: Final = 256  # JetStream's page size for consumer lists
+_CONSUMER_PAGES: Final = 8
 
 
 class _Families:
@@ -101,6 +105,20 @@ class _Families:
             *(family for family, _ in self._families.values()),
             *self._histograms.values(),
         ]
+
+
+async def _durables(js: JetStreamContext, stream: str) -> list[ConsumerInfo]:
+    """The stream's durable consumers (ephemeral ones, one per live follower, are skipped),
+    paging through the server's list (at most ``_CONSUMER_PAGES`` pages of 256)."""
+    found: list[ConsumerInfo] = []
+    offset = 0
+    for _ in range(_CONSUMER_PAGES):
+        page = await js.consumers_info(stream, offset=offset)
+        found += [c for c in page if c.config.durable_name]
+        if len(page) < _CONSUMER_PAGE:
+            break
+        offset += len(page)
+    return found
 
 
 async def _nats_metrics(bus: Bus, out: _Families) -> None:
@@ -152,9 +170,7 @@ async def _nats_metrics(bus: Bus, out: _Families) -> None:
             )
     for stream in WITH_CONSUMERS:
         with contextlib.suppress(nats.js.errors.NotFoundError):
-            for c in await js.consumers_info(stream):
-                if not c.config.durable_name:
-                    continue  # ephemeral: live followers, one per `cronium logs -f`
+            for c in await _durables(js, stream):
                 labels = {"stream": stream, "consumer": c.name}
                 out.gauge(
                     "cronium_consumer_pending",

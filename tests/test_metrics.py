@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
@@ -30,7 +31,7 @@ from cronium_bus.health import Beat, Gauge, Heartbeat, read_beats
 from cronium_bus.metrics import MetricsServer, scrape
 from cronium_bus.provision import provision
 from cronium_bus.settings import Settings, load_settings
-from cronium_bus.subjects import HEARTBEAT_BUCKET
+from cronium_bus.subjects import DLQ_STREAM, HEARTBEAT_BUCKET
 from cronium_bus.units import parse_listen
 from projections.service import ProjectorService
 from projections.warehouse import ChdbWarehouse
@@ -366,3 +367,23 @@ async def test_run_time_histogram_counts_attempts_that_ran(bus: Bus, projector: 
     assert python["+Inf"] == 3
     sums = {s.labels["runtime"]: s.value for s in run_time.samples if s.name.endswith("_sum")}
     assert sums == pytest.approx({"python": 45.73, "bash": 2.0})
+
+
+async def test_every_durable_consumer_is_listed_past_the_first_page(bus: Bus) -> None:
+    """JetStream lists consumers 256 at a time: 300 durable ones on a stream are all exported."""
+    names = [f"probe-{i:03d}" for i in range(300)]
+    for name in names:
+        await bus.js.add_consumer(
+            DLQ_STREAM, ConsumerConfig(durable_name=name, ack_policy=AckPolicy.EXPLICIT)
+        )
+    try:
+        found = samples((await scrape(bus, warehouse=False)).body.decode())
+    finally:
+        for name in names:
+            await bus.js.delete_consumer(DLQ_STREAM, name)
+    listed = {
+        dict(labels)["consumer"]
+        for name, labels in found
+        if name == "cronium_consumer_pending" and ("stream", DLQ_STREAM) in labels
+    }
+    assert listed >= set(names)
