@@ -443,6 +443,35 @@ def test_metrics_serve_answers_until_sigterm_and_refuses_a_taken_port(stack: Sta
     assert "cannot listen on 127.0.0.1:" in taken.stderr and "--listen" in taken.stderr
 
 
+def test_up_refuses_to_start_when_its_metrics_address_is_taken(
+    stack: Stack, cronium_bin: str, tmp_path: Path
+) -> None:
+    """`cronium up` with metrics_listen on a taken port stops at once with exit 1 and says
+    which setting to change; it leaves no process behind (its own nats-server is stopped)."""
+    nats_port = stack.url.rsplit(":", 1)[1]
+    result = subprocess.run(
+        [cronium_bin, "up", "--data-dir", str(tmp_path), "--nats-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "CRONIUM_METRICS_LISTEN": f"127.0.0.1:{nats_port}"},
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert f"cannot serve metrics on 127.0.0.1:{nats_port}" in result.stderr
+    assert "metrics_listen" in result.stderr
+    assert "cronium ready" not in result.stdout
+    left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(tmp_path) in _read_or_empty(p)]
+    assert left == [], "a process of the refused stack is still running"
+
+
+def _read_or_empty(path: Path) -> str:
+    try:
+        return path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # the process ended while listing
+        return ""
+
+
 def test_help_explains_commands_and_exit_codes(cronium_bin: str) -> None:
     top = subprocess.run([cronium_bin, "--help"], capture_output=True, text=True, check=True)
     for command in ("up", "consume", "run", "logs", "show", "status", "cancel", "config"):
