@@ -100,6 +100,13 @@ class _Families:
             self._histograms[name] = HistogramMetricFamily(name, doc, labels=list(labels))
         self._histograms[name].add_metric(list(labels.values()), buckets, total)
 
+    def absorb(self, other: _Families) -> None:
+        """Take over the families of another collection (names not already here)."""
+        for name, entry in other._families.items():
+            self._families.setdefault(name, entry)
+        for name, histogram in other._histograms.items():
+            self._histograms.setdefault(name, histogram)
+
     def collect(self) -> Iterable[Metric]:
         return [
             *(family for family, _ in self._families.values()),
@@ -297,11 +304,17 @@ async def scrape(bus: Bus, *, warehouse: bool = True) -> Scrape:
     wh_up: float | None = None
     if warehouse:
         wh_up = 1.0
+        figures = _Families()
         try:
-            await _warehouse_metrics(bus, out)
-        except (nats.errors.Error, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            await _warehouse_metrics(bus, figures)
+        except (nats.errors.Error, TimeoutError) as exc:
             log.warning("metrics: no warehouse figures", error=str(exc) or type(exc).__name__)
             wh_up = 0.0
+        except Exception:  # an odd answer must not fail the whole scrape
+            log.exception("metrics: unreadable warehouse answer")
+            wh_up = 0.0
+        else:
+            out.absorb(figures)  # all of the warehouse's figures, or none
         out.gauge("cronium_warehouse_up", "1 when a projector answered this scrape's query", wh_up)
     out.gauge(
         "cronium_scrape_duration_seconds",

@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
@@ -387,3 +388,36 @@ async def test_every_durable_consumer_is_listed_past_the_first_page(bus: Bus) ->
         if name == "cronium_consumer_pending" and ("stream", DLQ_STREAM) in labels
     }
     assert listed >= set(names)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"not json",
+        b"[]",
+        b'{"ok": false, "error": "boom"}',
+        b'{"ok": true, "result": null}',
+        b'{"ok": true, "result": {"attempts": [{"status": "x", "attempts": "many"}]}}',
+        b'{"ok": true, "result": {"attempts": [{"status": "succeeded", "attempts": 1}],'
+        b' "run_time": {"bounds": [1], "rows": [{"runtime": "p", "runs": 1, "sum_s": 1,'
+        b' "buckets": [1, 2]}]}, "archive": {}}}',
+        b'{"ok": true, "result": {"attempts": [], "run_time": {"bounds": [], "rows": []},'
+        b' "archive": []}}',
+    ],
+)
+async def test_an_odd_warehouse_answer_reads_as_warehouse_down(bus: Bus, answer: bytes) -> None:
+    """Whatever answers cronium.query.metrics, a malformed reply gives warehouse_up 0 and none
+    of its figures (not half of them), and the scrape still answers."""
+
+    async def respond(msg: Msg) -> None:
+        await msg.respond(answer)
+
+    sub = await bus.nc.subscribe("cronium.query.metrics", cb=respond)
+    try:
+        result = await scrape(bus)
+    finally:
+        await sub.unsubscribe()
+    found = samples(result.body.decode())
+    assert result.nats_up and result.warehouse_up is False
+    assert value(found, "cronium_warehouse_up") == 0
+    assert not [name for name, _ in found if name.startswith(("cronium_attempts", "cronium_run"))]
