@@ -325,14 +325,19 @@ async def scrape(bus: Bus, *, warehouse: bool = True) -> Scrape:
 
 
 class MetricsServer:
-    """``GET /metrics`` over HTTP; an async context manager (stops on exit)."""
+    """``GET /metrics`` over HTTP; an async context manager (stops on exit).
+
+    Requests that arrive while a scrape runs share its answer: any number of scrapers cost NATS
+    and the projector one scrape at a time."""
 
     def __init__(self, bus: Bus, host: str, port: int, *, warehouse: bool = True) -> None:
         self.bus = bus
         self.host = host
         self.port = port
         self.warehouse = warehouse
+        self.scrapes = 0
         self._runner: web.AppRunner | None = None
+        self._current: asyncio.Task[Scrape] | None = None
 
     @property
     def url(self) -> str:
@@ -374,7 +379,11 @@ class MetricsServer:
         await self.stop()
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        result = await scrape(self.bus, warehouse=self.warehouse)
+        if self._current is None or self._current.done():
+            self.scrapes += 1
+            self._current = asyncio.create_task(scrape(self.bus, warehouse=self.warehouse))
+        # shielded: a scraper that hangs up does not cancel the others' answer
+        result = await asyncio.shield(self._current)
         return web.Response(body=result.body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _index(self, _request: web.Request) -> web.Response:

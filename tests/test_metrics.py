@@ -421,3 +421,26 @@ async def test_an_odd_warehouse_answer_reads_as_warehouse_down(bus: Bus, answer:
     assert result.nats_up and result.warehouse_up is False
     assert value(found, "cronium_warehouse_up") == 0
     assert not [name for name, _ in found if name.startswith(("cronium_attempts", "cronium_run"))]
+
+
+async def test_concurrent_scrapers_share_one_scrape(bus: Bus) -> None:
+    """20 scrapers at once get 20 full answers from far fewer scrapes (each a warehouse query
+    and a dozen NATS requests)."""
+    asked = 0
+
+    async def respond(msg: Msg) -> None:
+        nonlocal asked
+        asked += 1
+        await asyncio.sleep(0.5)  # a warehouse query takes a while
+        await msg.respond(b'{"ok": false, "error": "busy"}')
+
+    sub = await bus.nc.subscribe("cronium.query.metrics", cb=respond)
+    try:
+        async with MetricsServer(bus, "127.0.0.1", 0) as server:
+            answers = await asyncio.gather(*(get(server.url) for _ in range(20)))
+    finally:
+        await sub.unsubscribe()
+    assert [status for status, _, _ in answers] == [200] * 20
+    assert all(value(samples(text), "cronium_up") == 1 for _, _, text in answers)
+    assert server.scrapes == asked
+    assert asked <= 3, f"{asked} scrapes for 20 concurrent scrapers"
