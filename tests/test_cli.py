@@ -474,7 +474,17 @@ def _read_or_empty(path: Path) -> str:
 
 def test_help_explains_commands_and_exit_codes(cronium_bin: str) -> None:
     top = subprocess.run([cronium_bin, "--help"], capture_output=True, text=True, check=True)
-    for command in ("up", "consume", "run", "logs", "show", "status", "cancel", "config"):
+    for command in (
+        "up",
+        "consume",
+        "run",
+        "logs",
+        "show",
+        "status",
+        "cancel",
+        "config",
+        "metrics",
+    ):
         assert command in top.stdout
     run = subprocess.run([cronium_bin, "run", "--help"], capture_output=True, text=True, check=True)
     assert "124" in run.stdout and "137" in run.stdout and "--timeout" in run.stdout

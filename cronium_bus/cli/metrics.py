@@ -21,9 +21,11 @@ Print the service's metrics once in the Prometheus text format (for a textfile c
 look), or with --serve answer GET /metrics until stopped (for Prometheus to scrape).
 
 Everything is read from NATS when asked: stream sizes and limits, jobs per runner lane, the
-backlog of every durable consumer (projector lag, lanes), dead letters, and each consumer
-process's health and jobs in flight; attempts by status and the log archive's size come from
-the projector when one answers (cronium_warehouse_up says whether it did).
+backlog of every durable consumer (projector lag, lanes), dead letters, each consumer process's
+health, jobs in flight and own gauges (slots, Docker engine up, warm containers, SSH
+connections), and SSH circuit states; attempts by status, the run-time histogram and the log
+archive's size come from the projector when one answers (cronium_warehouse_up says whether it
+did). The README's Monitoring section lists every metric.
 
 `cronium up` serves the same endpoint when `metrics_listen` is set
 (e.g. CRONIUM_METRICS_LISTEN=127.0.0.1:9464)."""
@@ -64,7 +66,7 @@ def add_parser(sub: _Sub) -> None:
     p.add_argument(
         "--no-warehouse",
         action="store_true",
-        help="leave out the figures the projector answers (attempts, archive size)",
+        help="leave out the figures the projector answers (attempts, run time, archive)",
     )
     add_client_options(p)
     p.set_defaults(handler=metrics)
