@@ -22,21 +22,19 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any, Final, get_args
+from typing import Any, Final
 
 import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
 from aiohttp import web
-from nats.js import JetStreamContext
-from nats.js.api import ConsumerInfo
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from cronium_bus import __version__
+from cronium_bus.backlog import durables, lane_jobs
 from cronium_bus.bus import Bus
-from cronium_bus.events import PRIORITIES, RunnerKind
 from cronium_bus.health import read_beats
 from cronium_bus.servers import read_circuits
 from cronium_bus.subjects import (
@@ -45,7 +43,6 @@ from cronium_bus.subjects import (
     JOBS_STREAM,
     LOGS_STREAM,
     PAYLOADS_STREAM,
-    job_subject,
 )
 from cronium_bus.units import parse_listen
 
@@ -69,8 +66,6 @@ _PROCESS_GAUGES: Final = {  # what a process may report with its heartbeat (othe
     "ssh_connections": "Open pooled SSH connections of the SSH runner process",
 }
 _CIRCUIT_STATES: Final = ("closed", "open", "half_open")
-_CONSUMER_PAGE: Final = 256  # JetStream's page size for consumer lists
-_CONSUMER_PAGES: Final = 8
 
 
 class _Families:
@@ -114,20 +109,6 @@ class _Families:
         ]
 
 
-async def _durables(js: JetStreamContext, stream: str) -> list[ConsumerInfo]:
-    """The stream's durable consumers (ephemeral ones, one per live follower, are skipped),
-    paging through the server's list (at most ``_CONSUMER_PAGES`` pages of 256)."""
-    found: list[ConsumerInfo] = []
-    offset = 0
-    for _ in range(_CONSUMER_PAGES):
-        page = await js.consumers_info(stream, offset=offset)
-        found += [c for c in page if c.config.durable_name]
-        if len(page) < _CONSUMER_PAGE:
-            break
-        offset += len(page)
-    return found
-
-
 async def _nats_metrics(bus: Bus, out: _Families) -> None:
     """Streams, lanes, durable consumers' backlogs and consumer processes."""
     js = bus.js
@@ -161,23 +142,18 @@ async def _nats_metrics(bus: Bus, out: _Families) -> None:
                 "Messages a consumer gave up on (`cronium dlq list`)",
                 info.state.messages,
             )
-    subjects: dict[str, int] = {}
-    with contextlib.suppress(nats.js.errors.NotFoundError):
-        lanes = await js.stream_info(JOBS_STREAM, subjects_filter="cronium.jobs.>")
-        subjects = lanes.state.subjects or {}
-    for runner in get_args(RunnerKind):
-        for priority in PRIORITIES:
-            out.gauge(
-                "cronium_lane_jobs",
-                "Jobs in a runner lane: waiting, delayed or being run (a job leaves its lane "
-                "when its attempt ends)",
-                subjects.get(job_subject(runner, priority), 0),
-                runner=runner,
-                priority=priority,
-            )
+    for (runner, priority), count in (await lane_jobs(js)).items():
+        out.gauge(
+            "cronium_lane_jobs",
+            "Jobs in a runner lane: waiting, delayed or being run (a job leaves its lane "
+            "when its attempt ends)",
+            count,
+            runner=runner,
+            priority=priority,
+        )
     for stream in WITH_CONSUMERS:
         with contextlib.suppress(nats.js.errors.NotFoundError):
-            for c in await _durables(js, stream):
+            for c in await durables(js, stream):
                 labels = {"stream": stream, "consumer": c.name}
                 out.gauge(
                     "cronium_consumer_pending",

@@ -294,7 +294,14 @@ def test_status_lists_healthy_consumers(stack: Stack) -> None:
     data = json.loads(result.stdout)
     kinds = {c["kind"] for c in data["consumers"] if c["healthy"]}
     assert {"dispatcher", "container", "ssh", "projector"} <= kinds
-    assert "dispatcher" in stack.cli("status").stdout
+    assert set(data["lanes"]) == {"container", "ssh"}
+    assert set(data["lanes"]["container"]) == {"critical", "high", "normal", "low"}
+    assert all(n >= 0 for lane in data["lanes"].values() for n in lane.values())
+    assert set(data["projector_backlog"]) == {"projector-exec", "projector-logs"}
+    assert isinstance(data["dead_letters"], int)
+    text = stack.cli("status").stdout
+    assert "dispatcher" in text and "lane      container" in text and "dead letters" in text
+    assert "events not yet in the warehouse" in text
 
 
 def test_a_killed_consumer_is_restarted(stack: Stack) -> None:

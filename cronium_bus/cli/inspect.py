@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import sys
@@ -13,6 +14,7 @@ import msgspec
 import nats.js.errors
 from pydantic import ValidationError
 
+from cronium_bus.backlog import lane_jobs
 from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
 from cronium_bus.cli.common import add_client_options, fail, run_client, settings_from
@@ -24,7 +26,7 @@ from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.payloads import get_json_payload
 from cronium_bus.provision import stream_configs
 from cronium_bus.state import fold
-from cronium_bus.subjects import LOGS_STREAM, log_subject
+from cronium_bus.subjects import DLQ_STREAM, EXEC_STREAM, LOGS_STREAM, log_subject
 
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -223,6 +225,17 @@ def status(args: argparse.Namespace) -> int:
             }
             for b in beats
         ]
+        lanes: dict[str, dict[str, int]] = {}
+        for (runner, priority), count in (await lane_jobs(bus.js)).items():
+            lanes.setdefault(runner, {})[priority] = count
+        backlog: dict[str, int] = {}
+        for stream, durable in ((EXEC_STREAM, "projector-exec"), (LOGS_STREAM, "projector-logs")):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                info = await bus.js.consumer_info(stream, durable)
+                backlog[durable] = (info.num_pending or 0) + (info.num_ack_pending or 0)
+        dead = 0
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            dead = (await bus.js.stream_info(DLQ_STREAM)).state.messages
         if args.json:
             print(
                 json.dumps(
@@ -230,12 +243,26 @@ def status(args: argparse.Namespace) -> int:
                         "nats_url": bus.settings.nats_url,
                         "streams_missing": missing,
                         "consumers": rows,
+                        "lanes": lanes,
+                        "projector_backlog": backlog,
+                        "dead_letters": dead,
                     }
                 )
             )
         else:
             print(f"nats      {bus.settings.nats_url}  (answering)")
             print(f"streams   {'missing: ' + ', '.join(map(str, missing)) if missing else 'ok'}")
+            for runner, by_priority in lanes.items():
+                waiting = ", ".join(f"{p} {n}" for p, n in by_priority.items() if n)
+                print(
+                    f"lane      {runner:<10} {sum(by_priority.values())} jobs  {waiting}".rstrip()
+                )
+            if backlog:
+                behind = ", ".join(
+                    f"{n} ({d.removeprefix('projector-')})" for d, n in backlog.items()
+                )
+                print(f"projector {behind} events not yet in the warehouse")
+            print(f"dlq       {dead} dead letters" + ("  (see `cronium dlq list`)" if dead else ""))
             if not rows:
                 print("consumers none running")
             for r in rows:
