@@ -270,34 +270,42 @@ async def scrape(bus: Bus, *, warehouse: bool = True) -> Scrape:
     started = time.monotonic()
     out = _Families()
     out.gauge("cronium_info", "Version of the exporter", 1.0, version=__version__)
-    up = 1.0
+    # each part adds all of its figures or none: a half-answered scrape is not mistaken for data
+    figures = _Families()
     try:
-        await asyncio.wait_for(_nats_metrics(bus, out), NATS_BUDGET_S)
+        await asyncio.wait_for(_nats_metrics(bus, figures), NATS_BUDGET_S)
     except (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError) as exc:
         log.warning("metrics: NATS did not answer", error=str(exc) or type(exc).__name__)
-        up = 0.0
-    out.gauge("cronium_up", "1 when NATS answered this scrape", up)
-    wh_up: float | None = None
+        nats_up = False
+    else:
+        out.absorb(figures)
+        nats_up = True
+    out.gauge("cronium_up", "1 when NATS answered this scrape", float(nats_up))
+    warehouse_up: bool | None = None
     if warehouse:
-        wh_up = 1.0
         figures = _Families()
         try:
             await _warehouse_metrics(bus, figures)
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("metrics: no warehouse figures", error=str(exc) or type(exc).__name__)
-            wh_up = 0.0
+            warehouse_up = False
         except Exception:  # an odd answer must not fail the whole scrape
             log.exception("metrics: unreadable warehouse answer")
-            wh_up = 0.0
+            warehouse_up = False
         else:
-            out.absorb(figures)  # all of the warehouse's figures, or none
-        out.gauge("cronium_warehouse_up", "1 when a projector answered this scrape's query", wh_up)
+            out.absorb(figures)
+            warehouse_up = True
+        out.gauge(
+            "cronium_warehouse_up",
+            "1 when a projector answered this scrape's query",
+            float(warehouse_up),
+        )
     out.gauge(
         "cronium_scrape_duration_seconds",
         "How long this scrape took",
         time.monotonic() - started,
     )
-    return Scrape(generate_latest(out), up == 1.0, None if wh_up is None else wh_up == 1.0)
+    return Scrape(generate_latest(out), nats_up, warehouse_up)
 
 
 class MetricsServer:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 from typing import TypeAlias
 
 from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
 from cronium_bus.cli.common import add_client_options, fail, run_client
-from cronium_bus.lifecycle import Stopper
+from cronium_bus.lifecycle import Stopper, run_service
 from cronium_bus.metrics import DEFAULT_LISTEN, MetricsServer, parse_listen, scrape
 
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -72,6 +70,10 @@ def add_parser(sub: _Sub) -> None:
     p.set_defaults(handler=metrics)
 
 
+async def _until_stopped(stopper: Stopper) -> None:
+    await stopper.wait()
+
+
 def metrics(args: argparse.Namespace) -> int:
     """``cronium metrics``."""
     if args.listen is not None and not args.serve:
@@ -94,13 +96,9 @@ def metrics(args: argparse.Namespace) -> int:
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                 "pick a free address with --listen HOST:PORT",
             )
-        stopper = Stopper()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopper.stop)
         print(f"cronium metrics: serving {server.url}", flush=True)
         try:
-            await stopper.wait()
+            await run_service(_until_stopped)  # SIGTERM / SIGINT stop it
         finally:
             await server.stop()
         return exitcodes.OK

@@ -193,12 +193,10 @@ async def _run_stack(settings: Settings, supervisor: Supervisor, names: list[str
             try:
                 await stack.enter_async_context(metrics)
             except OSError as exc:
-                print(
-                    f"cronium: error: cannot serve metrics on {settings.metrics_listen}: "
-                    f"{exc.strerror or exc}\nhint: set metrics_listen to a free HOST:PORT",
-                    file=sys.stderr,
+                return fail(
+                    f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror or exc}",
+                    "set metrics_listen to a free HOST:PORT",
                 )
-                return exitcodes.FAILURE
         supervisor.tick()
         ready = False
         deadline = time.monotonic() + _READY_TIMEOUT_S
