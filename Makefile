@@ -5,9 +5,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-CODE := cronium_bus consumers projections tests $(wildcard bench)
+CODE := cronium_bus consumers projections tests scripts $(wildcard bench)
+# The lock: every Python package of the venv (runtime, dev tools, benchmarks, pip, setuptools),
+# exact versions with hashes, for every supported platform and Python (uv's universal mode).
+LOCK := requirements/dev.txt
+RUNTIME_LOCK := requirements/runtime.txt
+# The resolver `make lock` uses; it lives in .tools/, never in the project's venv.
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+UV_COMPILE := $(UV) pip compile --universal --generate-hashes --python-version 3.11 --quiet
 
-.PHONY: setup host venv images demo test unit lint typecheck schemas schemas-check bench bench-quick bench-deps clean
+.PHONY: setup host venv images demo test unit lint typecheck schemas schemas-check lock lock-check bench bench-quick bench-deps clean
 
 setup: host venv images ## everything: Debian packages, Docker engine, venv, runtime images
 
@@ -15,13 +23,33 @@ host: ## Debian packages and a running Docker engine (idempotent)
 	@bash scripts/setup-host.sh
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "[setup] installing the project into $(VENV) (log: $(VENV)/install.log)"
-	@$(BIN)/pip install --upgrade pip >$(VENV)/install.log 2>&1
-	@$(BIN)/pip install -e '.[dev]' >>$(VENV)/install.log 2>&1 || { tail -30 $(VENV)/install.log; exit 1; }
-	@$(BIN)/python -c 'import cronium_bus, consumers, nats, docker, msgspec' 
+# A fresh venv whenever the lock changes: exactly the lock, hash-checked, nothing left over.
+# The project itself goes in editable, offline, with the locked setuptools (no build isolation,
+# so nothing unlocked is fetched to build it).
+$(STAMP): $(LOCK) pyproject.toml
+	@rm -rf $(VENV)
+	@$(PYTHON) -m venv $(VENV)
+	@echo "[setup] installing $(LOCK) into a fresh $(VENV) (log: $(VENV)/install.log)"
+	@$(BIN)/python -m pip install --require-hashes --no-deps -r $(LOCK) >$(VENV)/install.log 2>&1 \
+	  || { tail -30 $(VENV)/install.log; exit 1; }
+	@$(BIN)/python -m pip install --no-deps --no-build-isolation --no-index -e . >>$(VENV)/install.log 2>&1 \
+	  || { tail -30 $(VENV)/install.log; exit 1; }
+	@$(BIN)/python scripts/lockcheck.py $(LOCK)
 	@touch $(STAMP)
+
+lock-check: venv ## fail when the venv's packages differ from the lock in any way
+	@$(BIN)/python scripts/lockcheck.py $(LOCK)
+
+$(UV):
+	@$(PYTHON) -m venv .tools
+	@.tools/bin/pip install --quiet uv==$(UV_VERSION)
+
+# Re-resolve on purpose. Pins already in the lock are kept; to move one package:
+#   make lock UPGRADE='--upgrade-package msgspec'      (everything: UPGRADE=--upgrade)
+lock: $(UV) ## re-resolve requirements/*.txt from pyproject.toml's ranges (keeps pins unless UPGRADE)
+	$(UV_COMPILE) $(UPGRADE) pyproject.toml requirements/tools.in --extra dev --extra bench -o $(LOCK)
+	$(UV_COMPILE) pyproject.toml -c $(LOCK) -o $(RUNTIME_LOCK)
+	@echo "lock written: commit requirements/ together with pyproject.toml"
 
 images: host ## build the runtime images locally (no registry)
 	@bash images/build.sh
@@ -37,14 +65,14 @@ typecheck: venv
 	$(BIN)/mypy
 
 schemas: venv ## regenerate schemas/ from the event types and deploy/clickhouse/schema.sql from the DDL
-	$(BIN)/python -m cronium_bus.schemagen
-	$(BIN)/python -m projections.ddl
+	$(BIN)/python -m cronium_bus.schemagen write
+	$(BIN)/python -m projections.ddl write
 
 schemas-check: venv
-	$(BIN)/python -m cronium_bus.schemagen --check
-	$(BIN)/python -m projections.ddl --check
+	$(BIN)/python -m cronium_bus.schemagen check
+	$(BIN)/python -m projections.ddl check
 
-test: setup lint typecheck ## the whole suite against real NATS and Docker (exit 5, no tests, fails)
+test: setup lock-check lint typecheck schemas-check ## the whole suite against real NATS and Docker (exit 5, no tests, fails)
 	$(BIN)/pytest
 
 unit: venv ## only the tests that need no services
@@ -60,4 +88,4 @@ bench-quick: bench-deps ## benchmarks, quick mode (under two minutes)
 	$(BIN)/python -m bench --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .cronium
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis .cronium

@@ -1,14 +1,21 @@
 """Generate ``schemas/``: one JSON Schema per public event type and version.
 
-``python -m cronium_bus.schemagen`` writes the files; ``--check`` exits 1 when they drift from the
-types (a test runs the same comparison).
+``python -m cronium_bus.schemagen write`` writes the files; ``check`` exits 1 when they drift from
+the types (a test runs the same comparison); ``--help`` explains and writes nothing.
+
+The output depends only on the types, never on the msgspec release that renders them: every
+``description`` (taken from a docstring) goes through :func:`inspect.cleandoc`, so a release that
+dedents docstrings and one that keeps their indentation give the same bytes.
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -17,11 +24,25 @@ from cronium_bus.events import EVENT_TYPES, SCHEMA_VERSION
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
 
+def normalized(node: Any) -> Any:
+    """``node`` with every ``description`` string cleaned as :func:`inspect.cleandoc` does."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else normalized(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [normalized(item) for item in node]
+    return node
+
+
 def render() -> dict[str, str]:
     """File name → file text for every event type."""
     files: dict[str, str] = {}
     for tag, cls in sorted(EVENT_TYPES.items()):
-        schema = msgspec.json.schema(cls)
+        schema = normalized(msgspec.json.schema(cls))
         schema = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"https://cronium.dev/schemas/{tag}.v{SCHEMA_VERSION}.json",
@@ -46,12 +67,40 @@ def drift(directory: Path = SCHEMA_DIR) -> list[str]:
     return problems
 
 
+def parser() -> argparse.ArgumentParser:
+    """The command line: ``write`` or ``check`` (``--check`` is kept as an alias of ``check``)."""
+    p = argparse.ArgumentParser(
+        prog="python -m cronium_bus.schemagen",
+        description=(
+            f"Generate the JSON Schema of every public event type into {SCHEMA_DIR} "
+            "(one file per type and version, for producers in any language)."
+        ),
+        epilog="make schemas runs `write`; make test runs `check`. Exit 0 ok, 1 drift, 2 usage.",
+    )
+    p.add_argument(
+        "command",
+        nargs="?",
+        choices=("write", "check"),
+        help="write: replace the files with what the types say; check: exit 1 naming every "
+        "missing, stale or unexpected file and write nothing",
+    )
+    p.add_argument("--check", action="store_true", help="same as the `check` command")
+    return p
+
+
 def main(argv: list[str]) -> int:
-    """Write the schemas, or with ``--check`` report drift."""
-    if "--check" in argv:
+    """Write the schemas, or with ``check`` report drift; with no command print usage."""
+    p = parser()
+    args = p.parse_args(argv)
+    command = "check" if args.check else args.command
+    if command is None:
+        p.print_help(sys.stderr)
+        print("\nname a command: write or check", file=sys.stderr)
+        return 2
+    if command == "check":
         problems = drift()
-        for p in problems:
-            print(p, file=sys.stderr)
+        for problem in problems:
+            print(problem, file=sys.stderr)
         if problems:
             print("schemas drifted from cronium_bus.events: run `make schemas`", file=sys.stderr)
         return 1 if problems else 0

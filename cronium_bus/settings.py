@@ -89,9 +89,9 @@ class RunnerSettings(_Section):
     max_line_bytes: Bytes = 16 * 1024
     images: dict[str, str] = Field(
         default_factory=lambda: {
-            "bash": "cronium/runtime-bash:1",
-            "python": "cronium/runtime-python:1",
-            "node": "cronium/runtime-node:1",
+            "bash": "cronium/runtime-bash:2",
+            "python": "cronium/runtime-python:2",
+            "node": "cronium/runtime-node:2",
         }
     )
     runtime_dir: Path | None = None

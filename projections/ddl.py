@@ -14,6 +14,7 @@ blocks: a point lookup decompresses one small block per column instead of 8192 r
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Final
@@ -105,11 +106,37 @@ def render_sql(db: str = DATABASE, log_ttl_s: float = DEFAULT_LOG_TTL_S) -> str:
     return head + body + ";\n"
 
 
+def parser() -> argparse.ArgumentParser:
+    """The command line: ``write`` or ``check`` (``--check`` is kept as an alias of ``check``)."""
+    p = argparse.ArgumentParser(
+        prog="python -m projections.ddl",
+        description=(
+            f"Render the warehouse DDL (the statements the projector applies at start) into "
+            f"{SQL_FILE}, for a DBA who creates the ClickHouse database ahead of the service."
+        ),
+        epilog="make schemas runs `write`; make test runs `check`. Exit 0 ok, 1 stale, 2 usage.",
+    )
+    p.add_argument(
+        "command",
+        nargs="?",
+        choices=("write", "check"),
+        help="write: replace the file; check: exit 1 when the file differs, write nothing",
+    )
+    p.add_argument("--check", action="store_true", help="same as the `check` command")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Write deploy/clickhouse/schema.sql, or with ``--check`` exit 1 when it is stale."""
-    args = sys.argv[1:] if argv is None else argv
+    """Write deploy/clickhouse/schema.sql, or with ``check`` exit 1 when it is stale."""
+    p = parser()
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    command = "check" if args.check else args.command
+    if command is None:
+        p.print_help(sys.stderr)
+        print("\nname a command: write or check", file=sys.stderr)
+        return 2
     text = render_sql()
-    if "--check" in args:
+    if command == "check":
         current = SQL_FILE.read_text() if SQL_FILE.is_file() else ""
         if current != text:
             print(f"{SQL_FILE} is stale: run `python -m projections.ddl`", file=sys.stderr)

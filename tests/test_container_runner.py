@@ -48,7 +48,7 @@ async def test_each_runtime_prints_42(bus: Bus, runner: Embedded, runtime: str, 
     assert (state.status, state.exit_code) == ("succeeded", 0)
     assert (await lines_of(bus, state.execution_id))["stdout"] == ["42"]
     term = await terminal_of(bus, state.execution_id)
-    assert term.image == f"cronium/runtime-{runtime}:1"
+    assert term.image == f"cronium/runtime-{runtime}:2"
     assert term.image_id and term.image_id.startswith("sha256:")
     assert term.durations.run_ms > 0 and term.durations.setup_ms > 0
 
