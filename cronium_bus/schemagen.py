@@ -24,11 +24,16 @@ from cronium_bus.events import EVENT_TYPES, SCHEMA_VERSION
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
 
+def clean(text: str) -> str:
+    """A docstring as :func:`inspect.cleandoc` cleans it, without trailing blanks on any line."""
+    return "\n".join(line.rstrip() for line in inspect.cleandoc(text).splitlines()).strip("\n")
+
+
 def normalized(node: Any) -> Any:
-    """``node`` with every ``description`` string cleaned as :func:`inspect.cleandoc` does."""
+    """``node`` with every ``description`` string cleaned (see :func:`clean`)."""
     if isinstance(node, dict):
         return {
-            key: inspect.cleandoc(value)
+            key: clean(value)
             if key == "description" and isinstance(value, str)
             else normalized(value)
             for key, value in node.items()

@@ -31,7 +31,8 @@ for rt in $runtimes; do
       | docker import --change "LABEL org.cronium.packages=$pkg_hash" - "$rootfs" >/dev/null
   fi
   image="cronium/runtime-$rt:$version"
-  in_hash=$( (cat "$here/$rt/Dockerfile" "$here/$rt/packages.txt"; find "$here/sdk" -type f -print0 | sort -z | xargs -0 cat) | sha256sum | cut -c1-16)
+  # the image is rebuilt when its Dockerfile, the SDK or the rootfs under it changes
+  in_hash=$( (docker image inspect --format '{{.Id}}' "$rootfs"; cat "$here/$rt/Dockerfile" "$here/$rt/packages.txt"; find "$here/sdk" -type f -print0 | sort -z | xargs -0 cat) | sha256sum | cut -c1-16)
   if [ "$(label_of "$image" org.cronium.inputs)" != "$in_hash" ]; then
     log "building $image"
     docker build --quiet --network host --label "org.cronium.inputs=$in_hash" \

@@ -53,6 +53,24 @@ async def test_each_runtime_prints_42(bus: Bus, runner: Embedded, runtime: str, 
     assert term.durations.run_ms > 0 and term.durations.setup_ms > 0
 
 
+@pytest.mark.parametrize(
+    ("runtime", "code", "least"),
+    [
+        ("python", "import sys; print(*sys.version_info[:2], sep='.')", (3, 12)),
+        ("node", "console.log(process.versions.node.split('.').slice(0, 2).join('.'))", (20, 0)),
+        ("bash", 'echo "${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}"', (5, 2)),
+    ],
+)
+async def test_runtimes_are_supported_releases(
+    bus: Bus, runner: Embedded, runtime: str, code: str, least: tuple[int, int]
+) -> None:
+    """The images carry maintained runtimes (Debian 13): python 3.12+, node 20+, bash 5.2+."""
+    state = await run_code(bus, code, runtime)
+    assert state.status == "succeeded"
+    (version,) = (await lines_of(bus, state.execution_id))["stdout"]
+    assert tuple(int(part) for part in version.split(".")) >= least
+
+
 async def test_exit_code_and_streams_are_kept_apart(bus: Bus, runner: Embedded) -> None:
     """A failing script ends failed/nonzero_exit with its code; stderr stays on stderr."""
     state = await run_code(bus, "echo out; echo err >&2; exit 3", "bash")

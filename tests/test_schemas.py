@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cronium_bus import codec
-from cronium_bus.schemagen import SCHEMA_DIR, drift, normalized
+from cronium_bus.schemagen import SCHEMA_DIR, clean, drift, normalized
 from projections.ddl import SQL_FILE
 from tests.helpers import requested
 
@@ -77,7 +77,7 @@ def test_generated_descriptions_are_clean() -> None:
 
     found = [d for p in SCHEMA_DIR.glob("*.json") for d in descriptions(json.loads(p.read_text()))]
     assert found, "the schemas carry the types' docstrings"
-    assert all(d == inspect.cleandoc(d) for d in found)
+    assert all(d == clean(d) == inspect.cleandoc(d) for d in found)
 
 
 @pytest.mark.parametrize(
