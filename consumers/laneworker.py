@@ -33,11 +33,12 @@ from consumers.deadletter import dead_letter
 from consumers.lanes import LaneClaimer, ensure_lane_consumers, lane_order
 from consumers.limits import Gate
 from consumers.retries import schedule_retry
+from cronium_bus.authentic import decode_on
 from cronium_bus.bus import Bus
-from cronium_bus.codec import decode_as
 from cronium_bus.errors import EventDecodeError
 from cronium_bus.events import (
     Cancelled,
+    CancelRequested,
     ErrorInfo,
     Failed,
     Lost,
@@ -59,6 +60,8 @@ from cronium_bus.subjects import CANCELS, EXEC_STREAM, HEARTBEAT_BUCKET, exec_su
 log = structlog.get_logger(__name__)
 _IDLE_WAIT_S: Final = 1.0
 _MIN_DELAY_S: Final = 0.02
+_CANCEL_STORE_CHECKS: Final = 20  # × 25 ms: how long a live cancel may precede its stored copy
+_CANCEL_STORE_WAIT_S: Final = 0.025
 
 
 class LaneWorker:
@@ -145,9 +148,41 @@ class LaneWorker:
         self._doorbell.set()
 
     async def _on_cancel(self, msg: Msg) -> None:
-        execution_id = msg.subject.split(".")[2]
-        if self.cancel(execution_id):
-            log.info("cancelling", execution_id=execution_id)
+        """Honour a cancel only when it is an authentic ``cancel_requested`` the stream stored."""
+        try:
+            event = decode_on(msg.subject, msg.data)
+        except EventDecodeError as exc:
+            log.warning("ignoring a cancel that is not one", subject=msg.subject, reason=str(exc))
+            return
+        if not isinstance(event, CancelRequested) or not self.is_running(event.execution_id):
+            return
+        if not await self._cancel_stored(event.execution_id):
+            log.warning("ignoring a cancel the stream did not store", subject=msg.subject)
+            return
+        if self.cancel(event.execution_id):
+            log.info("cancelling", execution_id=event.execution_id, by=event.user)
+
+    async def _cancel_stored(self, execution_id: str) -> bool:
+        """Whether the stream holds an authentic cancel of the execution (waits briefly: the
+        live copy can arrive a moment before the stream has stored it)."""
+        for _ in range(_CANCEL_STORE_CHECKS):
+            if await self._last_cancel(execution_id) is not None:
+                return True
+            await asyncio.sleep(_CANCEL_STORE_WAIT_S)
+        return False
+
+    async def _last_cancel(self, execution_id: str) -> CancelRequested | None:
+        """The last authentic ``cancel_requested`` stored for the execution, if any."""
+        subject = exec_subject(execution_id, "execution.cancel_requested")
+        try:
+            last = await self.bus.js.get_last_msg(EXEC_STREAM, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        try:
+            event = decode_on(subject, last.data or b"")
+        except EventDecodeError:
+            return None
+        return event if isinstance(event, CancelRequested) else None
 
     async def _claim_next(self, stopper: Stopper) -> Msg | None:
         """Scan the lanes in policy order; wait for the doorbell when all are empty."""
@@ -168,9 +203,12 @@ class LaneWorker:
 
     async def _run_job(self, msg: Msg) -> None:
         try:
-            queued = decode_as(msg.data, Queued)
+            queued = decode_on(msg.subject, msg.data)
         except EventDecodeError as exc:
             await dead_letter(self.bus.js, self.kind, msg, f"undecodable job: {exc}")
+            return
+        if not isinstance(queued, Queued):  # authentic on a lane means Queued; kept for types
+            await dead_letter(self.bus.js, self.kind, msg, f"{queued.type} on a job lane")
             return
         structlog.contextvars.bind_contextvars(
             execution_id=queued.execution_id, correlation_id=queued.correlation_id
@@ -287,19 +325,17 @@ class LaneWorker:
     async def _untouched(self, queued: Queued) -> bool:
         """No cancel was requested and no runner started this attempt (or a later one)."""
         eid, js = queued.execution_id, self.bus.js
-        try:
-            await js.get_last_msg(EXEC_STREAM, exec_subject(eid, "execution.cancel_requested"))
-        except nats.js.errors.NotFoundError:
-            pass
-        else:
+        if await self._last_cancel(eid) is not None:
             return False
         try:
             last = await js.get_last_msg(EXEC_STREAM, exec_subject(eid, "execution.started"))
         except nats.js.errors.NotFoundError:
             return True
         try:
-            started = decode_as(last.data or b"", Started)
+            started = decode_on(exec_subject(eid, "execution.started"), last.data or b"")
         except EventDecodeError:
+            return False
+        if not isinstance(started, Started):
             return False
         return started.attempt < queued.attempt
 

@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from cronium_bus.codec import decode
+from cronium_bus.authentic import decode_on
 from cronium_bus.errors import EventDecodeError
 from cronium_bus.events import AnyEvent
 from cronium_bus.state import ExecutionState, fold
@@ -56,10 +56,14 @@ async def read_messages(
 async def read_subject(
     js: JetStreamContext, stream: str, subject: str, *, max_bytes: int
 ) -> AsyncIterator[AnyEvent]:
-    """Every decodable event stored on ``subject`` now, in stream order (then stops)."""
+    """Every decodable, authentic event stored on ``subject`` now, in stream order (then stops).
+
+    An event whose body disagrees with the subject it was stored on (another execution's id,
+    another type) is skipped like an undecodable one: see :mod:`cronium_bus.authentic`.
+    """
     async for msg in read_messages(js, stream, subject):
         try:
-            yield decode(msg.data, max_bytes=max_bytes)
+            yield decode_on(msg.subject, msg.data, max_bytes=max_bytes)
         except EventDecodeError as exc:
             log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
 
@@ -112,7 +116,7 @@ class Follower:
             except nats.errors.TimeoutError:
                 continue
             try:
-                yield decode(msg.data, max_bytes=self.max_bytes)
+                yield decode_on(msg.subject, msg.data, max_bytes=self.max_bytes)
             except EventDecodeError as exc:
                 log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
 

@@ -1,14 +1,18 @@
 """Secrets encrypted at rest in a NATS KV bucket (AES-256-GCM, key derived from settings).
 
-The key comes from ``secret_key`` (``CRONIUM_SECRET_KEY``); each value is sealed with a random
-nonce and the secret's name as associated data, so a ciphertext cannot be moved to another name.
-Values are decrypted only in the runner's memory and handed to scripts through the runtime API.
+The key comes from ``secret_key`` (``CRONIUM_SECRET_KEY``) or, when that is unset, from the key
+file ``DATA_DIR/secret.key`` that ``cronium up`` creates (0600, 32 random bytes, hex) on its first
+start — so ``cronium secret set`` works right after the quickstart. Each value is sealed with a
+random nonce and the secret's name as associated data, so a ciphertext cannot be moved to another
+name. Values are decrypted only in the runner's memory and handed to scripts through the
+runtime API.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Final
 
 import nats.js.errors
@@ -23,6 +27,7 @@ from cronium_bus.provision import kv_value
 from cronium_bus.settings import Settings
 from cronium_bus.subjects import SECRETS_BUCKET
 
+KEY_FILE: Final = "secret.key"
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 MAX_SECRET_BYTES: Final = 32 * 1024
 _VERSION: Final = b"v1"
@@ -67,14 +72,38 @@ class SecretBox:
             ) from exc
 
 
+def ensure_key_file(data_dir: Path) -> Path:
+    """Create ``DATA_DIR/secret.key`` (0600, never overwritten) unless it exists; its path."""
+    path = data_dir / KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    return path
+
+
 def box_from(settings: Settings) -> SecretBox:
-    """The box for these settings, or a clear error when no key is configured."""
-    if settings.secret_key is None:
+    """The box for these settings (``secret_key``, else the data dir's key file), or a clear
+    error when neither exists."""
+    if settings.secret_key is not None:
+        return SecretBox(settings.secret_key.get_secret_value())
+    path = settings.data_dir / KEY_FILE
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
         raise SecretError(
-            "no secret_key is configured",
-            hint="set CRONIUM_SECRET_KEY (e.g. `openssl rand -hex 32`) for the CLI and runners",
-        )
-    return SecretBox(settings.secret_key.get_secret_value())
+            f"no secret_key is configured and {path} does not exist",
+            hint="start the stack once with `cronium up` (it creates the key file), or set "
+            "CRONIUM_SECRET_KEY (e.g. `openssl rand -hex 32`) for the CLI and runners",
+        ) from None
+    except OSError as exc:
+        raise SecretError(
+            f"cannot read the key file {path}: {exc.strerror}",
+            hint="run as the user that started `cronium up`, or set CRONIUM_SECRET_KEY",
+        ) from exc
+    return SecretBox(key)
 
 
 def check_name(name: str) -> None:

@@ -21,6 +21,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from cronium_bus.authentic import decode_on
 from cronium_bus.bus import Bus
 from cronium_bus.codec import decode
 from cronium_bus.errors import EventDecodeError
@@ -144,9 +145,9 @@ class Projector:
     def _decoded(self, msgs: list[Msg]) -> Iterator[tuple[Msg, AnyEvent]]:
         for msg in msgs:
             try:
-                yield msg, decode(msg.data, max_bytes=self.max_bytes)
+                yield msg, decode_on(msg.subject, msg.data, max_bytes=self.max_bytes)
             except EventDecodeError:
-                continue  # rejected or dead-lettered upstream; nothing to project
+                continue  # rejected or dead-lettered upstream, or not authentic: not projected
 
     def exec_batch(self, msgs: list[Msg]) -> list[tuple[int, AnyEvent, bytes]]:
         """Decodable lifecycle events of a fetch, with their stream sequence."""

@@ -20,13 +20,13 @@ pytestmark = pytest.mark.docker
 
 
 METRICS_LINE = r"cronium metrics: serving (http://127\.0\.0\.1:\d+/metrics)$"
-SECRET_ENV = {"CRONIUM_SECRET_KEY": "cli-test-key-0123456789abcdef"}
 
 
 class Stack:
     def __init__(
-        self, proc: subprocess.Popen[str], url: str, binary: str, metrics_url: str
+        self, proc: subprocess.Popen[str], url: str, binary: str, metrics_url: str, data: Path
     ) -> None:
+        self.data = data
         self.proc = proc
         self.url = url
         self.binary = binary
@@ -45,7 +45,7 @@ class Stack:
             text=True,
             timeout=timeout,
             input=input,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "CRONIUM_DATA_DIR": str(self.data), **(env or {})},
             check=False,
         )
 
@@ -71,7 +71,6 @@ def stack(cronium_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             text=True,
             env={
                 **os.environ,
-                **SECRET_ENV,
                 "CRONIUM_RUNNER__HEARTBEAT": "0.5",
                 "CRONIUM_LIMITS__STOP_GRACE": "1",
                 "CRONIUM_METRICS_LISTEN": "127.0.0.1:0",
@@ -87,7 +86,7 @@ def stack(cronium_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             line2 := proc.stdout.readline().strip(),
         )
         assert metrics, f"no metrics line: {line2!r}"
-        yield Stack(proc, match.group(1), cronium_bin, metrics.group(1))
+        yield Stack(proc, match.group(1), cronium_bin, metrics.group(1), data)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
 
@@ -188,11 +187,21 @@ def test_cancel_a_running_execution(stack: Stack) -> None:
         assert runner.wait(30) == 130
 
 
-def test_secret_set_then_used_and_masked(stack: Stack) -> None:
-    """`cronium secret set` reads the value from stdin; a run naming it sees it, masked."""
-    stored = stack.cli("secret", "set", "DEPLOY_TOKEN", input="tok-123-abc\n", env=SECRET_ENV)
+def test_up_makes_its_data_dir_and_key_private(stack: Stack) -> None:
+    """`cronium up` makes its data dir 0700 and, on first start, a 0600 key file in it."""
+    assert stack.data.stat().st_mode & 0o777 == 0o700
+    key = stack.data / "secret.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert len(key.read_text().strip()) == 64
+
+
+def test_secret_set_then_used_and_masked(stack: Stack, tmp_path: Path) -> None:
+    """Right after `cronium up`, with no key set by hand, `cronium secret set` reads the value
+    from stdin; a run naming it sees it, masked."""
+    assert "CRONIUM_SECRET_KEY" not in os.environ
+    stored = stack.cli("secret", "set", "DEPLOY_TOKEN", input="tok-123-abc\n")
     assert stored.returncode == 0, stored.stderr
-    assert "DEPLOY_TOKEN" in stack.cli("secret", "list", env=SECRET_ENV).stdout
+    assert "DEPLOY_TOKEN" in stack.cli("secret", "list").stdout
     result = stack.cli(
         "run",
         "--runtime",
@@ -201,12 +210,13 @@ def test_secret_set_then_used_and_masked(stack: Stack) -> None:
         "DEPLOY_TOKEN",
         "-c",
         'echo "token=$(cronium_secret DEPLOY_TOKEN)"',
-        env=SECRET_ENV,
     )
     assert (result.returncode, result.stdout) == (0, "token=********\n"), result.stderr
-    no_key = stack.cli("secret", "set", "X", input="v")
-    assert no_key.returncode == 2 and "CRONIUM_SECRET_KEY" in no_key.stderr
-    bad = stack.cli("secret", "set", "bad/name", input="v", env=SECRET_ENV)
+    elsewhere = {"CRONIUM_DATA_DIR": str(tmp_path / "no-stack-here")}
+    no_key = stack.cli("secret", "set", "X", input="v", env=elsewhere)
+    assert no_key.returncode == 2 and "cronium up" in no_key.stderr, no_key.stderr
+    assert "CRONIUM_SECRET_KEY" in no_key.stderr
+    bad = stack.cli("secret", "set", "bad/name", input="v")
     assert bad.returncode == 2 and "not a valid secret name" in bad.stderr
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +13,11 @@ import pytest
 
 from consumers.container.runtime import HOSTS_FILE, ContainerSpec, sandbox_options
 from cronium_bus.bus import Bus
-from cronium_bus.events import Limits
+from cronium_bus.events import Limits, LogChunk
+from cronium_bus.history import follow_logs
 from cronium_bus.settings import Settings
 from tests.conftest import Embedded
-from tests.helpers import run_code
+from tests.helpers import requested, run_code, wait_final
 from tests.test_container_runner import lines_of
 
 pytestmark = pytest.mark.docker
@@ -131,6 +133,73 @@ async def test_no_root_no_capabilities_no_escalation(bus: Bus, runner: Embedded)
     )
     assert (await lines_of(bus, py.execution_id))["stdout"] == ["refused 1"]
     await still_serving(bus)
+
+
+RUNTIME_FILES = """
+import os, time
+for name in ("", "token", "input.json", "event.json", "api.sock"):
+    st = os.stat(os.path.join("/cronium", name))
+    print(name or "/cronium", oct(st.st_mode & 0o777), st.st_uid)
+print("ready", flush=True)
+time.sleep(8)
+"""
+
+
+async def test_runtime_files_are_the_sandboxs_alone(
+    bus: Bus, runner: Embedded, settings: Settings
+) -> None:
+    """The token, input and API socket are the sandbox uid's (dir 0700, files 0600): another
+    host user cannot read the token nor connect to the socket while the script runs."""
+    event = requested(RUNTIME_FILES)
+    tail = await follow_logs(bus.js, event.execution_id, max_bytes=1 << 20).start()
+    await bus.publish(event)
+    seen: list[str] = []
+    async for chunk in tail:
+        assert isinstance(chunk, LogChunk)
+        seen.extend(chunk.lines)
+        if "ready" in seen:
+            break
+    await tail.close()
+    assert seen[:5] == [
+        "/cronium 0o700 1000",
+        "token 0o600 1000",
+        "input.json 0o600 1000",
+        "event.json 0o600 1000",
+        "api.sock 0o600 1000",
+    ]
+    # the runtime root may be anyone's to traverse (e.g. under /tmp): the attempt dir itself
+    # must keep other users out
+    settings.runtime_dir.chmod(0o755)
+    tokens = list(settings.runtime_dir.glob("*/token"))
+    assert tokens, "the attempt's runtime dir is on the host while it runs"
+    for token in tokens:
+        as_nobody = subprocess.run(  # noqa: ASYNC221 - a short probe while the script sleeps
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(token)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        assert as_nobody.returncode != 0 and "Permission denied" in as_nobody.stderr
+        sock = token.parent / "api.sock"
+        connect = subprocess.run(  # noqa: ASYNC221 - a short probe while the script sleeps
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                f"import socket; socket.socket(socket.AF_UNIX).connect({str(sock)!r})",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        assert connect.returncode != 0 and "Permission denied" in connect.stderr
+    state = await wait_final(bus, event.execution_id)
+    assert state.status == "succeeded"
 
 
 def test_sandbox_options_disable_networking_unless_it_is_allowed(tmp_path: Path) -> None:

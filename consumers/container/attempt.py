@@ -14,6 +14,7 @@ from typing import Final, TypeVar
 import msgspec
 import structlog
 
+from consumers.container.hostfs import FILE_MODE, give_to_sandbox, private_dir, private_file
 from consumers.container.pool import WarmContainer
 from consumers.container.runtime import (
     LABEL_ATTEMPT,
@@ -136,6 +137,7 @@ class Attempt:
             self.api = HelperApi(self.ctx.bus, self.queued, secret_values)
             self._prepare_dir(await self.api.input_json())
             await self.api.start(self.runtime_dir / "api.sock")
+            give_to_sandbox(self.runtime_dir / "api.sock", FILE_MODE)
             self._write_token()
             pump = self._make_pump()
             if self.warm is not None:
@@ -238,26 +240,21 @@ class Attempt:
                 f"runtime directory {d} is too long for a Unix socket path",
                 hint="set runner.runtime_dir (CRONIUM_RUNNER__RUNTIME_DIR) to a shorter path",
             )
-        d.mkdir(parents=True, exist_ok=True, mode=0o755)
-        d.chmod(0o755)
+        private_dir(d)
         files = {
             SCRIPT_FILES[self.request.runtime]: self.request.code.encode(),
             "input.json": input_json,
             "cronium.js": NODE_SHIM.encode(),
         }
         for name, data in files.items():
-            path = d / name
-            path.write_bytes(data)
-            path.chmod(0o644)
+            private_file(d / name, data)
 
     def _write_token(self) -> None:
         assert self.api is not None
-        path = self.runtime_dir / "token"
-        path.write_text(self.api.token)
-        path.chmod(0o644)
-        event = self.runtime_dir / "event.json"
-        event.write_text(msgspec.json.encode(self.api.event_metadata()).decode())
-        event.chmod(0o644)
+        private_file(self.runtime_dir / "token", self.api.token.encode())
+        private_file(
+            self.runtime_dir / "event.json", msgspec.json.encode(self.api.event_metadata())
+        )
 
     def _make_pump(self) -> LogPump:
         r = self.ctx.settings.runner

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from consumers.container.hostfs import private_dir
 from consumers.container.runtime import (
     LABEL_EXECUTION,
     LABEL_POOL,
@@ -182,8 +183,7 @@ class WarmPool:
         image = s.runner.images[runtime]
         image_id = rt.image_id(image)
         runtime_dir = s.runtime_dir / new_id("pool")
-        runtime_dir.mkdir(parents=True, mode=0o755)
-        runtime_dir.chmod(0o755)
+        private_dir(runtime_dir)
         self.dirs.add(runtime_dir.name)
         script = f"/cronium/{SCRIPT_FILES[runtime]}"
         spec = ContainerSpec(

@@ -80,7 +80,7 @@ class HelperApi:
         }
 
     async def start(self, socket_path: Path) -> None:
-        """Listen on ``socket_path`` (connectable by the sandbox user)."""
+        """Listen on ``socket_path``; the caller narrows who may connect (``hostfs``)."""
         # output may be large (it goes to the payload store); every other call stays small
         max_body = max(MAX_BODY, self.bus.settings.limits.max_output_object + MAX_BODY)
         app = web.Application(client_max_size=max_body, middlewares=[self._middleware])
@@ -98,7 +98,7 @@ class HelperApi:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         await web.UnixSite(self._runner, str(socket_path)).start()
-        socket_path.chmod(0o666)  # noqa: ASYNC240 - one local syscall
+        socket_path.chmod(0o600)  # noqa: ASYNC240 - one local syscall
 
     async def stop(self) -> None:
         """Stop serving; idempotent."""

@@ -333,7 +333,7 @@ class SshRunner(LaneWorker):
             yield None
             return
         local = self.settings.runtime_dir / f"ssh-{queued.execution_id}"
-        local.mkdir(parents=True, exist_ok=True)
+        local.mkdir(parents=True, exist_ok=True, mode=0o700)
         api = HelperApi(self.bus, queued, secret_values)
         remote = f"/tmp/cronium-{queued.execution_id}-{secrets.token_hex(4)}"  # noqa: S108 - made 0700 by us; mkdir fails if it exists
         listener: asyncssh.SSHListener | None = None

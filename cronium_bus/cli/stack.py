@@ -25,6 +25,7 @@ from cronium_bus.lifecycle import Stopper, run_service
 from cronium_bus.logging import configure_logging
 from cronium_bus.metrics import MetricsServer
 from cronium_bus.provision import provision
+from cronium_bus.secrets import ensure_key_file
 from cronium_bus.settings import Settings
 from cronium_bus.units import parse_listen
 
@@ -153,7 +154,9 @@ def up(args: argparse.Namespace) -> int:
             exitcodes.USAGE,
         )
     configure_logging(settings.log_level, settings.log_format)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.data_dir.chmod(0o700)  # the store, the runtime dirs and the key: ours alone
+    ensure_key_file(settings.data_dir)
     server: NatsServer | None = None
     if args.nats_url is None:
         server = NatsServer(
