@@ -34,11 +34,14 @@ $(STAMP): $(LOCK) pyproject.toml
 	  || { tail -30 $(VENV)/install.log; exit 1; }
 	@$(BIN)/python -m pip install --no-deps --no-build-isolation --no-index -e . >>$(VENV)/install.log 2>&1 \
 	  || { tail -30 $(VENV)/install.log; exit 1; }
+	@$(BIN)/python -m pip check >>$(VENV)/install.log 2>&1 \
+	  || { tail -10 $(VENV)/install.log; echo "[setup] the lock misses a dependency: run make lock"; exit 1; }
 	@$(BIN)/python scripts/lockcheck.py $(LOCK)
 	@touch $(STAMP)
 
 lock-check: venv ## fail when the venv's packages differ from the lock in any way
 	@$(BIN)/python scripts/lockcheck.py $(LOCK)
+	@$(BIN)/python -m pip check
 
 $(UV):
 	@$(PYTHON) -m venv .tools
@@ -48,7 +51,7 @@ $(UV):
 #   make lock UPGRADE='--upgrade-package msgspec'      (everything: UPGRADE=--upgrade)
 lock: $(UV) ## re-resolve requirements/*.txt from pyproject.toml's ranges (keeps pins unless UPGRADE)
 	$(UV_COMPILE) $(UPGRADE) pyproject.toml requirements/tools.in --extra dev --extra bench -o $(LOCK)
-	$(UV_COMPILE) pyproject.toml -c $(LOCK) -o $(RUNTIME_LOCK)
+	$(UV_COMPILE) pyproject.toml requirements/tools.in -c $(LOCK) -o $(RUNTIME_LOCK)
 	@echo "lock written: commit requirements/ together with pyproject.toml"
 
 images: host ## build the runtime images locally (no registry)
@@ -78,7 +81,7 @@ test: setup lock-check lint typecheck schemas-check ## the whole suite against r
 unit: venv ## only the tests that need no services
 	$(BIN)/pytest -m "not docker"
 
-bench-deps: setup ## what only the benchmarks need: Debian's pssh, ansible-core from PyPI
+bench-deps: setup ## what only the benchmarks need: Debian's pssh (ansible-core is in the lock)
 	@bash scripts/setup-bench.sh $(BIN)
 
 bench: bench-deps ## benchmarks against baselines, full (prints every table and ratio)

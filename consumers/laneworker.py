@@ -50,7 +50,7 @@ from cronium_bus.events import (
     utcnow,
 )
 from cronium_bus.health import Beat, Gauge, Heartbeat
-from cronium_bus.history import execution_state
+from cronium_bus.history import execution_state, read_messages
 from cronium_bus.lifecycle import Stopper, drain_tasks
 from cronium_bus.provision import kv_value, provision
 from cronium_bus.retry import should_retry
@@ -60,8 +60,9 @@ from cronium_bus.subjects import CANCELS, EXEC_STREAM, HEARTBEAT_BUCKET, exec_su
 log = structlog.get_logger(__name__)
 _IDLE_WAIT_S: Final = 1.0
 _MIN_DELAY_S: Final = 0.02
-_CANCEL_STORE_CHECKS: Final = 20  # × 25 ms: how long a live cancel may precede its stored copy
-_CANCEL_STORE_WAIT_S: Final = 0.025
+_CANCEL_STORE_CHECKS: Final = 50  # × 100 ms: how long a live cancel may precede its stored copy
+_CANCEL_STORE_WAIT_S: Final = 0.1
+_CANCEL_SCAN_LIMIT: Final = 1000  # stored messages read on one cancel subject, at most
 
 
 class LaneWorker:
@@ -80,6 +81,7 @@ class LaneWorker:
         self.gate = Gate(bus.js, self.settings)
         self._claims = 0
         self._doorbell = asyncio.Event()
+        self._cancel_checks: set[asyncio.Task[None]] = set()
         self._failures: dict[tuple[str, int], int] = {}
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -138,6 +140,8 @@ class LaneWorker:
                     task.add_done_callback(lambda _t: free.release())
                 await drain_tasks(tasks, self.settings.limits.stop_grace + 10)
         finally:
+            for check in list(self._cancel_checks):
+                check.cancel()
             with contextlib.suppress(nats.errors.Error):
                 await bell.unsubscribe()
                 await cancels.unsubscribe()
@@ -156,33 +160,28 @@ class LaneWorker:
             return
         if not isinstance(event, CancelRequested) or not self.is_running(event.execution_id):
             return
-        if not await self._cancel_stored(event.execution_id):
-            log.warning("ignoring a cancel the stream did not store", subject=msg.subject)
-            return
-        if self.cancel(event.execution_id):
-            log.info("cancelling", execution_id=event.execution_id, by=event.user)
+        # checked off the subscription's callback, so one slow store never delays other cancels
+        task = asyncio.create_task(self._cancel_when_stored(event, msg.data))
+        self._cancel_checks.add(task)
+        task.add_done_callback(self._cancel_checks.discard)
 
-    async def _cancel_stored(self, execution_id: str) -> bool:
-        """Whether the stream holds an authentic cancel of the execution (waits briefly: the
-        live copy can arrive a moment before the stream has stored it)."""
+    async def _cancel_when_stored(self, event: CancelRequested, data: bytes) -> None:
+        """Cancel once this very event is on the stream (polled for a bounded time: the live copy
+        can arrive before the stream has stored it, longer so on a replicated stream)."""
+        subject = exec_subject(event.execution_id, event.type)
         for _ in range(_CANCEL_STORE_CHECKS):
-            if await self._last_cancel(execution_id) is not None:
-                return True
+            try:
+                async for msg in read_messages(
+                    self.bus.js, EXEC_STREAM, subject, limit=_CANCEL_SCAN_LIMIT
+                ):
+                    if msg.data == data:
+                        if self.cancel(event.execution_id):
+                            log.info("cancelling", execution_id=event.execution_id, by=event.user)
+                        return
+            except nats.errors.Error as exc:
+                log.warning("cannot read the cancel subject", subject=subject, error=str(exc))
             await asyncio.sleep(_CANCEL_STORE_WAIT_S)
-        return False
-
-    async def _last_cancel(self, execution_id: str) -> CancelRequested | None:
-        """The last authentic ``cancel_requested`` stored for the execution, if any."""
-        subject = exec_subject(execution_id, "execution.cancel_requested")
-        try:
-            last = await self.bus.js.get_last_msg(EXEC_STREAM, subject)
-        except nats.js.errors.NotFoundError:
-            return None
-        try:
-            event = decode_on(subject, last.data or b"")
-        except EventDecodeError:
-            return None
-        return event if isinstance(event, CancelRequested) else None
+        log.warning("ignoring a cancel the stream did not store", subject=subject)
 
     async def _claim_next(self, stopper: Stopper) -> Msg | None:
         """Scan the lanes in policy order; wait for the doorbell when all are empty."""
@@ -325,8 +324,12 @@ class LaneWorker:
     async def _untouched(self, queued: Queued) -> bool:
         """No cancel was requested and no runner started this attempt (or a later one)."""
         eid, js = queued.execution_id, self.bus.js
-        if await self._last_cancel(eid) is not None:
-            return False
+        try:
+            await js.get_last_msg(EXEC_STREAM, exec_subject(eid, "execution.cancel_requested"))
+        except nats.js.errors.NotFoundError:
+            pass
+        else:
+            return False  # something is there: the fold decides, believing authentic cancels only
         try:
             last = await js.get_last_msg(EXEC_STREAM, exec_subject(eid, "execution.started"))
         except nats.js.errors.NotFoundError:

@@ -10,6 +10,7 @@ runtime API.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -75,12 +76,22 @@ class SecretBox:
 def ensure_key_file(data_dir: Path) -> Path:
     """Create ``DATA_DIR/secret.key`` (0600, never overwritten) unless it exists; its path."""
     path = data_dir / KEY_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
+    if path.exists():
+        path.chmod(0o600)  # a copied or restored key file is kept private too
         return path
-    with os.fdopen(fd, "w") as f:
-        f.write(os.urandom(32).hex() + "\n")
+    # written whole under a temporary name, then linked into place: a reader never sees a
+    # half-written key, and of two starts racing the first link wins
+    tmp = data_dir / f".{KEY_FILE}.{os.getpid()}.{os.urandom(4).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink()
     return path
 
 

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "check":
         current = SQL_FILE.read_text() if SQL_FILE.is_file() else ""
         if current != text:
-            print(f"{SQL_FILE} is stale: run `python -m projections.ddl`", file=sys.stderr)
+            print(f"{SQL_FILE} is stale: run `python -m projections.ddl write`", file=sys.stderr)
             return 1
         return 0
     SQL_FILE.parent.mkdir(parents=True, exist_ok=True)

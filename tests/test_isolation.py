@@ -148,8 +148,9 @@ time.sleep(8)
 async def test_runtime_files_are_the_sandboxs_alone(
     bus: Bus, runner: Embedded, settings: Settings
 ) -> None:
-    """The token, input and API socket are the sandbox uid's (dir 0700, files 0600): another
-    host user cannot read the token nor connect to the socket while the script runs."""
+    """The token, input and API socket are the sandbox uid's (files 0600) in a directory only
+    root may change (0750, group of the sandbox): another host user cannot read the token nor connect to the socket
+    while the script runs."""
     event = requested(RUNTIME_FILES)
     tail = await follow_logs(bus.js, event.execution_id, max_bytes=1 << 20).start()
     await bus.publish(event)
@@ -161,7 +162,7 @@ async def test_runtime_files_are_the_sandboxs_alone(
             break
     await tail.close()
     assert seen[:5] == [
-        "/cronium 0o700 1000",
+        "/cronium 0o750 0",
         "token 0o600 1000",
         "input.json 0o600 1000",
         "event.json 0o600 1000",

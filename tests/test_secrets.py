@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -11,8 +12,15 @@ import pytest
 
 from cronium_bus.bus import Bus
 from cronium_bus.cli.watch import Watch
-from cronium_bus.secrets import SecretBox, SecretError, box_from, get_secret, put_secret
-from cronium_bus.settings import Settings
+from cronium_bus.secrets import (
+    SecretBox,
+    SecretError,
+    box_from,
+    ensure_key_file,
+    get_secret,
+    put_secret,
+)
+from cronium_bus.settings import Settings, load_settings
 from cronium_bus.subjects import SECRETS_BUCKET
 from tests.conftest import Embedded
 from tests.helpers import requested, run_code, wait_final
@@ -126,3 +134,23 @@ async def test_missing_secret_fails_the_run_with_a_hint(bus: Bus, runner: Embedd
     assert state.status == "failed"
     assert state.error is not None and "NOPE does not exist" in state.error.message
     assert "cronium secret set NOPE" in state.error.hint
+
+
+def test_key_file_is_made_once_private_and_used(tmp_path: Path) -> None:
+    """`cronium up`'s key file: 64 hex characters, 0600, never replaced, made private again if it
+    was copied in readable; with no secret_key set the box uses it."""
+    key = ensure_key_file(tmp_path)
+    first = key.read_text()
+    assert key.stat().st_mode & 0o777 == 0o600 and len(first.strip()) == 64
+    int(first, 16)
+    assert ensure_key_file(tmp_path).read_text() == first
+    assert [p.name for p in tmp_path.iterdir()] == ["secret.key"]  # no temporary left behind
+    key.chmod(0o644)
+    ensure_key_file(tmp_path)
+    assert key.stat().st_mode & 0o777 == 0o600
+    settings = load_settings(nats_url="nats://127.0.0.1:1", data_dir=tmp_path)
+    sealed = box_from(settings).seal("N", b"v")
+    assert SecretBox(first.strip()).open("N", sealed) == b"v"
+    missing = load_settings(nats_url="nats://127.0.0.1:1", data_dir=tmp_path / "none")
+    with pytest.raises(SecretError, match="cronium up"):
+        box_from(missing)

@@ -14,7 +14,7 @@ from typing import Final, TypeVar
 import msgspec
 import structlog
 
-from consumers.container.hostfs import FILE_MODE, give_to_sandbox, private_dir, private_file
+from consumers.container.hostfs import private_dir, private_file, private_socket
 from consumers.container.pool import WarmContainer
 from consumers.container.runtime import (
     LABEL_ATTEMPT,
@@ -137,7 +137,7 @@ class Attempt:
             self.api = HelperApi(self.ctx.bus, self.queued, secret_values)
             self._prepare_dir(await self.api.input_json())
             await self.api.start(self.runtime_dir / "api.sock")
-            give_to_sandbox(self.runtime_dir / "api.sock", FILE_MODE)
+            private_socket(self.runtime_dir / "api.sock")
             self._write_token()
             pump = self._make_pump()
             if self.warm is not None:

@@ -1,13 +1,22 @@
 """Host files shared with one sandbox: readable by the sandbox's uid and the runner, no one else.
 
 An attempt's runtime directory (script, input, token, event metadata, the API socket) is
-bind-mounted read-only at ``/cronium``. On the host it is mode 0700 and its files 0600, owned by
-the sandbox uid when the runner is root (the usual case: it drives the Docker engine), so another
-host user — ``nobody``, a local login — can neither list it nor read the token and connect to the
-socket as the execution. Root (the runner) reads everything anyway.
+bind-mounted read-only at ``/cronium``. On the host, when the runner is root (the usual case: it
+drives the Docker engine):
 
-A runner that is not root cannot give files away; it then runs as the sandbox uid itself (the
-files are its own), or falls back to world-readable modes and says so once in its log.
+- the directory stays **root's**, group the sandbox's gid, mode 0750: the sandbox may list and
+  enter it, other users may not enter it, and no one but root may create, replace or link
+  anything in it — so nothing can be swapped under the runner;
+- each file and the socket are the **sandbox uid's**, mode 0600, set on the open descriptor
+  (files) or on a path only root can change (the socket): another host user — ``nobody``, a local
+  login — can neither read the token nor connect to the socket as the execution.
+
+Only a host account with the sandbox's uid (1000) could read them; the default runtime root is
+inside the data dir that ``cronium up`` keeps 0700, which no such account can enter.
+
+A runner that is not root cannot give files away: as the sandbox uid the files are its own
+anyway; otherwise it falls back to world-readable files and a world-connectable socket (0666:
+connecting needs write permission), and says so once in its log.
 """
 
 from __future__ import annotations
@@ -22,30 +31,31 @@ from consumers.container.runtime import SANDBOX_UID
 
 log = structlog.get_logger(__name__)
 
-_PRIVATE: Final = os.geteuid() in (0, SANDBOX_UID)
-DIR_MODE: Final = 0o700 if _PRIVATE else 0o755
+_ROOT: Final = os.geteuid() == 0
+_PRIVATE: Final = _ROOT or os.geteuid() == SANDBOX_UID
+DIR_MODE: Final = 0o750 if _ROOT else 0o700 if _PRIVATE else 0o755
 FILE_MODE: Final = 0o600 if _PRIVATE else 0o644
+SOCKET_MODE: Final = 0o600 if _PRIVATE else 0o666
 _warned: list[bool] = []
 
 
-def give_to_sandbox(path: Path, mode: int) -> None:
-    """Make ``path`` the sandbox uid's with ``mode`` (when the runner may give files away)."""
-    if os.geteuid() == 0:
-        os.chown(path, SANDBOX_UID, SANDBOX_UID, follow_symlinks=False)
-    elif not _PRIVATE and not _warned:
+def _warn_once() -> None:
+    if not _PRIVATE and not _warned:
         _warned.append(True)
         log.warning(
             "runtime files are world-readable: run the runner as root or as the sandbox uid",
             sandbox_uid=SANDBOX_UID,
             runner_uid=os.geteuid(),
         )
-    path.chmod(mode)
 
 
 def private_dir(path: Path) -> None:
     """Create (or take over) a runtime directory for one sandbox."""
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-    give_to_sandbox(path, DIR_MODE)
+    if _ROOT:
+        os.chown(path, 0, SANDBOX_UID, follow_symlinks=False)  # the image's gid equals its uid
+    path.chmod(DIR_MODE)
+    _warn_once()
 
 
 def private_file(path: Path, data: bytes) -> None:
@@ -53,4 +63,13 @@ def private_file(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    give_to_sandbox(path, FILE_MODE)
+        if _ROOT:
+            os.fchown(f.fileno(), SANDBOX_UID, SANDBOX_UID)
+        os.fchmod(f.fileno(), FILE_MODE)
+
+
+def private_socket(path: Path) -> None:
+    """Give the API socket to the sandbox uid (its directory is root's: nothing can swap it)."""
+    if _ROOT:
+        os.chown(path, SANDBOX_UID, SANDBOX_UID, follow_symlinks=False)
+    path.chmod(SOCKET_MODE)
