@@ -149,8 +149,8 @@ async def test_runtime_files_are_the_sandboxs_alone(
     bus: Bus, runner: Embedded, settings: Settings
 ) -> None:
     """The token, input and API socket are the sandbox uid's (files 0600) in a directory only
-    root may change (0750, group of the sandbox): another host user cannot read the token nor connect to the socket
-    while the script runs."""
+    root may change (0750, group of the sandbox): another host user cannot read the token nor
+    connect to the socket while the script runs."""
     event = requested(RUNTIME_FILES)
     tail = await follow_logs(bus.js, event.execution_id, max_bytes=1 << 20).start()
     await bus.publish(event)
