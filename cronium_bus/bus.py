@@ -13,8 +13,9 @@ import contextlib
 import enum
 import socket
 from collections.abc import Coroutine
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import nats
 import nats.errors
@@ -25,13 +26,25 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from cronium_bus.codec import encode
-from cronium_bus.errors import BusUnavailableError
+from cronium_bus.errors import BusUnavailableError, PermissionDeniedError
 from cronium_bus.events import Event, HelperCalled, LogChunk, Terminal, short_type
+from cronium_bus.identity.roles import inbox_prefix
 from cronium_bus.settings import Settings
 from cronium_bus.subjects import exec_subject, log_subject
 
 log = structlog.get_logger(__name__)
 _DRAIN_TIMEOUT_S = 3.0
+_T = TypeVar("_T")
+
+
+def credential_name(creds: Path) -> str | None:
+    """The user name inside a ``.creds`` file, or ``None`` if it cannot be read."""
+    from cronium_bus.identity.authority import IdentityError, role_of
+
+    try:
+        return role_of(creds)[0] or None
+    except IdentityError:
+        return None
 
 
 class _State(enum.Enum):
@@ -72,6 +85,8 @@ class Bus:
         self.settings = settings
         self.name = name
         self.producer = f"{name}@{socket.gethostname()}"
+        self.violations: list[str] = []  # permission refusals the server reported, newest last
+        self._violated = asyncio.Event()
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._state = _State.NEW
@@ -105,10 +120,24 @@ class Bus:
         refused = asyncio.Event()  # the server answered, but turned the credentials down
 
         async def on_error(exc: Exception) -> None:
-            if connected:
+            text = str(exc).lower()
+            if "permissions violation" in text:
+                self.violations.append(text)
+                self._violated.set()
+                log.debug("nats refused an action", error=str(exc))
+            elif connected:
                 log.warning("nats error", error=str(exc))
-            elif "authorization" in str(exc).lower():
+            elif "authorization" in text or "revoked" in text:
                 refused.set()
+
+        creds = self.settings.credentials()
+        if creds is not None and not creds.is_file():
+            raise BusUnavailableError(
+                f"credentials file {creds} does not exist",
+                hint="pass --creds FILE (or CRONIUM_CREDS) naming a .creds file from "
+                "`cronium user add`, or the admin credential `cronium up` printed",
+            )
+        name = credential_name(creds) if creds is not None else None
 
         # nats-py retries the first connection forever when reconnecting is allowed, so the
         # first connection is bounded here; once connected, reconnects go on without limit.
@@ -122,6 +151,8 @@ class Bus:
                         if self.settings.nats_password
                         else None
                     ),
+                    user_credentials=str(creds) if creds is not None else None,
+                    inbox_prefix=inbox_prefix(name) if name else "_INBOX",
                     name=self.name,
                     connect_timeout=min(2.0, self.settings.connect_timeout),
                     allow_reconnect=True,
@@ -135,11 +166,18 @@ class Bus:
                 timeout=self.settings.connect_timeout,
             )
         except _Refused as exc:
-            raise BusUnavailableError(
+            who = name or self.settings.nats_user
+            raise PermissionDeniedError(
                 f"NATS at {self.settings.nats_url} refused the credentials"
-                + (f" of user {self.settings.nats_user}" if self.settings.nats_user else ""),
-                hint="check CRONIUM_NATS_USER and CRONIUM_NATS_PASSWORD (see "
-                "deploy/nats/accounts.conf)",
+                + (f" of {who}" if who else " (none were given)"),
+                hint=(
+                    "check CRONIUM_NATS_USER and CRONIUM_NATS_PASSWORD (see "
+                    "deploy/nats/accounts.conf)"
+                    if self.settings.nats_user
+                    else "pass --creds FILE (or CRONIUM_CREDS) with valid credentials: the "
+                    "admin credential `cronium up` printed, or one from `cronium user add`; a "
+                    "removed user's credentials stay refused"
+                ),
             ) from exc
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             raise BusUnavailableError(
@@ -167,12 +205,39 @@ class Bus:
         return self._js
 
     async def publish(self, event: Event, *, subject: str | None = None) -> PubAck:
-        """Publish one event to JetStream with its deterministic message id."""
-        return await self.js.publish(
-            subject or subject_of(event),
-            encode(event),
-            headers={"Nats-Msg-Id": message_id(event)},
+        """Publish one event to JetStream with its deterministic message id.
+
+        Raises :class:`PermissionDeniedError` as soon as the server reports that this connection
+        may not publish there (instead of waiting for an acknowledgement that never comes).
+        """
+        target = subject or subject_of(event)
+        return await self.refusable(
+            self.js.publish(target, encode(event), headers={"Nats-Msg-Id": message_id(event)}),
+            target,
         )
+
+    async def refusable(self, call: Coroutine[Any, Any, _T], subject: str) -> _T:
+        """Await ``call``; raise :class:`PermissionDeniedError` if the server refuses ``subject``
+        meanwhile (nats-server reports a refused publish asynchronously, as an error)."""
+        seen = len(self.violations)
+        task = asyncio.ensure_future(call)
+        while True:
+            self._violated.clear()
+            refused = [v for v in self.violations[seen:] if f'"{subject.lower()}"' in v]
+            if refused:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, nats.errors.Error):
+                    await task
+                raise PermissionDeniedError(
+                    f"not permitted to publish to {subject}",
+                    hint="your credentials' role does not allow this (see `cronium user list`; "
+                    "README, Security)",
+                )
+            waiter = asyncio.ensure_future(self._violated.wait())
+            done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                waiter.cancel()
+                return task.result()
 
     async def close(self) -> None:
         """Drain and close; safe to call more than once."""

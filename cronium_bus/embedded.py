@@ -18,6 +18,7 @@ from typing import IO, Final
 import structlog
 
 from cronium_bus.errors import CroniumError
+from cronium_bus.identity.authority import Authority
 
 log = structlog.get_logger(__name__)
 _MAX_BACKOFF_S: Final = 30.0
@@ -54,12 +55,25 @@ def port_open(host: str, port: int) -> bool:
 
 
 class NatsServer:
-    """A nats-server child process with JetStream, listening on 127.0.0.1 only."""
+    """A nats-server child process with JetStream, listening on 127.0.0.1 only.
 
-    def __init__(self, data_dir: Path, port: int = 0, *, max_payload_mb: int = 16) -> None:
+    With an :class:`Authority` every connection must present credentials it issued (decentralized
+    JWT auth, no anonymous access); ``cronium up`` always passes one. Without, the server is
+    open — only for benchmarks and tests of the unauthenticated path.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        *,
+        max_payload_mb: int = 16,
+        authority: Authority | None = None,
+    ) -> None:
         self.data_dir = data_dir / "nats"
         self.port = port or free_port()
         self.max_payload_mb = max_payload_mb
+        self.authority = authority
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,11 +84,13 @@ class NatsServer:
     def config_text(self) -> str:
         """The server configuration file."""
         store = self.data_dir / "jetstream"
+        auth = self.authority.server_config(self.data_dir / "jwt") if self.authority else ""
         return (
             f"server_name: cronium_embedded\n"
             f"listen: 127.0.0.1:{self.port}\n"
             f"max_payload: {self.max_payload_mb}MB\n"
             f"jetstream {{\n  store_dir: {str(store)!r}\n}}\n"
+            f"{auth}"
         )
 
     def start(self, timeout: float = 15.0) -> None:
@@ -85,8 +101,10 @@ class NatsServer:
                 hint="stop what uses it, or pass --nats-port PORT (or --nats-url to use a "
                 "running server)",
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.data_dir / "jwt").mkdir(exist_ok=True, mode=0o700)
         conf = self.data_dir / "nats-server.conf"
+        conf.touch(mode=0o600)
         conf.write_text(self.config_text())
         logfile = (self.data_dir / "nats-server.log").open("ab")
         self.proc = subprocess.Popen(
@@ -198,10 +216,13 @@ class Supervisor:
             child.proc = None
 
 
-def child_env(nats_url: str, data_dir: Path) -> dict[str, str]:
-    """The environment of consumer processes: ours, with the stack's URL and data dir."""
+def child_env(nats_url: str, data_dir: Path, creds: Path | None = None) -> dict[str, str]:
+    """The environment of consumer processes: ours, with the stack's URL, data dir and the
+    service identity's credentials."""
     env = dict(os.environ)
     env["CRONIUM_NATS_URL"] = nats_url
     env["CRONIUM_DATA_DIR"] = str(data_dir)
+    if creds is not None:
+        env["CRONIUM_CREDS"] = str(creds)
     env.setdefault("CRONIUM_LOG_FORMAT", "json")
     return env

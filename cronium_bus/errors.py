@@ -22,6 +22,7 @@ ErrorKind = Literal[
     "circuit_open",
     "runner_lost",
     "infrastructure",
+    "permission",
 ]
 ERROR_KINDS: frozenset[str] = frozenset(get_args(ErrorKind))
 
@@ -49,6 +50,12 @@ class EventDecodeError(CroniumError):
         super().__init__(reason, hint=hint)
         self.reason = reason
         self.event_type = event_type
+
+
+class PermissionDeniedError(CroniumError):
+    """nats-server (or the service) refused an action for lack of permission."""
+
+    kind: ErrorKind = "permission"
 
 
 class BusUnavailableError(CroniumError):

@@ -137,6 +137,8 @@ class Settings(BaseSettings):
 
     nats_url: str = "nats://127.0.0.1:4222"
     """One server, or several separated by commas (seeds of a cluster)."""
+    creds: Path | None = None
+    """A NATS ``.creds`` file (``CRONIUM_CREDS``); unset: the admin credential of ``data_dir``."""
     nats_user: str | None = None
     nats_password: SecretStr | None = None
     nats_port: int = Field(4222, ge=0, le=65535)
@@ -194,6 +196,16 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Flags, then environment, then the TOML file (if any)."""
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def credentials(self) -> Path | None:
+        """The ``.creds`` file to connect with: ``creds``, else ``DATA_DIR/auth/admin.creds``
+        when it exists and no user/password is set (the quickstart's single machine)."""
+        if self.creds is not None:
+            return self.creds
+        default = self.data_dir / "auth" / "admin.creds"
+        if self.nats_user is None and default.is_file():
+            return default
+        return None
 
     @property
     def runtime_dir(self) -> Path:

@@ -13,6 +13,7 @@ import pytest
 
 from cronium_bus.bus import Bus
 from cronium_bus.embedded import NatsServer
+from cronium_bus.identity.authority import Authority
 from cronium_bus.lifecycle import Stopper
 from cronium_bus.provision import provision
 from cronium_bus.settings import Settings, load_settings
@@ -20,11 +21,21 @@ from cronium_bus.settings import Settings, load_settings
 
 @pytest.fixture(scope="module")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    """A real nats-server with JetStream on a free 127.0.0.1 port, for one test module."""
-    server = NatsServer(tmp_path_factory.mktemp("nats"), port=0)
+    """A real nats-server with JetStream on a free 127.0.0.1 port, for one test module, with the
+    JWT auth of ``cronium up``: only credentials of its authority connect."""
+    root = tmp_path_factory.mktemp("nats")
+    authority = Authority.load_or_create(root / "auth")
+    authority.write_stack_creds()
+    server = NatsServer(root, port=0, authority=authority)
     server.start()
     yield server
     server.stop()
+
+
+def service_creds(server: NatsServer) -> Path:
+    """The service identity's credentials for a test server."""
+    assert server.authority is not None
+    return server.authority.directory / "service.creds"
 
 
 @pytest.fixture
@@ -33,6 +44,7 @@ def settings(nats_server: NatsServer, tmp_path: Path) -> Iterator[Settings]:
     runtime_dir = Path(tempfile.mkdtemp(prefix="crt-", dir="/tmp"))  # short: holds a socket
     yield load_settings(
         nats_url=nats_server.url,
+        creds=service_creds(nats_server),
         data_dir=tmp_path / "data",
         user="tester",
         secret_key="test-secret-key-0123456789abcdef",

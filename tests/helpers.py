@@ -54,6 +54,7 @@ class RunnerProcess:
         env = {
             **os.environ,
             "CRONIUM_NATS_URL": settings.nats_url,
+            "CRONIUM_CREDS": str(settings.creds),
             "CRONIUM_DATA_DIR": str(settings.data_dir),
             "CRONIUM_RUNNER__RUNTIME_DIR": str(settings.runtime_dir),
             "CRONIUM_RUNNER__SLOTS": str(slots),

@@ -115,7 +115,11 @@ async def test_chaos_leaves_every_execution_final_and_consistent(
     assert statuses.get("succeeded", 0) > 100 and statuses.get("failed", 0) >= 30
 
     # the command users run says the same
-    env = {**os.environ, "CRONIUM_NATS_URL": settings.nats_url}
+    env = {
+        **os.environ,
+        "CRONIUM_NATS_URL": settings.nats_url,
+        "CRONIUM_CREDS": str(settings.creds),
+    }
     cli = await asyncio.to_thread(
         subprocess.run,
         [cronium_bin, "check", "--final", "--json"],

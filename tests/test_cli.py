@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cronium_bus.identity.authority import Authority
+
 pytestmark = pytest.mark.docker
 
 
@@ -81,6 +83,8 @@ def stack(cronium_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         line = proc.stdout.readline()
         match = re.match(r"cronium ready: (nats://127\.0\.0\.1:\d+) ", line)
         assert match, f"no ready line: {line!r}; log: {(data / 'up.log').read_text()[-2000:]}"
+        creds_line = proc.stdout.readline().strip()
+        assert creds_line == f"credentials: {data / 'auth' / 'admin.creds'}", creds_line
         metrics = re.match(
             r"cronium metrics: serving (http://127\.0\.0\.1:\d+/metrics)$",
             line2 := proc.stdout.readline().strip(),
@@ -212,7 +216,10 @@ def test_secret_set_then_used_and_masked(stack: Stack, tmp_path: Path) -> None:
         'echo "token=$(cronium_secret DEPLOY_TOKEN)"',
     )
     assert (result.returncode, result.stdout) == (0, "token=********\n"), result.stderr
-    elsewhere = {"CRONIUM_DATA_DIR": str(tmp_path / "no-stack-here")}
+    elsewhere = {
+        "CRONIUM_DATA_DIR": str(tmp_path / "no-stack-here"),
+        "CRONIUM_CREDS": str(stack.data / "auth" / "admin.creds"),
+    }
     no_key = stack.cli("secret", "set", "X", input="v", env=elsewhere)
     assert no_key.returncode == 2 and "cronium up" in no_key.stderr, no_key.stderr
     assert "CRONIUM_SECRET_KEY" in no_key.stderr
@@ -489,6 +496,55 @@ def _read_or_empty(path: Path) -> str:
         return ""
 
 
+def test_anonymous_and_forged_connections_are_refused(stack: Stack, tmp_path: Path) -> None:
+    """`cronium up`'s NATS has no anonymous access, not even on loopback: a client with no
+    credentials, or with credentials this installation did not issue, is refused (exit 77)."""
+    anonymous = stack.cli("status", env={"CRONIUM_DATA_DIR": str(tmp_path)})
+    assert anonymous.returncode == 77, anonymous.stderr
+    assert "refused the credentials" in anonymous.stderr and "--creds" in anonymous.stderr
+    foreign = Authority.load_or_create(tmp_path / "other-auth")
+    stranger = tmp_path / "stranger.creds"
+    stranger.write_text(foreign.issue("mallory", "admin"))
+    forged = stack.cli("status", "--creds", str(stranger))
+    assert forged.returncode == 77 and "mallory" in forged.stderr, forged.stderr
+    missing = stack.cli("status", "--creds", str(tmp_path / "nope.creds"))
+    assert missing.returncode == 69 and "does not exist" in missing.stderr
+    assert stack.cli("status").returncode == 0  # the admin credential of the data dir
+
+
+def test_users_get_credentials_by_role_and_lose_them_on_rm(stack: Stack, tmp_path: Path) -> None:
+    """`cronium user add` writes a 0600 .creds a plain NATS client accepts; a user runs, an
+    auditor may not (exit 77 naming the subject); `user rm` refuses the credentials from then on."""
+    added = stack.cli("user", "add", "alice")
+    assert added.returncode == 0, added.stderr
+    alice = Path(added.stdout.strip())
+    assert alice.stat().st_mode & 0o777 == 0o600 and "BEGIN NATS USER JWT" in alice.read_text()
+    carol_file = tmp_path / "carol.creds"
+    carol = stack.cli("user", "add", "carol", "--role", "auditor", "--out", str(carol_file))
+    assert carol.returncode == 0 and carol.stdout.strip() == str(carol_file), carol.stderr
+    again = stack.cli("user", "add", "alice")
+    assert again.returncode == 2 and "exists" in again.stderr
+    for bad in ("Alice", "a.b", "a b", "x" * 65, "service", "*"):
+        refused = stack.cli("user", "add", bad)
+        assert refused.returncode == 2, (bad, refused.stderr)
+    listed = [json.loads(line) for line in stack.cli("user", "list", "--json").stdout.splitlines()]
+    assert {(u["name"], u["role"], u["state"]) for u in listed} >= {
+        ("alice", "user", "active"),
+        ("carol", "auditor", "active"),
+    }
+    ran = stack.cli("run", "--creds", str(alice), "--runtime", "bash", "-c", "echo as-alice")
+    assert (ran.returncode, ran.stdout) == (0, "as-alice\n"), ran.stderr
+    denied = stack.cli("run", "--creds", str(carol_file), "--runtime", "bash", "-c", "echo no")
+    assert denied.returncode == 77, denied.stderr
+    assert "not permitted to publish to cronium.exec." in denied.stderr
+    assert stack.cli("status", "--creds", str(carol_file)).returncode in (0, 1)
+    removed = stack.cli("user", "rm", "alice")
+    assert removed.returncode == 0, removed.stderr
+    after = stack.cli("run", "--creds", str(alice), "--runtime", "bash", "-c", "echo again")
+    assert after.returncode == 77 and "refused the credentials of alice" in after.stderr
+    assert stack.cli("user", "rm", "alice").returncode == 2
+
+
 def test_help_explains_commands_and_exit_codes(cronium_bin: str) -> None:
     top = subprocess.run([cronium_bin, "--help"], capture_output=True, text=True, check=True)
     for command in (
@@ -501,10 +557,12 @@ def test_help_explains_commands_and_exit_codes(cronium_bin: str) -> None:
         "cancel",
         "config",
         "metrics",
+        "user",
     ):
         assert command in top.stdout
     run = subprocess.run([cronium_bin, "run", "--help"], capture_output=True, text=True, check=True)
     assert "124" in run.stdout and "137" in run.stdout and "--timeout" in run.stdout
+    assert "77" in run.stdout and "--creds" in run.stdout
 
 
 def test_config_redacts_secrets(cronium_bin: str) -> None:

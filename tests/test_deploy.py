@@ -219,7 +219,7 @@ async def test_the_producer_runs_scripts_but_cannot_forge_or_reach_further(
     single: str, workdir: Path, cronium_bin: str
 ) -> None:
     """As cronium-producer, `cronium run` works end to end (live output, a large input through
-    the payload store, --json summary); a wrong password is reported as such at once (exit 69,
+    the payload store, --json summary); a wrong password is reported as such at once (exit 77,
     not a 5 s "cannot reach"); publishing a lifecycle event, opening the secrets bucket,
     purging the payload store (other producers' inputs) or deleting a stream is refused by the
     server."""
@@ -255,8 +255,8 @@ async def test_the_producer_runs_scripts_but_cannot_forge_or_reach_further(
             timeout=60,
             check=False,
         )
-        assert wrong.returncode == 69
-        assert "refused the credentials of user cronium-producer" in wrong.stderr
+        assert wrong.returncode == 77
+        assert "refused the credentials of cronium-producer" in wrong.stderr
         assert "CRONIUM_NATS_PASSWORD" in wrong.stderr and "wrong" not in wrong.stderr
 
         nc = await nats.connect(single, user="cronium-producer", password="producer-pw")

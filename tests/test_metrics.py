@@ -178,11 +178,11 @@ async def test_no_projector_means_warehouse_down_not_a_failed_scrape(bus: Bus) -
 
 
 async def test_nats_going_away_reads_as_up_0_and_coming_back_as_up_1(
-    tmp_path: Path, settings: Settings
+    tmp_path: Path, settings: Settings, nats_server: NatsServer
 ) -> None:
     """A server of its own is stopped under a running exporter: the scrape still answers, in
     bounded time, with cronium_up 0; after the restart it reads 1 again."""
-    server = NatsServer(tmp_path / "own-nats", port=0)
+    server = NatsServer(tmp_path / "own-nats", port=0, authority=nats_server.authority)
     server.start()
     own = settings.model_copy(update={"nats_url": server.url})
     try:

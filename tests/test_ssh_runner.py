@@ -239,6 +239,7 @@ async def test_cli_servers_and_multi_target_run(
     known.write_text(farm[11].known_hosts)
     env = {
         "CRONIUM_SECRET_KEY": settings.secret_key.get_secret_value() if settings.secret_key else "",
+        "CRONIUM_CREDS": str(settings.creds),
         "PATH": "/usr/bin:/bin",
     }
 

@@ -19,7 +19,15 @@ from cronium_bus.settings import Settings, load_settings
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
-    """``--nats-url`` and ``--config``, taken by every command that talks to the stack."""
+    """``--nats-url``, ``--creds`` and ``--config``, taken by every command that talks to the
+    stack."""
+    parser.add_argument(
+        "--creds",
+        metavar="FILE",
+        type=Path,
+        help="NATS credentials to act as (default: $CRONIUM_CREDS, else the admin credential "
+        "in the data dir of `cronium up`)",
+    )
     parser.add_argument(
         "--nats-url",
         metavar="URL",
@@ -36,8 +44,18 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
     """Read the settings once, with the command line's overrides on top."""
     return load_settings(
-        getattr(args, "config", None), nats_url=getattr(args, "nats_url", None), **extra
+        getattr(args, "config", None),
+        nats_url=getattr(args, "nats_url", None),
+        creds=getattr(args, "creds", None),
+        **extra,
     )
+
+
+def exit_code_of(exc: CroniumError) -> int:
+    """The exit code of a command that ended with ``exc``."""
+    if exc.kind == "permission":
+        return exitcodes.PERMISSION
+    return exitcodes.USAGE if exc.kind == "validation" else exitcodes.FAILURE
 
 
 def fail(message: str, hint: str = "", code: int = exitcodes.FAILURE) -> int:
@@ -69,10 +87,6 @@ def run_client(
     except BusUnavailableError as exc:
         return fail(exc.message, exc.hint, exitcodes.UNAVAILABLE)
     except CroniumError as exc:
-        return fail(
-            exc.message,
-            exc.hint,
-            exitcodes.USAGE if exc.kind == "validation" else exitcodes.FAILURE,
-        )
+        return fail(exc.message, exc.hint, exit_code_of(exc))
     except KeyboardInterrupt:
         return exitcodes.CANCELLED

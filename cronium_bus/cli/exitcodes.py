@@ -13,12 +13,14 @@ INFRASTRUCTURE: Final = 125  # runner, engine or image failed; execution lost (a
 CANCELLED: Final = 130  # as a process stopped by Ctrl-C
 OOM: Final = 137  # killed for exceeding its memory limit (128 + SIGKILL)
 UNAVAILABLE: Final = 69  # NATS not reachable (EX_UNAVAILABLE)
+PERMISSION: Final = 77  # the server or the service refused the action (EX_NOPERM)
 
 TABLE: Final = f"""\
 exit codes:
   N     the script's own exit code (0 on success)
   {USAGE}     the request was rejected (the reason is printed), or bad flags
   {UNAVAILABLE}    the stack is not reachable (start it with `cronium up`)
+  {PERMISSION}    refused for lack of permission (credentials refused, or a role that may not)
   {OUTPUT_LIMIT}   the script printed more than the output cap and was stopped
   {TIMED_OUT}   the script ran past --timeout and was stopped
   {INFRASTRUCTURE}   infrastructure error: runner, Docker engine or image failed, or runner lost

@@ -17,6 +17,7 @@ from cronium_bus.cli import (
     secret,
     servers,
     stack,
+    users,
     warehouse,
 )
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     warehouse.add_parsers(sub)
     ops.add_parsers(sub)
     metrics.add_parser(sub)
+    users.add_parsers(sub)
     return parser
 
 

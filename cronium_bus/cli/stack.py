@@ -21,6 +21,8 @@ from cronium_bus.cli.common import add_client_options, fail, settings_from
 from cronium_bus.embedded import NatsServer, Supervisor, child_env
 from cronium_bus.errors import BusUnavailableError, CroniumError
 from cronium_bus.health import read_beats
+from cronium_bus.identity.authority import Authority
+from cronium_bus.identity.roles import SERVICE
 from cronium_bus.lifecycle import Stopper, run_service
 from cronium_bus.logging import configure_logging
 from cronium_bus.metrics import MetricsServer
@@ -73,8 +75,11 @@ def add_parsers(sub: _Sub) -> None:
         help="run the embedded stack in the foreground",
         description="Start nats-server (JetStream in DATA_DIR) unless --nats-url names a running "
         "server, provision streams and buckets, and run every consumer as a supervised child "
-        "process (restarted if it dies). Prints one line when ready. Ctrl-C or SIGTERM stops "
-        "everything cleanly.",
+        "process (restarted if it dies). The embedded server accepts only credentials of this "
+        "installation (NATS JWT auth; keys in DATA_DIR/auth, created on first start). Prints "
+        "`cronium ready: URL ...` when ready, then `credentials: PATH` naming the admin "
+        "credential, which client commands on this machine use by default. Ctrl-C or SIGTERM "
+        "stops everything cleanly.",
     )
     p.add_argument(
         "--data-dir",
@@ -158,23 +163,29 @@ def up(args: argparse.Namespace) -> int:
     settings.data_dir.chmod(0o700)  # the store, the runtime dirs and the key: ours alone
     ensure_key_file(settings.data_dir)
     server: NatsServer | None = None
+    admin: Path | None = None
+    service_creds = settings.creds
     if args.nats_url is None:
+        authority = Authority.load_or_create(settings.data_dir / "auth")
+        stack_creds = authority.write_stack_creds()
+        admin, service_creds = stack_creds["admin"], stack_creds[SERVICE]
         server = NatsServer(
             settings.data_dir,
             settings.nats_port,
             max_payload_mb=max(1, settings.streams.max_msg_size // 1024**2),
+            authority=authority,
         )
         try:
             server.start()
         except CroniumError as exc:
             return fail(exc.message, exc.hint, exitcodes.INFRASTRUCTURE)
-        settings = settings.model_copy(update={"nats_url": server.url})
-    supervisor = Supervisor(child_env(settings.nats_url, settings.data_dir))
+        settings = settings.model_copy(update={"nats_url": server.url, "creds": service_creds})
+    supervisor = Supervisor(child_env(settings.nats_url, settings.data_dir, service_creds))
     for name in names:
         extra = ["--config", str(args.config)] if args.config else []
         supervisor.add(name, extra)
     try:
-        return asyncio.run(_run_stack(settings, supervisor, names))
+        return asyncio.run(_run_stack(settings, supervisor, names, admin))
     except BusUnavailableError as exc:
         return fail(exc.message, exc.hint, exitcodes.UNAVAILABLE)
     finally:
@@ -183,7 +194,9 @@ def up(args: argparse.Namespace) -> int:
             server.stop()
 
 
-async def _run_stack(settings: Settings, supervisor: Supervisor, names: list[str]) -> int:
+async def _run_stack(
+    settings: Settings, supervisor: Supervisor, names: list[str], admin: Path | None
+) -> int:
     stopper = Stopper()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -214,6 +227,8 @@ async def _run_stack(settings: Settings, supervisor: Supervisor, names: list[str
                         f"cronium ready: {settings.nats_url} data {settings.data_dir} ({pids})",
                         flush=True,
                     )
+                    if admin is not None:
+                        print(f"credentials: {admin}", flush=True)
                     if metrics is not None:
                         print(f"cronium metrics: serving {metrics.url}", flush=True)
                 elif time.monotonic() > deadline:

@@ -1,0 +1,150 @@
+"""``cronium user add|list|rm``: people's NATS credentials, issued and revoked by the installation.
+
+These commands sign with the installation's keys in ``DATA_DIR/auth`` (the store ``cronium up``
+creates), so they run on the stack's host as the user that runs ``cronium up``; anyone else gets
+exit 77. ``rm`` also pushes the account's new revocation list to the running server, which closes
+the removed user's connections at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TypeAlias
+
+import nats
+import nats.errors
+from pydantic import ValidationError
+
+from cronium_bus.cli import exitcodes
+from cronium_bus.cli.common import fail, settings_from
+from cronium_bus.identity.authority import Authority, IdentityError
+from cronium_bus.identity.roles import ROLES, Role
+from cronium_bus.settings import Settings
+
+_Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+_PUSH_TIMEOUT_S = 5.0
+
+
+def add_parsers(sub: _Sub) -> None:
+    """Register ``cronium user``."""
+    p = sub.add_parser(
+        "user",
+        help="issue, list and revoke people's credentials",
+        description="Each person connects with a standard NATS .creds file; nats-server checks "
+        "it and applies the role's permissions (admin: everything; user: run, follow, cancel, "
+        "query; auditor: read history, audit and logs, run nothing). Run on the stack's host "
+        "as the user that runs `cronium up` (the keys are in DATA_DIR/auth).",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("add", help="issue NAME's credentials and print the file's path")
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("--role", choices=ROLES, default="user", help="what NAME may do (default user)")
+    a.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="where to write the .creds file (default DATA_DIR/auth/users/NAME.creds), 0600",
+    )
+    ls = actions.add_parser("list", help="users, their roles and whether they are revoked")
+    ls.add_argument("--json", action="store_true", help="one JSON object per user")
+    rm = actions.add_parser("rm", help="revoke NAME: refuse new connections, close live ones")
+    rm.add_argument("name", metavar="NAME")
+    for parser in (a, ls, rm):
+        parser.add_argument(
+            "--data-dir",
+            type=Path,
+            metavar="DIR",
+            help="the stack's data dir (default: $CRONIUM_DATA_DIR or ~/.local/share/cronium)",
+        )
+        parser.add_argument(
+            "--nats-url", metavar="URL", help="the running stack (for rm; default as elsewhere)"
+        )
+        parser.add_argument("--config", metavar="FILE", type=Path, help="TOML settings file")
+    p.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``cronium user``."""
+    try:
+        settings = settings_from(args, data_dir=args.data_dir)
+    except (ValidationError, FileNotFoundError) as exc:
+        return fail(f"invalid settings: {exc}", "see `cronium config`", exitcodes.USAGE)
+    try:
+        authority = Authority.load(settings.data_dir / "auth")
+        if args.action == "add":
+            return _add(authority, args.name, args.role, args.out)
+        if args.action == "list":
+            return _list(authority, as_json=args.json)
+        return _rm(authority, settings, args.name)
+    except IdentityError as exc:
+        refused = "cannot read" in exc.message
+        return fail(exc.message, exc.hint, exitcodes.PERMISSION if refused else exitcodes.USAGE)
+    except PermissionError as exc:
+        return fail(
+            f"not permitted: {exc.strerror} ({exc.filename})",
+            "run as the user that runs `cronium up`",
+            exitcodes.PERMISSION,
+        )
+
+
+def _add(authority: Authority, name: str, role: Role, out: Path | None) -> int:
+    creds = authority.issue(name, role)
+    path = out or authority.directory / "users" / f"{name}.creds"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(creds)
+    print(path)
+    print(f"user {name} ({role}) can connect with --creds {path}", file=sys.stderr)
+    return exitcodes.OK
+
+
+def _list(authority: Authority, *, as_json: bool) -> int:
+    for user in sorted(authority.users.values(), key=lambda u: u.name):
+        state = "revoked" if user.revoked_at is not None else "active"
+        if as_json:
+            print(json.dumps({**vars(user), "state": state}))
+        else:
+            issued = time.strftime("%Y-%m-%d %H:%M", time.gmtime(user.issued_at))
+            print(f"{user.name:<24} {user.role:<8} {state:<8} issued {issued} UTC")
+    return exitcodes.OK
+
+
+def _rm(authority: Authority, settings: Settings, name: str) -> int:
+    authority.revoke(name)
+    account = authority.account_jwt()
+    authority.save()  # the new iat
+    try:
+        reply = asyncio.run(_push(settings.nats_url, authority.directory / "sys.creds", account))
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        print(
+            f"user {name} revoked; the running server was not told ({exc or type(exc).__name__}): "
+            "it applies at the next `cronium up`",
+            file=sys.stderr,
+        )
+        return exitcodes.UNAVAILABLE
+    if '"code":200' not in reply.replace(" ", ""):
+        return fail(f"the server did not take the update: {reply}", "see its log")
+    print(f"user {name} revoked: new connections refused, live ones closed", file=sys.stderr)
+    return exitcodes.OK
+
+
+async def _push(url: str, sys_creds: Path, account_jwt: str) -> str:
+    """Send the account JWT to the server through the system account; its reply."""
+    nc = await nats.connect(
+        servers=[u.strip() for u in url.split(",") if u.strip()],
+        user_credentials=str(sys_creds),
+        allow_reconnect=False,
+        connect_timeout=2,
+        name="cronium-user-rm",
+    )
+    try:
+        msg = await nc.request("$SYS.REQ.CLAIMS.UPDATE", account_jwt.encode(), _PUSH_TIMEOUT_S)
+        return msg.data.decode(errors="replace")
+    finally:
+        await nc.close()
