@@ -57,6 +57,7 @@ class Stack:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, "CRONIUM_DATA_DIR": str(self.data)},
         )
 
 
