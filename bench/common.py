@@ -95,7 +95,16 @@ def stack(env: dict[str, str] | None = None, consumers: str | None = None) -> It
         match = re.match(r"cronium ready: (nats://127\.0\.0\.1:\d+) ", line)
         if not match:
             raise RuntimeError(f"cronium up did not start: {(data / 'up.log').read_text()[-2000:]}")
-        yield Stack(url=match.group(1), data_dir=data, proc=proc)
+        # the bench's own clients act as the stack's admin (load_settings reads CRONIUM_CREDS)
+        before = os.environ.get("CRONIUM_CREDS")
+        os.environ["CRONIUM_CREDS"] = str(data / "auth" / "admin.creds")
+        try:
+            yield Stack(url=match.group(1), data_dir=data, proc=proc)
+        finally:
+            if before is None:
+                os.environ.pop("CRONIUM_CREDS", None)
+            else:
+                os.environ["CRONIUM_CREDS"] = before
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

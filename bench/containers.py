@@ -7,7 +7,8 @@ the engine options are worth by themselves -- docker-py with exactly the bus's c
 (networking disabled in the engine, see ``consumers.container.runtime.sandbox_options``).
 
 Latency is what a live subscriber sees: from just before the request is published to the first
-log line arriving on ``cronium.logs.<id>``, and to the terminal event on ``cronium.exec.<id>.*``
+log line arriving on ``cronium.logs.<owner>.<id>``, and to the terminal event on
+``cronium.exec.<owner>.<id>.*``
 (published once the container has exited; its removal follows). For docker-py: create, attach,
 start, first output frame, wait, remove. For `docker run --rm`: first stdout line, exit.
 
@@ -75,13 +76,13 @@ async def through_bus(
     loop = asyncio.get_running_loop()
 
     async def on_log(msg: object) -> None:
-        eid = msg.subject.split(".")[2]  # type: ignore[attr-defined]
+        eid = msg.subject.split(".")[3]  # type: ignore[attr-defined]
         if eid in t0 and eid not in first:
             first[eid] = time.perf_counter()
 
     async def on_exec(msg: object) -> None:
         tokens = msg.subject.split(".")  # type: ignore[attr-defined]
-        eid, kind = tokens[2], tokens[3]
+        eid, kind = tokens[3], tokens[4]
         fut = done.get(eid)
         if kind in TERMINAL and fut is not None and not fut.done():
             if eid in first:
@@ -92,7 +93,7 @@ async def through_bus(
     async with Bus(settings, name="bench") as bus:
         subs = [
             await bus.nc.subscribe("cronium.logs.>", cb=on_log),
-            await bus.nc.subscribe("cronium.exec.*.*", cb=on_exec),
+            await bus.nc.subscribe("cronium.exec.*.*.*", cb=on_exec),
         ]
         slots = asyncio.Semaphore(concurrency)
         start = time.perf_counter()

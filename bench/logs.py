@@ -1,5 +1,5 @@
 """A script printing 1,000,000 realistic log lines, end to end: a container prints them, the log
-pump publishes chunks on JetStream, a live subscriber follows ``cronium.logs.<id>`` and the
+pump publishes chunks on JetStream, a live subscriber follows ``cronium.logs.<owner>.<id>`` and the
 projector archives them in ClickHouse (chdb). Measured in the same run:
 
 - lines/s through the bus (first to last line at the live subscriber) and into the archive
@@ -70,7 +70,7 @@ async def measure(url: str, lines: int) -> dict[str, float]:
             done.set()
 
     async with Bus(settings, name="bench-logs") as bus:
-        sub = await bus.nc.subscribe(f"cronium.logs.{eid}", cb=on_log)
+        sub = await bus.nc.subscribe(f"cronium.logs.*.{eid}", cb=on_log)
         req = requested(
             eid, Request(runtime="python", code=SCRIPT.format(lines=lines), timeout_s=600)
         )

@@ -137,12 +137,12 @@ async def through_bus(url: str, names: list[str]) -> float:
     done: asyncio.Future[str] = loop.create_future()
 
     async def on_exec(msg: object) -> None:
-        kind = msg.subject.split(".")[3]  # type: ignore[attr-defined]
+        kind = msg.subject.split(".")[4]  # type: ignore[attr-defined]
         if kind in TERMINAL and not done.done():
             done.set_result(kind)
 
     async with Bus(settings, name="bench-ssh") as bus:
-        sub = await bus.nc.subscribe(f"cronium.exec.{eid}.*", cb=on_exec)
+        sub = await bus.nc.subscribe(f"cronium.exec.*.{eid}.*", cb=on_exec)
         req = requested(
             eid, Request(runtime="bash", code=COMMAND, runner="ssh", targets=tuple(names))
         )

@@ -35,7 +35,7 @@ def _execution_of(subject: str, data: bytes) -> str:
         return decode_as(data, Queued).execution_id
     except EventDecodeError:
         tokens = subject.split(".")
-        return tokens[2] if len(tokens) >= 3 and tokens[1] == "exec" else ""
+        return tokens[3] if len(tokens) >= 4 and tokens[1] == "exec" else ""
 
 
 async def list_dead_letters(bus: Bus, limit: int = 1000) -> list[DeadLetter]:

@@ -168,7 +168,7 @@ class LaneWorker:
     async def _cancel_when_stored(self, event: CancelRequested, data: bytes) -> None:
         """Cancel once this very event is on the stream (polled for a bounded time: the live copy
         can arrive before the stream has stored it, longer so on a replicated stream)."""
-        subject = exec_subject(event.execution_id, event.type)
+        subject = exec_subject(event.user, event.execution_id, event.type)
         for _ in range(_CANCEL_STORE_CHECKS):
             try:
                 async for msg in read_messages(
@@ -325,17 +325,23 @@ class LaneWorker:
         """No cancel was requested and no runner started this attempt (or a later one)."""
         eid, js = queued.execution_id, self.bus.js
         try:
-            await js.get_last_msg(EXEC_STREAM, exec_subject(eid, "execution.cancel_requested"))
+            await js.get_last_msg(
+                EXEC_STREAM, exec_subject(queued.user, eid, "execution.cancel_requested")
+            )
         except nats.js.errors.NotFoundError:
             pass
         else:
             return False  # something is there: the fold decides, believing authentic cancels only
         try:
-            last = await js.get_last_msg(EXEC_STREAM, exec_subject(eid, "execution.started"))
+            last = await js.get_last_msg(
+                EXEC_STREAM, exec_subject(queued.user, eid, "execution.started")
+            )
         except nats.js.errors.NotFoundError:
             return True
         try:
-            started = decode_on(exec_subject(eid, "execution.started"), last.data or b"")
+            started = decode_on(
+                exec_subject(queued.user, eid, "execution.started"), last.data or b""
+            )
         except EventDecodeError:
             return False
         if not isinstance(started, Started):

@@ -30,21 +30,22 @@ from cronium_bus.errors import BusUnavailableError, PermissionDeniedError
 from cronium_bus.events import Event, HelperCalled, LogChunk, Terminal, short_type
 from cronium_bus.identity.roles import inbox_prefix
 from cronium_bus.settings import Settings
-from cronium_bus.subjects import exec_subject, log_subject
+from cronium_bus.subjects import ANY_OWNER, exec_subject, log_subject
 
 log = structlog.get_logger(__name__)
 _DRAIN_TIMEOUT_S = 3.0
 _T = TypeVar("_T")
 
 
-def credential_name(creds: Path) -> str | None:
-    """The user name inside a ``.creds`` file, or ``None`` if it cannot be read."""
-    from cronium_bus.identity.authority import IdentityError, role_of
+def credential_identity(creds: Path) -> tuple[str | None, str | None]:
+    """``(name, role)`` inside a ``.creds`` file (``None`` where it cannot be read)."""
+    from cronium_bus.identity.authority import IdentityError, identity_of
 
     try:
-        return role_of(creds)[0] or None
+        name, role = identity_of(creds)
     except IdentityError:
-        return None
+        return None, None
+    return name or None, role
 
 
 class _State(enum.Enum):
@@ -74,8 +75,8 @@ def message_id(event: Event) -> str:
 def subject_of(event: Event) -> str:
     """Where an event is published: log chunks on the log subject, the rest on the exec subject."""
     if isinstance(event, LogChunk):
-        return log_subject(event.execution_id)
-    return exec_subject(event.execution_id, event.type)
+        return log_subject(event.user, event.execution_id)
+    return exec_subject(event.user, event.execution_id, event.type)
 
 
 class Bus:
@@ -85,6 +86,8 @@ class Bus:
         self.settings = settings
         self.name = name
         self.producer = f"{name}@{socket.gethostname()}"
+        self.identity: str | None = None  # the credential's name (None: user/password or none)
+        self.role: str | None = None  # its role tag (None: a stack identity, unrestricted)
         self.violations: list[str] = []  # permission refusals the server reported, newest last
         self._violated = asyncio.Event()
         self._nc: Client | None = None
@@ -137,7 +140,8 @@ class Bus:
                 hint="pass --creds FILE (or CRONIUM_CREDS) naming a .creds file from "
                 "`cronium user add`, or the admin credential `cronium up` printed",
             )
-        name = credential_name(creds) if creds is not None else None
+        name, self.role = credential_identity(creds) if creds is not None else (None, None)
+        self.identity = name
 
         # nats-py retries the first connection forever when reconnecting is allowed, so the
         # first connection is bounded here; once connected, reconnects go on without limit.
@@ -189,6 +193,26 @@ class Bus:
         connected = True
         self._js = self._nc.jetstream(timeout=10.0)
         self._state = _State.CONNECTED
+
+    @property
+    def scope(self) -> str:
+        """Whose executions this connection reads: its own name for a ``user``, anyone's for
+        the service, admins and auditors (nats-server enforces it either way)."""
+        if self.role == "user" and self.identity:
+            return self.identity
+        return ANY_OWNER
+
+    def acting_user(self, asked: str | None) -> str:
+        """The ``user`` of a request this connection publishes: a ``user`` is always
+        themselves; the stack's identities and admins act as ``asked`` or the settings' user."""
+        if self.role == "user" and self.identity:
+            if asked not in (None, self.identity):
+                raise PermissionDeniedError(
+                    f"{self.identity} may not act as {asked}",
+                    hint="drop --user: a user's requests are always their own",
+                )
+            return self.identity
+        return asked or self.settings.user
 
     @property
     def nc(self) -> Client:

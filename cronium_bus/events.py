@@ -130,7 +130,14 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     correlation_id: Id
     causation_id: Id | None = None
     producer: Annotated[str, msgspec.Meta(max_length=128)]
-    user: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    user: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=ID_PATTERN,
+            description="The owner: the identity that published the request, and the owner "
+            "token of every subject of the execution ([A-Za-z0-9_-]{1,64}).",
+        ),
+    ]
 
     @property
     def type(self) -> str:
@@ -141,7 +148,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
 
 class Requested(Event, frozen=True, kw_only=True, tag="execution.requested"):
-    """A producer asks for an execution. Published on ``cronium.exec.<id>.requested``."""
+    """A producer asks for an execution. Published on ``cronium.exec.<user>.<id>.requested``,
+    which only ``user`` (or an admin or the service) may publish to; ``user`` must be the
+    subject's owner or the request is rejected."""
 
     request: Request
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import nats.errors
 import nats.js.errors
 import structlog
+from nats import nuid
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -16,10 +17,11 @@ from cronium_bus.authentic import decode_on
 from cronium_bus.errors import EventDecodeError
 from cronium_bus.events import AnyEvent
 from cronium_bus.state import ExecutionState, fold
-from cronium_bus.subjects import EXEC_STREAM, LOGS_STREAM, exec_events, log_subject
+from cronium_bus.subjects import ANY_OWNER, EXEC_STREAM, LOGS_STREAM, exec_events, log_subject
 
 log = structlog.get_logger(__name__)
 _BATCH = 256
+_NUID = nuid.NUID()
 
 
 async def read_messages(
@@ -69,20 +71,19 @@ async def read_subject(
 
 
 async def execution_events(
-    js: JetStreamContext, execution_id: str, *, max_bytes: int
+    js: JetStreamContext, execution_id: str, *, max_bytes: int, owner: str = ANY_OWNER
 ) -> list[AnyEvent]:
-    """The lifecycle events of one execution, in stream order."""
-    return [
-        e
-        async for e in read_subject(js, EXEC_STREAM, exec_events(execution_id), max_bytes=max_bytes)
-    ]
+    """The lifecycle events of one execution, in stream order. A ``user`` identity passes its
+    own name as ``owner`` (its permissions allow reading only its own subjects)."""
+    subject = exec_events(execution_id, owner)
+    return [e async for e in read_subject(js, EXEC_STREAM, subject, max_bytes=max_bytes)]
 
 
 async def execution_state(
-    js: JetStreamContext, execution_id: str, *, max_bytes: int
+    js: JetStreamContext, execution_id: str, *, max_bytes: int, owner: str = ANY_OWNER
 ) -> ExecutionState | None:
     """The folded state of one execution, or ``None`` if nothing is known of it."""
-    return fold(await execution_events(js, execution_id, max_bytes=max_bytes))
+    return fold(await execution_events(js, execution_id, max_bytes=max_bytes, owner=owner))
 
 
 class Follower:
@@ -92,18 +93,25 @@ class Follower:
     :meth:`start` before publishing what you want to see (e.g. a request), then iterate.
     """
 
-    def __init__(self, js: JetStreamContext, stream: str, subject: str, *, max_bytes: int) -> None:
+    def __init__(
+        self, js: JetStreamContext, stream: str, subject: str, *, max_bytes: int, named: bool
+    ) -> None:
         self.js = js
         self.stream = stream
         self.subject = subject
         self.max_bytes = max_bytes
+        self.named = named
         self._sub: JetStreamContext.PushSubscription | None = None
 
     async def start(self) -> Follower:
-        """Create the subscription."""
+        """Create the subscription. A named consumer makes nats-py send the filtered create
+        request (``…CONSUMER.CREATE.<stream>.<name>.<filter>``), the only one a ``user``'s
+        permissions allow, since the filter names their own subjects."""
         if self._sub is None:
+            name = f"follow_{_NUID.next().decode()}"
+            config = ConsumerConfig(name=name) if self.named else None
             self._sub = await self.js.subscribe(
-                self.subject, stream=self.stream, ordered_consumer=True
+                self.subject, stream=self.stream, ordered_consumer=True, config=config
             )
         return self
 
@@ -130,11 +138,17 @@ class Follower:
                 log.debug("unsubscribe after close")
 
 
-def follow_logs(js: JetStreamContext, execution_id: str, *, max_bytes: int) -> Follower:
+def follow_logs(
+    js: JetStreamContext, execution_id: str, *, max_bytes: int, owner: str = ANY_OWNER
+) -> Follower:
     """Live tail of one execution's log chunks (from the first one still in the stream)."""
-    return Follower(js, LOGS_STREAM, log_subject(execution_id), max_bytes=max_bytes)
+    subject = log_subject(owner, execution_id)
+    return Follower(js, LOGS_STREAM, subject, max_bytes=max_bytes, named=owner != ANY_OWNER)
 
 
-def follow_execution(js: JetStreamContext, execution_id: str, *, max_bytes: int) -> Follower:
+def follow_execution(
+    js: JetStreamContext, execution_id: str, *, max_bytes: int, owner: str = ANY_OWNER
+) -> Follower:
     """Live lifecycle events of one execution (from the first one)."""
-    return Follower(js, EXEC_STREAM, exec_events(execution_id), max_bytes=max_bytes)
+    subject = exec_events(execution_id, owner)
+    return Follower(js, EXEC_STREAM, subject, max_bytes=max_bytes, named=owner != ANY_OWNER)

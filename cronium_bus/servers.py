@@ -21,6 +21,7 @@ from cronium_bus.provision import kv_value
 from cronium_bus.subjects import CIRCUITS_BUCKET, SERVERS_BUCKET
 
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+KEY_PREFIX: Final = "ssh-key."  # secrets holding servers' private keys: never for scripts
 
 
 class ServerError(CroniumError):
@@ -42,7 +43,7 @@ class Server(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def key_secret(self) -> str:
         """Name of the secret holding the private key."""
-        return f"ssh-key.{self.name}"
+        return f"{KEY_PREFIX}{self.name}"
 
     @property
     def address(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -125,6 +126,11 @@ class WarehouseSettings(_Section):
     linger: Seconds = 1.0
 
 
+def _login_name() -> str:
+    """The login name as a subject token (``john.doe`` becomes ``john_doe``)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", getpass.getuser())[:64] or "user"
+
+
 class Settings(BaseSettings):
     """Everything configurable. ``cronium config`` prints the effective values."""
 
@@ -143,7 +149,9 @@ class Settings(BaseSettings):
     nats_password: SecretStr | None = None
     nats_port: int = Field(4222, ge=0, le=65535)
     data_dir: Path = Field(default_factory=_default_data_dir)
-    user: str = Field(default_factory=getpass.getuser, min_length=1, max_length=128)
+    user: str = Field(default_factory=_login_name, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """Whom the stack's own identities act for in requests (a ``user`` credential always acts as
+    itself): the owner token of the execution's subjects."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     secret_key: SecretStr | None = None

@@ -38,29 +38,39 @@ def _chunk(cause: Requested) -> LogChunk:
 def test_an_event_on_its_own_subject_is_accepted() -> None:
     """Each kind of subject accepts the event it is for."""
     done = _succeeded(REQ)
-    assert mismatch(exec_subject(REQ.execution_id, REQ.type), REQ) is None
-    assert mismatch(exec_subject(REQ.execution_id, done.type), done) is None
-    assert mismatch(log_subject(REQ.execution_id), _chunk(REQ)) is None
+    assert mismatch(exec_subject(REQ.user, REQ.execution_id, REQ.type), REQ) is None
+    assert mismatch(exec_subject(REQ.user, REQ.execution_id, done.type), done) is None
+    assert mismatch(log_subject(REQ.user, REQ.execution_id), _chunk(REQ)) is None
     lane = job_subject("container", "normal")
     queued = Queued(**follow_up(REQ, "d", attempt=1), request=REQ.request, lane=lane)
     assert mismatch(lane, queued) is None
-    assert decode_on(exec_subject(REQ.execution_id, done.type), encode(done)) == done
+    assert decode_on(exec_subject(REQ.user, REQ.execution_id, done.type), encode(done)) == done
 
 
 def test_a_terminal_on_the_request_subject_is_refused() -> None:
     """A forged `succeeded` where a producer may publish (…requested) is not believed."""
     forged = _succeeded(REQ)
     with pytest.raises(EventDecodeError, match=r"not authentic: a execution\.succeeded event"):
-        decode_on(exec_subject(REQ.execution_id, "execution.requested"), encode(forged))
+        decode_on(exec_subject(REQ.user, REQ.execution_id, "execution.requested"), encode(forged))
+
+
+def test_an_event_naming_another_owner_is_refused() -> None:
+    """A body whose user is not the subject's owner (which nats-server checked) is refused."""
+    done = _succeeded(REQ)
+    reason = mismatch(exec_subject("mallory", REQ.execution_id, done.type), done)
+    assert reason is not None and "owned by 'mallory'" in reason
+    assert mismatch(log_subject("mallory", REQ.execution_id), _chunk(REQ)) is not None
 
 
 def test_an_event_of_one_execution_on_anothers_subject_is_refused() -> None:
     """Execution B's subject does not carry A's events, lifecycle or logs."""
     other = requested("print(2)")
     done = _succeeded(REQ)
-    assert "execution" in (mismatch(exec_subject(other.execution_id, done.type), done) or "")
-    assert mismatch(log_subject(other.execution_id), _chunk(REQ)) is not None
-    assert mismatch(log_subject(REQ.execution_id), done) is not None
+    assert "execution" in (
+        mismatch(exec_subject(other.user, other.execution_id, done.type), done) or ""
+    )
+    assert mismatch(log_subject(other.user, other.execution_id), _chunk(REQ)) is not None
+    assert mismatch(log_subject(REQ.user, REQ.execution_id), done) is not None
     lane = job_subject("container", "high")
     queued = Queued(**follow_up(REQ, "d", attempt=1), request=REQ.request, lane="elsewhere")
     assert mismatch(lane, queued) is not None
@@ -69,7 +79,9 @@ def test_an_event_of_one_execution_on_anothers_subject_is_refused() -> None:
 
 _TOKEN = st.one_of(
     st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=12),
-    st.sampled_from([REQ.execution_id, "requested", "succeeded", "chunk", "cronium", "exec"]),
+    st.sampled_from(
+        [REQ.execution_id, REQ.user, "mallory", "requested", "succeeded", "chunk", "cronium"]
+    ),
 )
 
 
@@ -89,9 +101,13 @@ def test_any_subject_either_fits_or_names_the_mismatch(subject: str) -> None:
         is_chunk = isinstance(event, LogChunk)
         fits = (
             tokens[:2] == ["cronium", "exec"]
-            and tokens[2:] == [event.execution_id, short_type(event.type)]
+            and tokens[2:] == [event.user, event.execution_id, short_type(event.type)]
             and not is_chunk
-        ) or (tokens[:2] == ["cronium", "logs"] and tokens[2:] == [event.execution_id] and is_chunk)
+        ) or (
+            tokens[:2] == ["cronium", "logs"]
+            and tokens[2:] == [event.user, event.execution_id]
+            and is_chunk
+        )
         if tokens[0] != "cronium" or len(tokens) < 2 or tokens[1] not in {"exec", "logs", "jobs"}:
             assert reason is None  # not a subject with a grammar of ours
         elif fits:
@@ -114,9 +130,13 @@ async def test_forged_events_change_nothing_show_says(bus: Bus, runner: Embedded
         runner="forger",
         exit_code=0,
     )
-    await bus.js.publish(exec_subject(victim.execution_id, "execution.requested"), encode(forged))
+    await bus.js.publish(
+        exec_subject("tester", victim.execution_id, "execution.requested"), encode(forged)
+    )
     stranger = make_terminal(Succeeded, follow_up(other, "forger", attempt=1), runner="f")
-    await bus.js.publish(exec_subject(victim.execution_id, stranger.type), encode(stranger))
+    await bus.js.publish(
+        exec_subject("tester", victim.execution_id, stranger.type), encode(stranger)
+    )
     after = await execution_state(bus.js, victim.execution_id, max_bytes=1 << 24)
     assert after is not None
     assert (after.status, after.exit_code) == ("failed", 3)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.docker
 async def lines_of(bus: Bus, execution_id: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {"stdout": [], "stderr": []}
     async for chunk in read_subject(
-        bus.js, LOGS_STREAM, log_subject(execution_id), max_bytes=1 << 24
+        bus.js, LOGS_STREAM, log_subject("*", execution_id), max_bytes=1 << 24
     ):
         assert isinstance(chunk, LogChunk)
         assert chunk.first_seq == len(out[chunk.stream]), "sequence numbers must be gapless"

@@ -264,7 +264,9 @@ async def test_the_producer_runs_scripts_but_cannot_forge_or_reach_further(
             js = nc.jetstream(timeout=2.0)
             forged = requested("print(1)")
             with pytest.raises((nats.errors.Error, TimeoutError)):
-                await js.publish(f"cronium.exec.{forged.execution_id}.succeeded", b"{}")
+                await js.publish(
+                    f"cronium.exec.{forged.user}.{forged.execution_id}.succeeded", b"{}"
+                )
             assert await execution_state(bus.js, forged.execution_id, max_bytes=1 << 20) is None
             with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
                 await js.key_value("cronium_secrets")

@@ -21,7 +21,7 @@ from tests.helpers import requested, wait_final
 
 async def _raw(bus: Bus, data: bytes) -> str:
     execution_id = new_id("ex")
-    await bus.js.publish(f"cronium.exec.{execution_id}.requested", data)
+    await bus.js.publish(f"cronium.exec.tester.{execution_id}.requested", data)
     return execution_id
 
 
@@ -78,7 +78,7 @@ async def test_message_with_a_hostile_subject_is_dead_lettered(
     bus: Bus, dispatcher: Embedded
 ) -> None:
     """A request whose subject id cannot name an execution goes to the DLQ with the reason."""
-    await bus.js.publish("cronium.exec.bad=id.requested", b"{}")
+    await bus.js.publish("cronium.exec.tester.bad=id.requested", b"{}")
     for _ in range(100):
         try:
             msg = await bus.js.get_last_msg(DLQ_STREAM, "cronium.dlq.dispatcher")
@@ -86,18 +86,18 @@ async def test_message_with_a_hostile_subject_is_dead_lettered(
         except Exception:  # noqa: BLE001 - not there yet
             await asyncio.sleep(0.05)
     assert msg.headers is not None
-    assert "invalid execution id" in msg.headers["Cronium-Reason"]
-    assert msg.headers["Cronium-Subject"] == "cronium.exec.bad=id.requested"
+    assert "invalid owner or execution id" in msg.headers["Cronium-Reason"]
+    assert msg.headers["Cronium-Subject"] == "cronium.exec.tester.bad=id.requested"
 
 
 async def test_request_over_the_server_limit_fails_at_the_publisher(bus: Bus) -> None:
     """Over the stream's message cap (16 MiB) the publisher itself gets an error: nothing lost."""
     with pytest.raises(nats.errors.MaxPayloadError):
-        await bus.js.publish("cronium.exec.ex_huge.requested", b" " * (17 * 1024 * 1024))
+        await bus.js.publish("cronium.exec.tester.ex_huge.requested", b" " * (17 * 1024 * 1024))
     events = [
         e
         async for e in read_subject(
-            bus.js, "CRONIUM_EXEC", "cronium.exec.ex_huge.>", max_bytes=1 << 25
+            bus.js, "CRONIUM_EXEC", "cronium.exec.tester.ex_huge.>", max_bytes=1 << 25
         )
     ]
     assert events == []

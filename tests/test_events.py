@@ -112,14 +112,14 @@ def test_terminal_events_of_an_attempt_share_one_message_id() -> None:
     assert message_id(ok) == message_id(bad)
     assert message_id(retry) != message_id(ok)
     assert message_id(req) == req.execution_id
-    assert subject_of(ok) == f"cronium.exec.{req.execution_id}.succeeded"
+    assert subject_of(ok) == f"cronium.exec.{req.user}.{req.execution_id}.succeeded"
 
 
 def test_log_chunks_go_to_the_log_subject_with_their_sequence() -> None:
     """A log chunk's subject is the live-tail subject and its id carries stream and sequence."""
     req = requested("print(1)")
     chunk = LogChunk(**follow_up(req, "t"), stream="stderr", first_seq=50, lines=("x",))
-    assert subject_of(chunk) == f"cronium.logs.{req.execution_id}"
+    assert subject_of(chunk) == f"cronium.logs.{req.user}.{req.execution_id}"
     assert message_id(chunk) == f"{req.execution_id}:1:stderr:50"
 
 

@@ -111,7 +111,10 @@ async def test_one_command_on_20_servers_runs_in_parallel(ssh_bus: Bus) -> None:
         chunks = [
             c
             async for c in read_subject(
-                ssh_bus.js, LOGS_STREAM, log_subject(child.execution_id), max_bytes=1 << 20
+                ssh_bus.js,
+                LOGS_STREAM,
+                log_subject("*", child.execution_id),
+                max_bytes=1 << 20,
             )
         ]
         assert all(isinstance(c, LogChunk) and c.source == child.target for c in chunks)
@@ -347,7 +350,10 @@ async def test_helpers_work_on_remote_hosts(ssh_bus: Bus, runtime: str) -> None:
         chunks = [
             c
             async for c in read_subject(
-                ssh_bus.js, LOGS_STREAM, log_subject(child.execution_id), max_bytes=1 << 20
+                ssh_bus.js,
+                LOGS_STREAM,
+                log_subject("*", child.execution_id),
+                max_bytes=1 << 20,
             )
         ]
         out = [

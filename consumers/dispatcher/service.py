@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 
 import nats.errors
 import nats.js.errors
@@ -44,49 +45,60 @@ class Dispatcher:
     async def handle(self, msg: Msg) -> None:
         """Process one message from the request subject; ack it when done."""
         tokens = msg.subject.split(".")
-        subject_id = tokens[2] if len(tokens) == 4 else ""
-        if not is_valid_id(subject_id):
-            await dead_letter(self.bus.js, DURABLE, msg, f"invalid execution id in {msg.subject!r}")
+        owner, subject_id = (tokens[2], tokens[3]) if len(tokens) == 5 else ("", "")
+        if not is_valid_id(subject_id) or not is_valid_id(owner):
+            await dead_letter(
+                self.bus.js, DURABLE, msg, f"invalid owner or execution id in {msg.subject!r}"
+            )
             return
+        reject = functools.partial(self._reject, msg, owner, subject_id)
         try:
             event = decode(msg.data, max_bytes=self.settings.limits.max_request)
         except EventDecodeError as exc:
-            await self._reject(msg, subject_id, None, error_info(exc))
+            await reject(None, error_info(exc))
             return
         if not isinstance(event, Requested):
-            await self._reject(
-                msg,
-                subject_id,
+            await reject(
                 None,
                 ErrorInfo(
                     kind="validation",
                     message=f"{event.type} was published on the request subject",
-                    hint="publish only execution.requested on cronium.exec.<id>.requested",
+                    hint="publish only execution.requested on cronium.exec.<owner>.<id>.requested",
                 ),
             )
             return
         if event.execution_id != subject_id:
-            await self._reject(
-                msg,
-                subject_id,
+            await reject(
                 event,
                 ErrorInfo(
                     kind="validation",
                     message=f"execution_id {event.execution_id!r} does not match subject id "
                     f"{subject_id!r}",
-                    hint="publish on cronium.exec.<execution_id>.requested",
+                    hint="publish on cronium.exec.<owner>.<execution_id>.requested",
+                ),
+            )
+            return
+        if event.user != owner:
+            # the subject's owner is who nats-server let publish there; the field is a claim
+            await reject(
+                event,
+                ErrorInfo(
+                    kind="permission",
+                    message=f"user {event.user!r} is not the publisher {owner!r}",
+                    hint="a request's user is the identity that publishes it: set user to your "
+                    "own name, or publish on cronium.exec.<user>.<id>.requested as that user",
                 ),
             )
             return
         result = validate_request(event.request, self.settings)
         if isinstance(result, ErrorInfo):
-            await self._reject(msg, subject_id, event, result)
+            await reject(event, result)
             return
         if result.input_ref is not None:  # it must be there now: a runner may start at once
             try:
                 await check_payload(self.bus.js, result.input_ref)
             except PayloadError as exc:
-                await self._reject(msg, subject_id, event, error_info(exc))
+                await reject(event, error_info(exc))
                 return
         delay = result.not_before.timestamp() - utcnow().timestamp() if result.not_before else 0.0
         queued = Queued(
@@ -112,8 +124,9 @@ class Dispatcher:
         )
 
     async def _reject(
-        self, msg: Msg, execution_id: str, event: Requested | None, error: ErrorInfo
+        self, msg: Msg, owner: str, execution_id: str, event: Requested | None, error: ErrorInfo
     ) -> None:
+        """Publish ``rejected`` on the subject's owner's subject (never on a name a body claims)."""
         rejected = Rejected(
             event_id=new_id("ev"),
             time=utcnow(),
@@ -121,7 +134,7 @@ class Dispatcher:
             correlation_id=event.correlation_id if event else execution_id,
             causation_id=event.event_id if event else None,
             producer=self.bus.producer,
-            user=event.user if event else "unknown",
+            user=owner,
             error=error,
         )
         await self.bus.publish(rejected)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import msgspec
 
 from cronium_bus.events import ErrorInfo, Limits, Request
+from cronium_bus.servers import KEY_PREFIX as SERVER_KEY_PREFIX
 from cronium_bus.servers import NAME_RE as SERVER_NAME_RE
 from cronium_bus.settings import Settings
 from cronium_bus.units import format_size
@@ -104,6 +105,13 @@ def validate_request(request: Request, settings: Settings) -> Request | ErrorInf
                 f"{len(request.targets)} targets, the maximum is {lim.max_targets}",
                 "split the run, or raise limits.max_targets",
             )
+    reserved = [n for n in request.secrets if n.startswith(SERVER_KEY_PREFIX)]
+    if reserved:
+        return _reject(
+            f"secret {reserved[0]!r} is a registered server's private key: no execution may "
+            "read it",
+            "name the server as a target (--target) instead; only the SSH runner uses its key",
+        )
     if request.runtime not in settings.runner.images:
         return _reject(
             f"no image is configured for runtime {request.runtime!r}",

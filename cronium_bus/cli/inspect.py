@@ -26,7 +26,7 @@ from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.payloads import get_json_payload
 from cronium_bus.provision import stream_configs
 from cronium_bus.state import fold
-from cronium_bus.subjects import DLQ_STREAM, EXEC_STREAM, LOGS_STREAM, log_subject
+from cronium_bus.subjects import ANY_OWNER, DLQ_STREAM, EXEC_STREAM, LOGS_STREAM, log_subject
 
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -87,6 +87,18 @@ def _check_id(execution_id: str) -> int | None:
     )
 
 
+def not_found(bus: Bus, execution_id: str) -> int:
+    """No execution of this id that the connection may see: exit 77 for a ``user`` (it may
+    exist, owned by someone else — which a user is not told), 1 otherwise."""
+    if bus.scope != ANY_OWNER:
+        return fail(
+            f"no execution {execution_id} among {bus.scope}'s",
+            "a user sees only their own executions",
+            exitcodes.PERMISSION,
+        )
+    return fail(f"no execution {execution_id}", "check the id (see `cronium history`)")
+
+
 def logs(args: argparse.Namespace) -> int:
     """``cronium logs ID [--follow]``."""
     if (bad := _check_id(args.execution_id)) is not None:
@@ -94,9 +106,11 @@ def logs(args: argparse.Namespace) -> int:
 
     async def body(bus: Bus) -> int:
         max_bytes = bus.settings.streams.max_msg_size
-        events = await execution_events(bus.js, args.execution_id, max_bytes=max_bytes)
+        events = await execution_events(
+            bus.js, args.execution_id, max_bytes=max_bytes, owner=bus.scope
+        )
         if not events:
-            return fail(f"no execution {args.execution_id}", "check the id (see `cronium show`)")
+            return not_found(bus, args.execution_id)
         if args.follow:
             watch = Watch(bus, args.execution_id)
             await watch.start()
@@ -107,7 +121,7 @@ def logs(args: argparse.Namespace) -> int:
             return exitcodes.OK
         found = False
         async for chunk in read_subject(
-            bus.js, LOGS_STREAM, log_subject(args.execution_id), max_bytes=max_bytes
+            bus.js, LOGS_STREAM, log_subject(bus.scope, args.execution_id), max_bytes=max_bytes
         ):
             if isinstance(chunk, LogChunk):
                 found = True
@@ -136,11 +150,11 @@ def show(args: argparse.Namespace) -> int:
 
     async def body(bus: Bus) -> int:
         events = await execution_events(
-            bus.js, args.execution_id, max_bytes=bus.settings.streams.max_msg_size
+            bus.js, args.execution_id, max_bytes=bus.settings.streams.max_msg_size, owner=bus.scope
         )
         state = fold(events)
         if state is None:
-            return fail(f"no execution {args.execution_id}", "check the id")
+            return not_found(bus, args.execution_id)
         if args.json:
             extra: dict[str, Any] = {"seen": None}
             if state.output_ref is not None:  # the value, as for an inline output
@@ -286,11 +300,14 @@ def cancel(args: argparse.Namespace) -> int:
     async def body(bus: Bus) -> int:
         state = fold(
             await execution_events(
-                bus.js, args.execution_id, max_bytes=bus.settings.streams.max_msg_size
+                bus.js,
+                args.execution_id,
+                max_bytes=bus.settings.streams.max_msg_size,
+                owner=bus.scope,
             )
         )
         if state is None:
-            return fail(f"no execution {args.execution_id}", "check the id")
+            return not_found(bus, args.execution_id)
         if state.final:
             print(f"{args.execution_id} already ended: {state.status}")
             return exitcodes.OK
@@ -302,7 +319,7 @@ def cancel(args: argparse.Namespace) -> int:
                 attempt=state.attempt,
                 correlation_id=state.correlation_id or args.execution_id,
                 producer=bus.producer,
-                user=bus.settings.user,
+                user=state.user or bus.acting_user(None),  # the owner's subject
                 reason=args.reason,
             )
         )

@@ -278,7 +278,7 @@ def main(args: argparse.Namespace) -> int:
 
     async def body(bus: Bus) -> int:
         nonlocal request
-        user = args.user or bus.settings.user
+        user = bus.acting_user(args.user)
         if any(t.startswith("ssh://") for t in request.targets):
             request = await register_inline_targets(bus, request, args)
         try:

@@ -30,9 +30,11 @@ class QueryError(CroniumError):
 
 async def ask(bus: Bus, name: str, payload: dict[str, Any]) -> Any:
     """Send a query to the projector's query service and return its result."""
+    subject = f"cronium.query.{name}"
     try:
-        msg = await bus.nc.request(
-            f"cronium.query.{name}", msgspec.json.encode(payload), timeout=_QUERY_TIMEOUT_S
+        msg = await bus.refusable(
+            bus.nc.request(subject, msgspec.json.encode(payload), timeout=_QUERY_TIMEOUT_S),
+            subject,
         )
     except nats.errors.NoRespondersError as exc:
         raise QueryError(

@@ -39,8 +39,9 @@ class Watch:
         self._js = bus.js
         self._max_bytes = max_bytes
         self._children: list[Follower] = []
-        self._events = follow_execution(bus.js, execution_id, max_bytes=max_bytes)
-        self._logs = follow_logs(bus.js, execution_id, max_bytes=max_bytes)
+        self._owner = bus.scope
+        self._events = follow_execution(bus.js, execution_id, max_bytes=max_bytes, owner=bus.scope)
+        self._logs = follow_logs(bus.js, execution_id, max_bytes=max_bytes, owner=bus.scope)
         self._final = asyncio.Event()
         self._lines_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -59,7 +60,9 @@ class Watch:
             self.state = apply(self.state, event)
             if isinstance(event, FannedOut):
                 for child in event.children:
-                    follower = follow_logs(self._js, child.execution_id, max_bytes=self._max_bytes)
+                    follower = follow_logs(
+                        self._js, child.execution_id, max_bytes=self._max_bytes, owner=self._owner
+                    )
                     await follower.start()
                     self._children.append(follower)
                     self._tasks.append(

@@ -274,7 +274,7 @@ class Authority:
             self.role_keys[role],
             jwt.public_key(seed),
             name,
-            {"type": "user", "issuer_account": self.account_key},
+            {"type": "user", "issuer_account": self.account_key, "tags": [f"role:{role}"]},
             issued,
         )
         self.users[name] = UserRecord(
@@ -293,10 +293,14 @@ class Authority:
         return user
 
 
-def role_of(creds: Path) -> tuple[str, str]:
-    """``(name, issuer)`` of a ``.creds`` file: the user's name and the key that signed it."""
-    with contextlib.suppress(OSError, ValueError):
+def identity_of(creds: Path) -> tuple[str, str | None]:
+    """``(name, role)`` of a ``.creds`` file; ``role`` is ``None`` for the stack's identities
+    (signed by the account itself). Read from the JWT for choosing what to ask for: what the
+    identity may actually do is what nats-server enforces."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
         token, _ = jwt.parse_creds(creds.read_text())
         claims = jwt.claims_of(token)
-        return str(claims.get("name", "")), str(claims.get("iss", ""))
+        tags = claims.get("nats", {}).get("tags") or []
+        roles = [t.removeprefix("role:") for t in tags if str(t).startswith("role:")]
+        return str(claims.get("name", "")), roles[0] if roles else None
     raise IdentityError(f"cannot read credentials {creds}", hint="pass a readable --creds FILE")

@@ -1,0 +1,240 @@
+"""Two users on one `cronium up`: each acts only as themselves, on their own executions.
+
+alice and bob are real NATS identities issued by `cronium user add`; nats-server enforces what
+they may publish and read. The CLI is driven as they would; a raw nats-py client does what the CLI
+never would (subscribe to everything, publish on alice's subjects, touch the service's consumers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+from nats.js.api import ConsumerConfig
+
+from cronium_bus.codec import encode
+from cronium_bus.events import CancelRequested, utcnow
+from cronium_bus.ids import new_id
+from tests.test_cli import Stack, stack  # noqa: F401 - the module's own `cronium up`
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def people(stack: Stack) -> dict[str, Path]:  # noqa: F811 - the imported fixture
+    """alice and bob, role user; their .creds files."""
+    out: dict[str, Path] = {}
+    for name in ("alice", "bob"):
+        added = stack.cli("user", "add", name)
+        assert added.returncode == 0, added.stderr
+        out[name] = Path(added.stdout.strip())
+    return out
+
+
+def as_(stack: Stack, creds: Path, *args: str, **kw: str) -> tuple[int, str, str]:  # noqa: F811
+    done = stack.cli(*args, "--creds", str(creds), **kw)  # type: ignore[arg-type]
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_a_user_runs_follows_and_cancels_their_own(
+    stack: Stack,  # noqa: F811
+    people: dict[str, Path],
+) -> None:
+    """alice's run, live follow, show and cancel work as before, as alice."""
+    code, out, err = as_(stack, people["alice"], "run", "--runtime", "bash", "-c", "echo mine")
+    assert (code, out) == (0, "mine\n"), err
+    code, out, err = as_(
+        stack, people["alice"], "run", "--detach", "--runtime", "bash", "-c", "sleep 30"
+    )
+    assert code == 0, err
+    execution_id = out.strip()
+    code, out, err = as_(stack, people["alice"], "show", execution_id, "--json")
+    assert code == 0 and json.loads(out)["state"]["user"] == "alice", err
+    code, out, err = as_(stack, people["alice"], "cancel", execution_id, "--wait")
+    assert code == 0 and "cancelled" in out, err
+
+
+def test_bob_cannot_see_follow_or_cancel_alices(
+    stack: Stack,  # noqa: F811
+    people: dict[str, Path],
+) -> None:
+    """bob's show, logs, follow and cancel of alice's execution exit 77 without saying whether
+    it exists; it keeps running and ends as alice's script says; bob cannot query history."""
+    code, out, err = as_(
+        stack,
+        people["alice"],
+        "run",
+        "--detach",
+        "--runtime",
+        "bash",
+        "-c",
+        "echo secret-of-alice; sleep 3; exit 4",
+    )
+    assert code == 0, err
+    alices = out.strip()
+    for command in (["show", alices], ["logs", alices], ["logs", alices, "--follow"]):
+        code, out, err = as_(stack, people["bob"], *command)
+        assert code == 77, (command, err)
+        assert "secret-of-alice" not in out + err
+    code, _, err = as_(stack, people["bob"], "cancel", alices)
+    assert code == 77, err
+    code, _, err = as_(stack, people["bob"], "history")
+    assert code == 77, err
+    code, out, err = as_(stack, people["alice"], "show", alices, "--json")
+    deadline = time.monotonic() + 60
+    while json.loads(out)["state"]["status"] not in ("failed", "succeeded", "cancelled"):
+        assert time.monotonic() < deadline, out
+        time.sleep(0.5)
+        code, out, err = as_(stack, people["alice"], "show", alices, "--json")
+    state = json.loads(out)["state"]
+    assert (state["status"], state["exit_code"]) == ("failed", 4)
+
+
+def test_a_user_cannot_act_as_someone_else(
+    stack: Stack,  # noqa: F811
+    people: dict[str, Path],
+) -> None:
+    """`--user alice` as bob is refused (77); variables a script of alice's set are not bob's."""
+    code, _, err = as_(
+        stack, people["bob"], "run", "--user", "alice", "--runtime", "bash", "-c", "true"
+    )
+    assert code == 77 and "may not act as alice" in err
+    set_var = "cronium_set_variable shared-key from-alice && echo set"
+    code, out, err = as_(stack, people["alice"], "run", "--runtime", "bash", "-c", set_var)
+    assert (code, out) == (0, "set\n"), err
+    get_var = 'echo "got=$(cronium_get_variable shared-key)"'
+    code, out, err = as_(stack, people["bob"], "run", "--runtime", "bash", "-c", get_var)
+    assert code == 0 and "from-alice" not in out, (out, err)
+
+
+def test_a_servers_key_is_never_a_scripts_secret(
+    stack: Stack,  # noqa: F811
+    people: dict[str, Path],
+) -> None:
+    """A request naming `ssh-key.<server>` is rejected (exit 2) naming it."""
+    code, _, err = as_(
+        stack,
+        people["bob"],
+        "run",
+        "--secret",
+        "ssh-key.web1",
+        "--runtime",
+        "bash",
+        "-c",
+        "true",
+    )
+    assert code == 2 and "ssh-key.web1" in err and "private key" in err
+
+
+async def _client(stack: Stack, creds: Path, name: str, errors: list[str]) -> nats.NATS:  # noqa: F811
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc).lower())
+
+    return await nats.connect(
+        stack.url,
+        user_credentials=str(creds),
+        inbox_prefix=f"_INBOX_{name}",
+        allow_reconnect=False,
+        error_cb=on_error,
+    )
+
+
+async def test_a_raw_client_of_bobs_gets_nothing_of_alices(
+    stack: Stack,  # noqa: F811
+    people: dict[str, Path],
+) -> None:
+    """bob's own nats-py client: a subscription to `cronium.>` or to alice's subjects is refused
+    and receives nothing while alice runs; publishing on alice's subjects, creating a consumer
+    on them, or pulling from, rewriting or deleting the dispatcher's durable consumer is
+    refused; none of it changes what alice's run does."""
+    errors: list[str] = []
+    nc = await _client(stack, people["bob"], "bob", errors)
+    got: list[str] = []
+
+    async def collect(msg: nats.aio.msg.Msg) -> None:
+        got.append(msg.subject)
+
+    try:
+        await nc.subscribe("cronium.>", cb=collect)
+        await nc.subscribe("cronium.exec.alice.>", cb=collect)
+        await nc.subscribe("_INBOX_alice.>", cb=collect)
+        fake = CancelRequested(
+            event_id=new_id("ev"),
+            time=utcnow(),
+            execution_id="ex_whatever",
+            correlation_id="ex_whatever",
+            producer="bob",
+            user="alice",
+        )
+        await nc.publish("cronium.exec.alice.ex_whatever.cancel_requested", encode(fake))
+        js = nc.jetstream(timeout=2)
+        for attempt in (
+            js.add_consumer(
+                "CRONIUM_EXEC",
+                ConsumerConfig(name="peek", filter_subject="cronium.exec.alice.>"),
+            ),
+            js.add_consumer(
+                "CRONIUM_EXEC",
+                ConsumerConfig(name="dispatcher", filter_subject="cronium.exec.bob.>"),
+            ),
+            js.delete_consumer("CRONIUM_EXEC", "dispatcher"),
+            nc.request("$JS.API.CONSUMER.MSG.NEXT.CRONIUM_EXEC.dispatcher", b"1", timeout=2),
+            js.delete_stream("CRONIUM_EXEC"),
+        ):
+            with pytest.raises((nats.errors.Error, TimeoutError)):
+                await attempt
+        await nc.flush()
+        code, out, err = await asyncio.to_thread(
+            as_, stack, people["alice"], "run", "--runtime", "bash", "-c", "echo alice-ran"
+        )
+        assert (code, out) == (0, "alice-ran\n"), err
+        await asyncio.sleep(0.5)
+        assert got == []
+        refused = " ".join(errors)
+        assert 'subscription to "cronium.>"' in refused
+        assert 'subscription to "cronium.exec.alice.>"' in refused
+        assert 'publish to "cronium.exec.alice.ex_whatever.cancel_requested"' in refused
+        assert "$js.api.consumer.create.cronium_exec.peek" in refused
+        assert "$js.api.consumer.delete.cronium_exec.dispatcher" in refused
+        assert "$js.api.consumer.msg.next.cronium_exec.dispatcher" in refused
+    finally:
+        await nc.close()
+    assert stack.cli("status").returncode == 0  # the dispatcher's consumer is still there
+
+
+def test_anothers_event_on_your_own_subject_changes_nothing(
+    stack: Stack,  # noqa: F811
+    people: dict[str, Path],
+) -> None:
+    """What bob may publish (his own request subjects) cannot carry events about alice's run:
+    a body naming alice on bob's subject is not authentic and is rejected as bob's."""
+    code, out, err = as_(stack, people["alice"], "run", "--runtime", "bash", "-c", "exit 3")
+    assert code == 3, err
+    _ = out
+
+    async def forge() -> None:
+        errors: list[str] = []
+        nc = await _client(stack, people["bob"], "bob", errors)
+        try:
+            fake = CancelRequested(
+                event_id=new_id("ev"),
+                time=utcnow(),
+                execution_id="ex_forged_by_bob",
+                correlation_id="ex_forged_by_bob",
+                producer="bob",
+                user="alice",
+            )
+            js = nc.jetstream(timeout=5)
+            await js.publish("cronium.exec.bob.ex_forged_by_bob.cancel_requested", encode(fake))
+        finally:
+            await nc.close()
+
+    asyncio.run(forge())
+    code, out, err = as_(stack, people["alice"], "show", "ex_forged_by_bob")
+    assert code == 77, err
+    assert stack.cli("show", "ex_forged_by_bob").returncode == 1  # not authentic: no execution
