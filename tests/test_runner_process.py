@@ -102,6 +102,10 @@ async def test_sigkill_of_the_runner_leaves_no_container_behind(
         await asyncio.sleep(0.2)
     assert len(held) == 1, f"all ten should be running in the one runner: {held}"
     runner_id = str(held.pop())
+    # `started` is published as the attempt begins; its container may be a moment behind
+    deadline = time.monotonic() + 30
+    while len(of_runner(runner_id)) < 10 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
     assert len(of_runner(runner_id)) >= 10
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
