@@ -139,16 +139,27 @@ class Follower:
 
 
 def follow_logs(
-    js: JetStreamContext, execution_id: str, *, max_bytes: int, owner: str = ANY_OWNER
+    js: JetStreamContext,
+    execution_id: str,
+    *,
+    max_bytes: int,
+    owner: str = ANY_OWNER,
+    named: bool = False,
 ) -> Follower:
-    """Live tail of one execution's log chunks (from the first one still in the stream)."""
+    """Live tail of one execution's log chunks (from the first one still in the stream).
+    ``named``: for identities with a role, whose permissions allow only filtered creates."""
     subject = log_subject(owner, execution_id)
-    return Follower(js, LOGS_STREAM, subject, max_bytes=max_bytes, named=owner != ANY_OWNER)
+    return Follower(js, LOGS_STREAM, subject, max_bytes=max_bytes, named=named)
 
 
 def follow_execution(
-    js: JetStreamContext, execution_id: str, *, max_bytes: int, owner: str = ANY_OWNER
+    js: JetStreamContext,
+    execution_id: str,
+    *,
+    max_bytes: int,
+    owner: str = ANY_OWNER,
+    named: bool = False,
 ) -> Follower:
-    """Live lifecycle events of one execution (from the first one)."""
+    """Live lifecycle events of one execution (from the first one); ``named`` as above."""
     subject = exec_events(execution_id, owner)
-    return Follower(js, EXEC_STREAM, subject, max_bytes=max_bytes, named=owner != ANY_OWNER)
+    return Follower(js, EXEC_STREAM, subject, max_bytes=max_bytes, named=named)

@@ -11,6 +11,7 @@ runtime API.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from pathlib import Path
@@ -161,3 +162,89 @@ async def delete_secret(js: JetStreamContext, name: str) -> None:
     check_name(name)
     kv = await js.key_value(SECRETS_BUCKET)
     await kv.purge(name)
+
+
+# --------------------------------------------------------------------------- ownership
+#
+# Keys in the bucket: ``u.<owner>.<name>`` is a user's own secret, ``shared.<name>`` one an admin
+# created for the users in ``grant.<name>`` (a JSON list), ``ssh-key.<server>`` a registered
+# server's private key (only the SSH runner reads those). The key is also the sealed value's
+# associated data, so a ciphertext cannot be moved to another owner or name.
+
+SHARED: Final = "shared"
+
+
+def owned_key(owner: str, name: str) -> str:
+    """The bucket key of ``owner``'s own secret ``name``."""
+    check_name(name)
+    return f"u.{owner}.{name}"
+
+
+def shared_key(name: str) -> str:
+    """The bucket key of the shared secret ``name``."""
+    check_name(name)
+    return f"{SHARED}.{name}"
+
+
+def _grant_key(name: str) -> str:
+    return f"grant.{name}"
+
+
+async def grants_of(js: JetStreamContext, name: str) -> list[str]:
+    """The users a shared secret is granted to (``*``: every user)."""
+    raw = await kv_value(js, SECRETS_BUCKET, _grant_key(name))
+    if raw is None:
+        return []
+    try:
+        users = json.loads(raw)
+    except ValueError:
+        return []
+    return [str(u) for u in users] if isinstance(users, list) else []
+
+
+async def set_grants(js: JetStreamContext, name: str, users: list[str]) -> None:
+    """Replace the users a shared secret is granted to."""
+    kv = await js.key_value(SECRETS_BUCKET)
+    await kv.put(_grant_key(name), json.dumps(sorted(set(users))).encode())
+
+
+async def usable_key(js: JetStreamContext, owner: str, name: str) -> str | None:
+    """The bucket key behind ``name`` for a request of ``owner``: their own secret, else a shared
+    one granted to them; ``None`` when neither (the caller does not learn which exists)."""
+    if await kv_value(js, SECRETS_BUCKET, owned_key(owner, name)) is not None:
+        return owned_key(owner, name)
+    grants = await grants_of(js, name)
+    if (owner in grants or "*" in grants) and await kv_value(
+        js, SECRETS_BUCKET, shared_key(name)
+    ) is not None:
+        return shared_key(name)
+    return None
+
+
+def not_usable(name: str) -> SecretError:
+    """The refusal for a secret a requester may not use (never saying whether it exists)."""
+    error = SecretError(
+        f"secret {name!r} is not one of yours or shared with you",
+        hint=f"store it with `cronium secret set {name}`, or ask an admin to share it with you",
+    )
+    error.kind = "permission"
+    return error
+
+
+async def open_for(js: JetStreamContext, box: SecretBox, owner: str, name: str) -> bytes:
+    """Decrypt the secret ``name`` as a request of ``owner`` sees it."""
+    key = await usable_key(js, owner, name)
+    if key is None:
+        raise not_usable(name)
+    return await get_secret(js, box, key)
+
+
+async def names_for(js: JetStreamContext, owner: str | None) -> list[str]:
+    """The secret names ``owner`` may use (``None``: an admin's view, every key)."""
+    keys = await list_secrets(js)
+    if owner is None:
+        return keys
+    own = [k.removeprefix(f"u.{owner}.") for k in keys if k.startswith(f"u.{owner}.")]
+    shared = [k.removeprefix(f"{SHARED}.") for k in keys if k.startswith(f"{SHARED}.")]
+    granted = [n for n in shared if {owner, "*"} & set(await grants_of(js, n))]
+    return sorted(set(own) | {f"{n} (shared)" for n in granted})

@@ -17,6 +17,7 @@ from cronium_bus.identity.authority import Authority
 from cronium_bus.lifecycle import Stopper
 from cronium_bus.provision import provision
 from cronium_bus.settings import Settings, load_settings
+from tests.helpers import sealer_ready
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,18 @@ async def runner(bus: Bus, dispatcher: Embedded) -> AsyncIterator[Embedded]:
 
     emb = Embedded()
     emb.tasks.append(asyncio.create_task(ContainerRunner(bus).run(emb.stopper)))
+    yield emb
+    await emb.stop()
+
+
+@pytest.fixture
+async def sealer(bus: Bus) -> AsyncIterator[Embedded]:
+    """The sealing service (``cronium secret set`` and ``servers add`` go through it)."""
+    from consumers.secrets.service import SecretsService
+
+    emb = Embedded()
+    emb.tasks.append(asyncio.create_task(SecretsService(bus).run(emb.stopper)))
+    await sealer_ready(bus)
     yield emb
     await emb.stop()
 

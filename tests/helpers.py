@@ -8,6 +8,8 @@ import signal
 import subprocess
 from typing import Any
 
+import nats.errors
+
 from cronium_bus.bus import Bus
 from cronium_bus.events import Limits, Request, Requested, new_request
 from cronium_bus.health import read_beats
@@ -23,6 +25,17 @@ def requested(code: str, runtime: str = "python", **fields: Any) -> Requested:
     user = fields.pop("user", "tester")
     request = Request(runtime=runtime, code=code, limits=limits, **fields)  # type: ignore[arg-type]
     return new_request(new_id("ex"), request, producer="tests", user=user)
+
+
+async def sealer_ready(bus: Bus) -> None:
+    """Wait until the sealing service answers (bounded: 10 s)."""
+    for _ in range(100):
+        try:
+            await bus.nc.request("cronium.ctl.secrets.user.probe.list", b"{}", timeout=1)
+            return
+        except nats.errors.NoRespondersError:
+            await asyncio.sleep(0.1)
+    raise AssertionError("the sealing service did not answer within 10 s")
 
 
 async def wait_final(bus: Bus, execution_id: str, timeout: float = 60.0) -> ExecutionState:

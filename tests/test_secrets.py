@@ -18,7 +18,11 @@ from cronium_bus.secrets import (
     box_from,
     ensure_key_file,
     get_secret,
+    owned_key,
     put_secret,
+    set_grants,
+    shared_key,
+    usable_key,
 )
 from cronium_bus.settings import Settings, load_settings
 from cronium_bus.subjects import SECRETS_BUCKET
@@ -67,7 +71,7 @@ async def test_secret_is_masked_in_live_log_and_archive(
 ) -> None:
     """A printed secret is masked, even when printed in two pieces across reads; it is not in
     the environment or in docker inspect."""
-    await put_secret(bus.js, box_from(settings), "API_TOKEN", SECRET.encode())
+    await put_secret(bus.js, box_from(settings), owned_key("tester", "API_TOKEN"), SECRET.encode())
     code = """
 import os, sys, time
 s = cronium.secret("API_TOKEN")
@@ -115,7 +119,8 @@ async def test_secret_of_another_execution_is_not_readable(
     bus: Bus, settings: Settings, runner: Embedded
 ) -> None:
     """An execution that did not name a secret cannot read it."""
-    await put_secret(bus.js, box_from(settings), "OTHER_TEAM", b"their-secret-value")
+    key = owned_key("tester", "OTHER_TEAM")
+    await put_secret(bus.js, box_from(settings), key, b"their-secret-value")
     state = await run_code(
         bus,
         'try:\n    print(cronium.secret("OTHER_TEAM"))\n'
@@ -127,13 +132,28 @@ async def test_secret_of_another_execution_is_not_readable(
 
 
 @pytest.mark.docker
-async def test_missing_secret_fails_the_run_with_a_hint(bus: Bus, runner: Embedded) -> None:
-    event = requested("print(1)", secrets=("NOPE",))
-    await bus.publish(event)
-    state = await wait_final(bus, event.execution_id)
-    assert state.status == "failed"
-    assert state.error is not None and "NOPE does not exist" in state.error.message
-    assert "cronium secret set NOPE" in state.error.hint
+async def test_a_secret_not_yours_is_rejected_naming_it(bus: Bus, runner: Embedded) -> None:
+    """A request naming a secret its owner may not use — missing, another user's, or shared
+    without a grant — is rejected before anything runs, naming it, not saying which case."""
+    box = box_from(bus.settings)
+    await put_secret(bus.js, box, owned_key("alice", "ALICES"), b"alice-only")
+    await put_secret(bus.js, box, shared_key("TEAM"), b"for-the-team")
+    await set_grants(bus.js, "TEAM", ["bob"])
+    for name in ("NOPE", "ALICES", "TEAM"):
+        event = requested("print(1)", secrets=(name,), user="mallory")
+        await bus.publish(event)
+        state = await wait_final(bus, event.execution_id)
+        assert state.status == "rejected"
+        assert state.error is not None and state.error.kind == "permission"
+        assert state.error.message == f"secret {name!r} is not one of yours or shared with you"
+        assert f"cronium secret set {name}" in state.error.hint
+    granted = requested("print(cronium.secret('TEAM'))", secrets=("TEAM",), user="bob")
+    await bus.publish(granted)
+    assert (await wait_final(bus, granted.execution_id)).status == "succeeded"
+    assert await usable_key(bus.js, "alice", "ALICES") == owned_key("alice", "ALICES")
+    assert await usable_key(bus.js, "bob", "ALICES") is None
+    await set_grants(bus.js, "TEAM", ["*"])
+    assert await usable_key(bus.js, "mallory", "TEAM") == shared_key("TEAM")
 
 
 def test_key_file_is_made_once_private_and_used(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from consumers.dispatcher.service import Dispatcher
+from consumers.secrets.service import SecretsService
 from consumers.ssh.service import SshRunner
 from cronium_bus.bus import Bus
 from cronium_bus.cli.servers import register
@@ -25,7 +26,7 @@ from cronium_bus.metrics import scrape
 from cronium_bus.servers import CircuitState, circuit_key
 from cronium_bus.settings import Settings
 from cronium_bus.subjects import CIRCUITS_BUCKET, LOGS_STREAM, log_subject
-from tests.helpers import requested, wait_final
+from tests.helpers import requested, sealer_ready, wait_final
 from tests.sshd import Sshd
 
 N = 20
@@ -66,11 +67,13 @@ async def ssh_bus(
         from cronium_bus.provision import provision
 
         await provision(bus.js, tuned)
+        stopper = Stopper()
+        tasks = [asyncio.create_task(SecretsService(bus).run(stopper))]
+        await sealer_ready(bus)
         key = client_key.export_private_key()
         for i, d in enumerate(farm):
             await register(bus, f"s{i}", f"ssh://root@127.0.0.1:{d.port}", key, d.known_hosts)
-        stopper = Stopper()
-        tasks = [
+        tasks += [
             asyncio.create_task(Dispatcher(bus).run(stopper)),
             asyncio.create_task(SshRunner(bus).run(stopper)),
         ]

@@ -238,3 +238,65 @@ def test_anothers_event_on_your_own_subject_changes_nothing(
     code, out, err = as_(stack, people["alice"], "show", "ex_forged_by_bob")
     assert code == 77, err
     assert stack.cli("show", "ex_forged_by_bob").returncode == 1  # not authentic: no execution
+
+
+def test_secrets_belong_to_their_owner_or_are_shared_by_grant(
+    stack: Stack,  # noqa: F811
+    people: dict[str, Path],
+) -> None:
+    """alice's secret serves alice's runs only: bob's request naming it is rejected (exit 2)
+    naming it; an admin's shared secret serves the users it is granted to; a user cannot create
+    shared secrets or servers' keys (77); nobody needs the key to set a secret."""
+    code, _, err = as_(stack, people["alice"], "secret", "set", "API", input="alice-value\n")
+    assert code == 0, err
+    code, out, err = as_(
+        stack,
+        people["alice"],
+        "run",
+        "--secret",
+        "API",
+        "--runtime",
+        "bash",
+        "-c",
+        'test "$(cronium_secret API)" = alice-value && echo ok',
+    )
+    assert (code, out) == (0, "ok\n"), err
+    code, out, err = as_(
+        stack,
+        people["bob"],
+        "run",
+        "--secret",
+        "API",
+        "--runtime",
+        "bash",
+        "-c",
+        "cronium_secret API",
+    )
+    assert code == 2 and "secret 'API' is not one of yours or shared with you" in err
+    assert "alice-value" not in out + err
+    shared = stack.cli("secret", "set", "TEAM", "--shared", "--grant", "bob", input="team\n")
+    assert shared.returncode == 0, shared.stderr
+    code, out, err = as_(
+        stack,
+        people["bob"],
+        "run",
+        "--secret",
+        "TEAM",
+        "--runtime",
+        "bash",
+        "-c",
+        'test "$(cronium_secret TEAM)" = team && echo shared-ok',
+    )
+    assert (code, out) == (0, "shared-ok\n"), err
+    code, out, _ = as_(stack, people["bob"], "secret", "list")
+    assert "TEAM (shared)" in out and "API" not in out
+    code, out, err = as_(
+        stack, people["alice"], "run", "--secret", "TEAM", "--runtime", "bash", "-c", "true"
+    )
+    assert code == 2 and "TEAM" in err
+    for refused in (
+        ["secret", "set", "MINE", "--shared"],
+        ["secret", "set", "ssh-key.web9"],
+    ):
+        code, _, err = as_(stack, people["bob"], *refused, input="x\n")
+        assert code == 77, (refused, err)

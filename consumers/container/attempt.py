@@ -47,7 +47,7 @@ from cronium_bus.events import (
     follow_up,
     make_terminal,
 )
-from cronium_bus.secrets import box_from, get_secret
+from cronium_bus.secrets import box_from, open_for
 from cronium_bus.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -228,7 +228,7 @@ class Attempt:
         box = box_from(self.ctx.settings)
         values: dict[str, str] = {}
         for name in self.request.secrets:
-            raw = await get_secret(self.ctx.bus.js, box, name)
+            raw = await open_for(self.ctx.bus.js, box, self.queued.user, name)
             values[name] = raw.decode("utf-8", errors="replace")
         return values
 

@@ -29,6 +29,7 @@ from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.lifecycle import Stopper
 from cronium_bus.payloads import PayloadError, check_payload
 from cronium_bus.provision import provision
+from cronium_bus.secrets import not_usable, usable_key
 from cronium_bus.subjects import EXEC_STREAM, REQUESTS, job_subject
 
 log = structlog.get_logger(__name__)
@@ -94,6 +95,10 @@ class Dispatcher:
         if isinstance(result, ErrorInfo):
             await reject(event, result)
             return
+        for name in result.secrets:  # the owner's own, or shared with them; nothing else
+            if await usable_key(self.bus.js, owner, name) is None:
+                await reject(event, error_info(not_usable(name)))
+                return
         if result.input_ref is not None:  # it must be there now: a runner may start at once
             try:
                 await check_payload(self.bus.js, result.input_ref)

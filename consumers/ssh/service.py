@@ -54,7 +54,7 @@ from cronium_bus.events import (
     make_terminal,
 )
 from cronium_bus.health import Gauge
-from cronium_bus.secrets import box_from, get_secret
+from cronium_bus.secrets import box_from, get_secret, open_for
 from cronium_bus.servers import CircuitState, Server, circuit_key, load_server
 from cronium_bus.subjects import CIRCUITS_BUCKET, job_subject
 
@@ -240,7 +240,7 @@ class SshRunner(LaneWorker):
             box = box_from(self.settings)
             key = asyncssh.import_private_key(await get_secret(self.bus.js, box, server.key_secret))
             secret_values = {
-                n: (await get_secret(self.bus.js, box, n)).decode(errors="replace")
+                n: (await open_for(self.bus.js, box, queued.user, n)).decode(errors="replace")
                 for n in queued.request.secrets
             }
             t_run = time.monotonic()

@@ -9,11 +9,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 from pydantic import ValidationError
 
 from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
-from cronium_bus.errors import BusUnavailableError, CroniumError
+from cronium_bus.errors import BusUnavailableError, CroniumError, PermissionDeniedError
 from cronium_bus.logging import configure_logging
 from cronium_bus.settings import Settings, load_settings
 
@@ -80,7 +81,18 @@ def run_client(
 
     async def main() -> int:
         async with Bus(settings, name=f"cli-{args.command}") as bus:
-            return await body(bus)
+            try:
+                return await body(bus)
+            except (TimeoutError, nats.errors.TimeoutError) as exc:
+                if bus.violations:  # the server refused a request, which then timed out
+                    raise PermissionDeniedError(
+                        f"refused by the server: {bus.violations[-1].removeprefix('nats: ')}",
+                        hint="your credentials' role does not allow this (README, Identities)",
+                    ) from exc
+                raise CroniumError(
+                    "the stack did not answer in time",
+                    hint="check `cronium status`; a consumer may be down",
+                ) from exc
 
     try:
         return asyncio.run(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,6 @@ from cronium_bus.cli import exitcodes
 from cronium_bus.cli.common import add_client_options, fail, run_client
 from cronium_bus.errors import CroniumError
 from cronium_bus.provision import kv_value, provision
-from cronium_bus.secrets import box_from, delete_secret, put_secret
 from cronium_bus.servers import (
     CircuitState,
     Server,
@@ -37,7 +37,7 @@ def add_parsers(sub: _Sub) -> None:
         "servers",
         help="manage the servers scripts can run on over SSH",
         description="Servers are reached over SSH with a private key (stored encrypted, like any "
-        "secret: needs CRONIUM_SECRET_KEY) and host keys that are always verified.",
+        "secret, sealed by the service) and host keys that are always verified.",
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     a = actions.add_parser("add", help="add or replace a server")
@@ -84,7 +84,9 @@ async def register(bus: Bus, name: str, url: str, key: bytes, known_hosts: str) 
     user, host, port = parse_target(url)
     server = Server(name=name, user=user, host=host, port=port, known_hosts=known_hosts)
     await provision(bus.js, bus.settings)
-    await put_secret(bus.js, box_from(bus.settings), server.key_secret, key)
+    from cronium_bus.cli.secret import seal
+
+    await seal(bus, "set", {"name": server.key_secret, "value_b64": base64.b64encode(key).decode()})
     await save_server(bus.js, server)
     return server
 
@@ -110,7 +112,9 @@ def main(args: argparse.Namespace) -> int:
             return exitcodes.OK
         if args.action == "remove":
             await remove_server(bus.js, args.name)
-            await delete_secret(bus.js, f"ssh-key.{args.name}")
+            from cronium_bus.cli.secret import seal
+
+            await seal(bus, "rm", {"name": f"ssh-key.{args.name}"})
             print(f"server {args.name} removed")
             return exitcodes.OK
         await provision(bus.js, bus.settings)

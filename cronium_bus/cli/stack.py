@@ -54,6 +54,12 @@ def _ssh(bus: Bus) -> Callable[[Stopper], Awaitable[None]]:
     return SshRunner(bus).run
 
 
+def _secrets(bus: Bus) -> Callable[[Stopper], Awaitable[None]]:
+    from consumers.secrets.service import SecretsService
+
+    return SecretsService(bus).run
+
+
 def _projector(bus: Bus) -> Callable[[Stopper], Awaitable[None]]:
     from projections.service import ProjectorService
 
@@ -65,6 +71,7 @@ CONSUMERS: Final[dict[str, Callable[[Bus], Callable[[Stopper], Awaitable[None]]]
     "container": _container,
     "ssh": _ssh,
     "projector": _projector,
+    "secrets": _secrets,
 }
 
 

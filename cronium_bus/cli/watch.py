@@ -40,8 +40,13 @@ class Watch:
         self._max_bytes = max_bytes
         self._children: list[Follower] = []
         self._owner = bus.scope
-        self._events = follow_execution(bus.js, execution_id, max_bytes=max_bytes, owner=bus.scope)
-        self._logs = follow_logs(bus.js, execution_id, max_bytes=max_bytes, owner=bus.scope)
+        self._named = bus.role is not None  # a role's permissions allow only filtered creates
+        self._events = follow_execution(
+            bus.js, execution_id, max_bytes=max_bytes, owner=bus.scope, named=self._named
+        )
+        self._logs = follow_logs(
+            bus.js, execution_id, max_bytes=max_bytes, owner=bus.scope, named=self._named
+        )
         self._final = asyncio.Event()
         self._lines_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -61,7 +66,11 @@ class Watch:
             if isinstance(event, FannedOut):
                 for child in event.children:
                     follower = follow_logs(
-                        self._js, child.execution_id, max_bytes=self._max_bytes, owner=self._owner
+                        self._js,
+                        child.execution_id,
+                        max_bytes=self._max_bytes,
+                        owner=self._owner,
+                        named=self._named,
                     )
                     await follower.start()
                     self._children.append(follower)

@@ -78,6 +78,7 @@ _PUBLISH: Final[dict[Role, list[str]]] = {
     "user": [
         "cronium.exec.{{name()}}.*.requested",
         "cronium.exec.{{name()}}.*.cancel_requested",
+        "cronium.ctl.secrets.user.{{name()}}.*",
         *_read_streams(OWN_EXEC, OWN_LOGS),
         *_PAYLOADS,
     ],
