@@ -41,8 +41,19 @@ def history(wh: Any, f: HistoryFilter, db: str = DATABASE) -> list[dict[str, Any
     return result
 
 
-def archived_logs(wh: Any, execution_id: str, db: str = DATABASE) -> list[dict[str, Any]]:
-    """Every archived line of an execution, per attempt and stream in sequence order."""
+def archived_logs(
+    wh: Any, execution_id: str, db: str = DATABASE, *, owner: str | None = None
+) -> list[dict[str, Any]]:
+    """Every archived line of an execution, per attempt and stream in sequence order; with
+    ``owner``, nothing unless the execution is that user's."""
+    if owner is not None:
+        owned = wh.query(
+            f"SELECT count() AS n FROM {db}.executions FINAL "
+            "WHERE execution_id = {eid:String} AND user = {owner:String}",
+            {"eid": execution_id, "owner": owner},
+        )
+        if not owned or not int(owned[0]["n"]):
+            return []
     result: list[dict[str, Any]] = wh.query(
         f"SELECT attempt, stream, seq, source, line FROM {db}.log_archive FINAL "
         "WHERE execution_id = {eid:String} ORDER BY attempt, time, stream, seq",

@@ -19,7 +19,9 @@ from nats.aio.msg import Msg
 
 from cronium_bus.bus import Bus
 from cronium_bus.errors import CroniumError
+from cronium_bus.ids import is_valid_id
 from cronium_bus.lifecycle import Stopper
+from cronium_bus.subjects import ANY_OWNER
 from projections.projector import Projector
 from projections.queries import (
     RUN_TIME_BUCKETS_S,
@@ -33,6 +35,7 @@ from projections.queries import (
     run_time_histogram,
     verify_audit,
 )
+from projections.reads import EventsQuery, stored_events
 from projections.replay import Replay
 from projections.warehouse import ChdbWarehouse, ServerWarehouse, Warehouse
 
@@ -88,6 +91,18 @@ class ProjectorService:
         if msg.subject == "cronium.query.replay":
             await self._start_replay(msg)
             return
+        tokens = msg.subject.split(".")
+        if len(tokens) == 5 and tokens[2] in ("user", "auditor"):
+            # cronium.query.<role>.<name>.<query>: nats-server lets a user or an auditor
+            # publish only on their own name and role, so <name> is who asks; a user gets only
+            # their own executions. Answers go only to the asker's own inbox (a reply subject
+            # is not checked by the server, so it could name anything).
+            if not (msg.reply or "").startswith(f"_INBOX_{tokens[3]}."):
+                log.warning("query with a foreign reply subject dropped", subject=msg.subject)
+                return
+            owner = tokens[3] if tokens[2] == "user" else None
+            await self._answer(msg, self._users_query(tokens[3], owner, tokens[4]))
+            return
         handlers: dict[str, Callable[[bytes], Awaitable[Any]]] = {
             "cronium.query.history": self._history,
             "cronium.query.logs": self._logs,
@@ -96,19 +111,45 @@ class ProjectorService:
             "cronium.query.stats": self._stats,
             "cronium.query.metrics": self._metrics,
         }
-        handler = handlers.get(msg.subject)
+        await self._answer(msg, handlers.get(msg.subject))
+
+    def _users_query(
+        self, name: str, owner: str | None, query: str
+    ) -> Callable[[bytes], Awaitable[Any]] | None:
+        """The handler of a user's (``owner`` = their name: only their own executions) or an
+        auditor's (``owner`` None: everyone's) query; ``None`` for one they may not ask."""
+
+        async def own_history(data: bytes) -> Any:
+            f = msgspec.json.decode(data, type=HistoryFilter)
+            if owner is not None and f.user not in (None, owner):
+                raise ValueError(f"{name} sees only their own history")
+            mine = f if owner is None else msgspec.structs.replace(f, user=owner)
+            return await self._run(lambda: history(self.wh, mine))
+
+        async def own_logs(data: bytes) -> Any:
+            q = msgspec.json.decode(data, type=_LogsQuery)
+            return await self._run(lambda: archived_logs(self.wh, q.execution_id, owner=owner))
+
+        async def own_events(data: bytes) -> Any:
+            q = msgspec.json.decode(data, type=EventsQuery)
+            return await stored_events(self.bus, q, owner or ANY_OWNER)
+
+        if not is_valid_id(name):
+            return None
+        handlers = {"history": own_history, "logs": own_logs, "events": own_events}
+        return handlers.get(query)
+
+    async def _answer(self, msg: Msg, handler: Callable[[bytes], Awaitable[Any]] | None) -> None:
         if handler is None:
             reply: Any = {"ok": False, "error": f"unknown query {msg.subject}"}
-            if msg.reply:
-                await msg.respond(msgspec.json.encode(reply))
-            return
-        try:
-            reply = {"ok": True, "result": await handler(msg.data or b"{}")}
-        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
-            reply = {"ok": False, "error": str(exc)}
-        except Exception as exc:
-            log.exception("query failed", subject=msg.subject)
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        else:
+            try:
+                reply = {"ok": True, "result": await handler(msg.data or b"{}")}
+            except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+                reply = {"ok": False, "error": str(exc)}
+            except Exception as exc:
+                log.exception("query failed", subject=msg.subject)
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if msg.reply:
             await msg.respond(msgspec.json.encode(reply))
 

@@ -31,7 +31,7 @@ async def sealer_ready(bus: Bus) -> None:
     """Wait until the sealing service answers (bounded: 10 s)."""
     for _ in range(100):
         try:
-            await bus.nc.request("cronium.ctl.secrets.user.probe.list", b"{}", timeout=1)
+            await bus.nc.request("cronium.ctl.secrets.admin.probe.list", b"{}", timeout=1)
             return
         except nats.errors.NoRespondersError:
             await asyncio.sleep(0.1)

@@ -12,7 +12,8 @@ import pytest
 from cronium_bus.bus import Bus
 from cronium_bus.codec import encode
 from cronium_bus.events import Limits
-from cronium_bus.history import read_subject
+from cronium_bus.health import read_beats
+from cronium_bus.history import execution_state, read_subject
 from cronium_bus.ids import new_id
 from cronium_bus.subjects import DLQ_STREAM, JOBS_STREAM
 from tests.conftest import Embedded
@@ -101,3 +102,38 @@ async def test_request_over_the_server_limit_fails_at_the_publisher(bus: Bus) ->
         )
     ]
     assert events == []
+
+
+async def test_a_deleted_durable_consumer_is_recreated_and_reported(
+    bus: Bus, dispatcher: Embedded
+) -> None:
+    """Someone deletes the dispatcher's durable consumer: the dispatcher reports itself unhealthy,
+    recreates it, and requests are dispatched again (bounded: 30 s)."""
+
+    async def queued(execution_id: str) -> bool:
+        for _ in range(300):  # bounded: 30 s
+            state = await execution_state(bus.js, execution_id, max_bytes=1 << 20)
+            if state is not None and state.status == "queued":
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    first = requested("print(1)")
+    await bus.publish(first)
+    assert await queued(first.execution_id)
+    await bus.js.delete_consumer("CRONIUM_EXEC", "dispatcher")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    seen_unhealthy = False
+    while loop.time() < deadline:
+        beats = [b for b in await read_beats(bus.js) if b.kind == "dispatcher"]
+        if any(b.status != "ok" for b in beats):
+            seen_unhealthy = True
+            break
+        await asyncio.sleep(0.1)
+    assert seen_unhealthy, "the dispatcher never said its consumer was missing"
+    again = requested("print(2)")
+    await bus.publish(again)
+    assert await queued(again.execution_id)
+    info = await bus.js.consumer_info("CRONIUM_EXEC", "dispatcher")
+    assert info.config.filter_subject == "cronium.exec.*.*.requested"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
 import msgspec
+import nats
+import nats.errors
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -98,11 +101,28 @@ async def test_any_request_is_answered_never_raised_past_the_service(
 
 
 async def test_over_nats_a_refusal_is_a_reply(bus: Bus, sealer: Embedded) -> None:
-    """A refused request gets an answer with kind, reason and hint; the service keeps serving."""
-    bad = await bus.nc.request("cronium.ctl.secrets.user.alice.set", b"{", timeout=10)
-    reply = msgspec.json.decode(bad.data)
-    assert reply["ok"] is False and reply["kind"] == "validation" and "malformed" in reply["error"]
-    good = await bus.nc.request(
-        "cronium.ctl.secrets.user.alice.set", _set("OK", b"fine"), timeout=10
+    """A refused request gets an answer with kind, reason and hint; the service keeps serving;
+    a user's request whose reply subject is not their own inbox gets no answer at all (a reply
+    subject is not checked by the server: it could name a bucket's subject)."""
+    assert bus.settings.creds is not None
+    alice = await nats.connect(
+        bus.settings.nats_url, user_credentials=str(bus.settings.creds), inbox_prefix="_INBOX_alice"
     )
-    assert msgspec.json.decode(good.data) == {"ok": True, "result": "u.alice.OK"}
+    try:
+        bad = await alice.request("cronium.ctl.secrets.user.alice.set", b"{", timeout=10)
+        reply = msgspec.json.decode(bad.data)
+        assert reply["ok"] is False and reply["kind"] == "validation"
+        assert "malformed" in reply["error"]
+        good = await alice.request(
+            "cronium.ctl.secrets.user.alice.set", _set("OK", b"fine"), timeout=10
+        )
+        assert msgspec.json.decode(good.data) == {"ok": True, "result": "u.alice.OK"}
+        with pytest.raises(nats.errors.TimeoutError):
+            await bus.nc.request("cronium.ctl.secrets.user.alice.list", b"{}", timeout=2)
+        target = "$KV.cronium_secrets.u.alice.OK"
+        await alice.publish("cronium.ctl.secrets.user.alice.list", b"{}", reply=target)
+        await alice.flush()
+        await asyncio.sleep(0.5)
+        assert await get_secret(bus.js, box_from(bus.settings), "u.alice.OK") == b"fine"
+    finally:
+        await alice.close()

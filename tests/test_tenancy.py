@@ -64,7 +64,8 @@ def test_bob_cannot_see_follow_or_cancel_alices(
     people: dict[str, Path],
 ) -> None:
     """bob's show, logs, follow and cancel of alice's execution exit 77 without saying whether
-    it exists; it keeps running and ends as alice's script says; bob cannot query history."""
+    it exists; it keeps running and ends as alice's script says; history shows each user only
+    their own."""
     code, out, err = as_(
         stack,
         people["alice"],
@@ -83,8 +84,8 @@ def test_bob_cannot_see_follow_or_cancel_alices(
         assert "secret-of-alice" not in out + err
     code, _, err = as_(stack, people["bob"], "cancel", alices)
     assert code == 77, err
-    code, _, err = as_(stack, people["bob"], "history")
-    assert code == 77, err
+    code, _, err = as_(stack, people["bob"], "history", "--user", "alice")
+    assert code == 77 and "only their own history" in err
     code, out, err = as_(stack, people["alice"], "show", alices, "--json")
     deadline = time.monotonic() + 60
     while json.loads(out)["state"]["status"] not in ("failed", "succeeded", "cancelled"):
@@ -93,6 +94,18 @@ def test_bob_cannot_see_follow_or_cancel_alices(
         code, out, err = as_(stack, people["alice"], "show", alices, "--json")
     state = json.loads(out)["state"]
     assert (state["status"], state["exit_code"]) == ("failed", 4)
+    # history: alice finds her execution once projected; bob's history never lists it
+    deadline = time.monotonic() + 60
+    while True:
+        code, out, err = as_(stack, people["alice"], "history", "--json", "--limit", "1000")
+        assert code == 0, err
+        mine = {r["execution_id"] for r in json.loads(out)}
+        if alices in mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert alices in mine and {r["user"] for r in json.loads(out)} == {"alice"}
+    code, out, err = as_(stack, people["bob"], "history", "--json", "--limit", "1000")
+    assert code == 0 and alices not in out and "alice" not in out, err
 
 
 def test_a_user_cannot_act_as_someone_else(
@@ -185,6 +198,19 @@ async def test_a_raw_client_of_bobs_gets_nothing_of_alices(
             js.delete_consumer("CRONIUM_EXEC", "dispatcher"),
             nc.request("$JS.API.CONSUMER.MSG.NEXT.CRONIUM_EXEC.dispatcher", b"1", timeout=2),
             js.delete_stream("CRONIUM_EXEC"),
+            # a push consumer on his own subjects delivering into a bucket or onto alice's
+            # subjects (nats-server does not check a deliver subject): no consumer API at all
+            js.add_consumer(
+                "CRONIUM_EXEC",
+                ConsumerConfig(
+                    name="hop",
+                    filter_subject="cronium.exec.bob.>",
+                    deliver_subject="cronium.exec.alice.ex_hop.requested",
+                ),
+            ),
+            # the payload store (everyone's large inputs and outputs)
+            nc.request("$JS.API.STREAM.MSG.GET.OBJ_cronium_payloads", b'{"seq": 1}', timeout=2),
+            nc.request("$O.cronium_payloads.C.x", b"", timeout=2, headers={"Nats-Rollup": "all"}),
         ):
             with pytest.raises((nats.errors.Error, TimeoutError)):
                 await attempt
@@ -202,6 +228,13 @@ async def test_a_raw_client_of_bobs_gets_nothing_of_alices(
         assert "$js.api.consumer.create.cronium_exec.peek" in refused
         assert "$js.api.consumer.delete.cronium_exec.dispatcher" in refused
         assert "$js.api.consumer.msg.next.cronium_exec.dispatcher" in refused
+        assert "$js.api.consumer.create.cronium_exec.hop" in refused
+        assert "$js.api.stream.msg.get.obj_cronium_payloads" in refused
+        # a request to the sealing service with alice's bucket key as its reply subject
+        await nc.publish(
+            "cronium.ctl.secrets.user.bob.list", b"{}", reply="$KV.cronium_secrets.u.alice.API"
+        )
+        await nc.flush()
     finally:
         await nc.close()
     assert stack.cli("status").returncode == 0  # the dispatcher's consumer is still there

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 
 import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from consumers.deadletter import dead_letter
@@ -161,8 +163,12 @@ class Dispatcher:
         sub = await self.bus.js.pull_subscribe(
             REQUESTS, durable=DURABLE, stream=EXEC_STREAM, config=config
         )
+        checked = time.monotonic()
         async with Heartbeat(self.bus.js, "dispatcher", self.settings.runner.heartbeat) as hb:
             while not stopper.stopping:
+                if time.monotonic() - checked > self.settings.runner.heartbeat:
+                    checked = time.monotonic()
+                    sub = await self._ensure_durable(sub, config, hb)
                 try:
                     msgs = await sub.fetch(64, timeout=1.0)
                 except (nats.errors.TimeoutError, TimeoutError):
@@ -179,6 +185,30 @@ class Dispatcher:
                 hb.in_flight = 0
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
+
+    async def _ensure_durable(
+        self, sub: JetStreamContext.PullSubscription, config: ConsumerConfig, hb: Heartbeat
+    ) -> JetStreamContext.PullSubscription:
+        """Recreate the durable consumer if someone deleted it; unhealthy until it is back."""
+        try:
+            await self.bus.js.consumer_info(EXEC_STREAM, DURABLE)
+        except nats.js.errors.NotFoundError:
+            hb.status = "durable consumer missing"
+            log.warning("the dispatcher's durable consumer was deleted; recreating it")
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+            try:
+                sub = await self.bus.js.pull_subscribe(
+                    REQUESTS, durable=DURABLE, stream=EXEC_STREAM, config=config
+                )
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                log.warning("cannot recreate the durable consumer yet", error=str(exc))
+            return sub  # reported unhealthy until the next check finds it in place
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            log.warning("cannot check the durable consumer", error=str(exc))
+            return sub
+        hb.status = "ok"
+        return sub
 
     async def _handle_safely(self, msg: Msg) -> None:
         try:

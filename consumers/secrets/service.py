@@ -112,6 +112,13 @@ class SecretsService:
                 await sub.unsubscribe()
 
     async def _on_request(self, msg: Msg) -> None:
+        tokens = msg.subject.split(".")
+        # nats-server does not check a reply subject against the publisher's permissions:
+        # answer a user only in their own inbox, never onto a bucket or another's subject
+        foreign = len(tokens) == 6 and tokens[3] == "user" and msg.reply is not None
+        if foreign and not (msg.reply or "").startswith(f"_INBOX_{tokens[4]}."):
+            log.warning("request with a foreign reply subject dropped", subject=msg.subject)
+            return
         try:
             reply: dict[str, Any] = {"ok": True, "result": await self.handle(msg.subject, msg.data)}
         except CroniumError as exc:

@@ -21,12 +21,12 @@ from cronium_bus.cli.common import add_client_options, fail, run_client, setting
 from cronium_bus.cli.watch import Watch
 from cronium_bus.events import CancelRequested, LogChunk, Terminal, utcnow
 from cronium_bus.health import read_beats
-from cronium_bus.history import execution_events, read_subject
 from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.payloads import get_json_payload
 from cronium_bus.provision import stream_configs
+from cronium_bus.reading import events_of
 from cronium_bus.state import fold
-from cronium_bus.subjects import ANY_OWNER, DLQ_STREAM, EXEC_STREAM, LOGS_STREAM, log_subject
+from cronium_bus.subjects import ANY_OWNER, DLQ_STREAM, EXEC_STREAM, LOGS_STREAM
 
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -106,9 +106,7 @@ def logs(args: argparse.Namespace) -> int:
 
     async def body(bus: Bus) -> int:
         max_bytes = bus.settings.streams.max_msg_size
-        events = await execution_events(
-            bus.js, args.execution_id, max_bytes=max_bytes, owner=bus.scope
-        )
+        events = await events_of(bus, args.execution_id, max_bytes=max_bytes)
         if not events:
             return not_found(bus, args.execution_id)
         if args.follow:
@@ -120,9 +118,7 @@ def logs(args: argparse.Namespace) -> int:
                 await watch.close()
             return exitcodes.OK
         found = False
-        async for chunk in read_subject(
-            bus.js, LOGS_STREAM, log_subject(bus.scope, args.execution_id), max_bytes=max_bytes
-        ):
+        for chunk in await events_of(bus, args.execution_id, max_bytes=max_bytes, kind="logs"):
             if isinstance(chunk, LogChunk):
                 found = True
                 target = sys.stdout if chunk.stream == "stdout" else sys.stderr
@@ -149,8 +145,8 @@ def show(args: argparse.Namespace) -> int:
         return bad
 
     async def body(bus: Bus) -> int:
-        events = await execution_events(
-            bus.js, args.execution_id, max_bytes=bus.settings.streams.max_msg_size, owner=bus.scope
+        events = await events_of(
+            bus, args.execution_id, max_bytes=bus.settings.streams.max_msg_size
         )
         state = fold(events)
         if state is None:
@@ -299,12 +295,7 @@ def cancel(args: argparse.Namespace) -> int:
 
     async def body(bus: Bus) -> int:
         state = fold(
-            await execution_events(
-                bus.js,
-                args.execution_id,
-                max_bytes=bus.settings.streams.max_msg_size,
-                owner=bus.scope,
-            )
+            await events_of(bus, args.execution_id, max_bytes=bus.settings.streams.max_msg_size)
         )
         if state is None:
             return not_found(bus, args.execution_id)

@@ -184,6 +184,7 @@ def up(args: argparse.Namespace) -> int:
         )
         try:
             server.start()
+            authority.save()  # the account JWTs' new iat, so a later `user rm` is newer still
         except CroniumError as exc:
             return fail(exc.message, exc.hint, exitcodes.INFRASTRUCTURE)
         settings = settings.model_copy(update={"nats_url": server.url, "creds": service_creds})

@@ -36,8 +36,9 @@ def add_parsers(sub: _Sub) -> None:
         "user",
         help="issue, list and revoke people's credentials",
         description="Each person connects with a standard NATS .creds file; nats-server checks "
-        "it and applies the role's permissions (admin: everything; user: run, follow, cancel, "
-        "query; auditor: read history, audit and logs, run nothing). Run on the stack's host "
+        "it and applies the role's permissions (admin: everything; user: run, follow, cancel and "
+        "query their own executions, keep their own secrets; auditor: read everyone's history, "
+        "audit and logs, run nothing). Run on the stack's host "
         "as the user that runs `cronium up` (the keys are in DATA_DIR/auth).",
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)

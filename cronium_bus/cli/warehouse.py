@@ -16,7 +16,7 @@ import nats.errors
 from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
 from cronium_bus.cli.common import add_client_options, fail, run_client
-from cronium_bus.errors import CroniumError
+from cronium_bus.errors import CroniumError, PermissionDeniedError
 from cronium_bus.units import parse_duration
 
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -30,7 +30,12 @@ class QueryError(CroniumError):
 
 async def ask(bus: Bus, name: str, payload: dict[str, Any]) -> Any:
     """Send a query to the projector's query service and return its result."""
-    subject = f"cronium.query.{name}"
+    # a user asks on their own name (the only subject they may use) and sees only their own
+    subject = (
+        f"cronium.query.user.{bus.identity}.{name}"
+        if bus.role == "user"
+        else f"cronium.query.{name}"
+    )
     try:
         msg = await bus.refusable(
             bus.nc.request(subject, msgspec.json.encode(payload), timeout=_QUERY_TIMEOUT_S),
@@ -113,6 +118,11 @@ def history_cmd(args: argparse.Namespace) -> int:
         return fail("--limit must be between 1 and 10000", code=exitcodes.USAGE)
 
     async def body(bus: Bus) -> int:
+        if bus.role == "user" and args.user not in (None, bus.identity):
+            raise PermissionDeniedError(
+                f"{bus.identity} sees only their own history, not {args.user}'s",
+                hint="drop --user",
+            )
         rows = await ask(
             bus,
             "history",

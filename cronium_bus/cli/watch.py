@@ -10,7 +10,8 @@ from typing import Final, TextIO
 
 from cronium_bus.bus import Bus
 from cronium_bus.events import AnyEvent, FannedOut, LogChunk, Terminal
-from cronium_bus.history import Follower, follow_execution, follow_logs
+from cronium_bus.history import Follower
+from cronium_bus.reading import LiveFollower, follow
 from cronium_bus.state import ExecutionState, apply
 
 _LINES_GRACE_S: Final = 5.0
@@ -38,15 +39,10 @@ class Watch:
         self._printed: dict[int, dict[str, int]] = {}  # per attempt: lines printed per stream
         self._js = bus.js
         self._max_bytes = max_bytes
-        self._children: list[Follower] = []
-        self._owner = bus.scope
-        self._named = bus.role is not None  # a role's permissions allow only filtered creates
-        self._events = follow_execution(
-            bus.js, execution_id, max_bytes=max_bytes, owner=bus.scope, named=self._named
-        )
-        self._logs = follow_logs(
-            bus.js, execution_id, max_bytes=max_bytes, owner=bus.scope, named=self._named
-        )
+        self._bus = bus
+        self._children: list[Follower | LiveFollower] = []
+        self._events = follow(bus, execution_id, "exec", max_bytes=max_bytes)
+        self._logs = follow(bus, execution_id, "logs", max_bytes=max_bytes)
         self._final = asyncio.Event()
         self._lines_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -60,17 +56,13 @@ class Watch:
             asyncio.create_task(self._follow_logs(self._logs)),
         ]
 
-    async def _follow_events(self, events: Follower) -> None:
+    async def _follow_events(self, events: Follower | LiveFollower) -> None:
         async for event in events:
             self.state = apply(self.state, event)
             if isinstance(event, FannedOut):
                 for child in event.children:
-                    follower = follow_logs(
-                        self._js,
-                        child.execution_id,
-                        max_bytes=self._max_bytes,
-                        owner=self._owner,
-                        named=self._named,
+                    follower = follow(
+                        self._bus, child.execution_id, "logs", max_bytes=self._max_bytes
                     )
                     await follower.start()
                     self._children.append(follower)
@@ -92,7 +84,7 @@ class Watch:
         attempt = self.state.attempt if self.state else 1
         return self._printed.setdefault(attempt, {"stdout": 0, "stderr": 0})
 
-    async def _follow_logs(self, logs: Follower, prefix: str = "") -> None:
+    async def _follow_logs(self, logs: Follower | LiveFollower, prefix: str = "") -> None:
         child: dict[int, dict[str, int]] = {}
         async for event in logs:
             if not isinstance(event, LogChunk):

@@ -91,6 +91,9 @@ class Authority:
     role_keys: dict[str, str]
     users: dict[str, UserRecord] = field(default_factory=dict)
     iats: dict[str, int] = field(default_factory=dict)
+    revoked: dict[str, int] = field(default_factory=dict)
+    """Every revoked user key and when — never pruned, so re-adding a name never revives old
+    credentials."""
 
     # ------------------------------------------------------------------ storage
 
@@ -137,6 +140,7 @@ class Authority:
             role_keys=data["role_keys"],
             users={n: UserRecord(**u) for n, u in data["users"].items()},
             iats=data.get("iats", {}),
+            revoked=data.get("revoked", {}),
         )
 
     def save(self) -> None:
@@ -148,6 +152,7 @@ class Authority:
             "role_keys": self.role_keys,
             "users": {n: vars(u) for n, u in sorted(self.users.items())},
             "iats": self.iats,
+            "revoked": self.revoked,
         }
         _write_private(self.directory / _STATE, json.dumps(data, indent=2) + "\n")
 
@@ -192,9 +197,7 @@ class Authority:
             }
             for role, seed in sorted(self.role_keys.items())
         ]
-        revocations = {
-            u.public_key: u.revoked_at for u in self.users.values() if u.revoked_at is not None
-        }
+        revocations = dict(self.revoked)
         claims: dict[str, Any] = {
             "type": "account",
             "limits": {**_ACCOUNT_LIMITS, **_JETSTREAM},
@@ -289,6 +292,7 @@ class Authority:
         if user is None or user.revoked_at is not None:
             raise IdentityError(f"no user {name!r}", hint="`cronium user list` shows the users")
         user.revoked_at = max(int(time.time()), user.issued_at)
+        self.revoked[user.public_key] = user.revoked_at
         self.save()
         return user
 

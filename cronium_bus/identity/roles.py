@@ -5,14 +5,13 @@ every user it signs receives (nats-server expands ``{{name()}}`` to the user's n
 
 - ``admin``: users, shared secrets and servers; sees everything. No limits inside the account.
 - ``user``: runs and cancels **their own** executions and follows them: they may publish only
-  ``cronium.exec.<their name>.<id>.requested`` and ``….cancel_requested``, and read (live or from
-  the streams, through consumers whose filter is their own subjects) only
-  ``cronium.exec.<their name>.>`` and ``cronium.logs.<their name>.>``. They may not publish any
-  other lifecycle event, touch secrets, variables or servers, create, change or delete streams or
-  the service's durable consumers, purge the payload store or query the warehouse (which does
-  not yet answer per user).
-- ``auditor``: reads history, audit and logs of everyone (JetStream reads and queries); runs and
-  cancels nothing.
+  ``cronium.exec.<their name>.<id>.requested`` and ``….cancel_requested``, subscribe only to
+  ``cronium.exec.<their name>.>`` and ``cronium.logs.<their name>.>`` (live) and their inbox,
+  and ask the sealing service and the query service on their own name
+  (``cronium.ctl.secrets.user.<name>.*``, ``cronium.query.user.<name>.{history,logs,events}``),
+  which answer with their own only. No JetStream API, no buckets, no payload store.
+- ``auditor``: reads history, audit, logs and events of everyone (queries; live subscriptions to
+  every execution); runs and cancels nothing.
 
 Service identities (the consumers) and the operators' admin credential of ``cronium up`` are
 signed by the account key itself and have no limits inside the account. Every role's inbox is
@@ -44,43 +43,21 @@ _KEEP_OFF_DURABLES: Final = [
 ]
 
 
-def _read_streams(exec_filter: str, logs_filter: str) -> list[str]:
-    """Reading the lifecycle and log streams with consumers of one's own whose filter matches
-    ``exec_filter`` / ``logs_filter``: create (named, so the filter is in the subject), look up,
-    pull (no acks: readers use AckPolicy NONE), flow control of ordered consumers."""
-    return [
-        "$JS.API.INFO",
-        "$JS.API.STREAM.INFO.CRONIUM_EXEC",
-        "$JS.API.STREAM.INFO.CRONIUM_LOGS",
-        f"$JS.API.CONSUMER.CREATE.CRONIUM_EXEC.*.{exec_filter}",
-        f"$JS.API.CONSUMER.CREATE.CRONIUM_LOGS.*.{logs_filter}",
-        "$JS.API.CONSUMER.INFO.CRONIUM_EXEC.*",
-        "$JS.API.CONSUMER.INFO.CRONIUM_LOGS.*",
-        "$JS.API.CONSUMER.MSG.NEXT.CRONIUM_EXEC.*",
-        "$JS.API.CONSUMER.MSG.NEXT.CRONIUM_LOGS.*",
-        "$JS.FC.>",
-    ]
-
-
-# Inputs and outputs over the inline limits live in the Object Store bucket cronium_payloads.
-# No PURGE: an input's name is new (input/<execution id>), so an upload replaces nothing.
-_PAYLOADS: Final = [
-    "$JS.API.STREAM.INFO.OBJ_cronium_payloads",
-    "$JS.API.STREAM.MSG.GET.OBJ_cronium_payloads",
-    "$O.cronium_payloads.C.>",
-    "$O.cronium_payloads.M.>",
-]
-
 OWN_EXEC: Final = "cronium.exec.{{name()}}.>"
 OWN_LOGS: Final = "cronium.logs.{{name()}}.>"
 
+# People get no JetStream API on the shared streams and no Object Store access: a consumer they
+# created would deliver to any subject they name (nats-server does not check a push consumer's
+# deliver subject against its creator's permissions), and the payload store's subjects cannot be
+# split by owner. What is stored they read through the query service, under their own name.
 _PUBLISH: Final[dict[Role, list[str]]] = {
     "user": [
         "cronium.exec.{{name()}}.*.requested",
         "cronium.exec.{{name()}}.*.cancel_requested",
         "cronium.ctl.secrets.user.{{name()}}.*",
-        *_read_streams(OWN_EXEC, OWN_LOGS),
-        *_PAYLOADS,
+        "cronium.query.user.{{name()}}.history",
+        "cronium.query.user.{{name()}}.logs",
+        "cronium.query.user.{{name()}}.events",
     ],
     "auditor": [
         "cronium.query.history",
@@ -88,8 +65,7 @@ _PUBLISH: Final[dict[Role, list[str]]] = {
         "cronium.query.audit.>",
         "cronium.query.stats",
         "cronium.query.metrics",
-        "$JS.API.STREAM.MSG.GET.CRONIUM_EXEC",
-        *_read_streams("cronium.exec.>", "cronium.logs.>"),
+        "cronium.query.auditor.{{name()}}.*",
     ],
 }
 _SUBSCRIBE: Final[dict[Role, list[str]]] = {
