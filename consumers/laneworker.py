@@ -30,13 +30,15 @@ import structlog
 from nats.aio.msg import Msg
 
 from consumers.deadletter import dead_letter
-from consumers.lanes import LaneClaimer, ensure_lane_consumers, lane_order
+from consumers.lanes import LaneClaimer, durable_name, ensure_lane_consumers, lane_order
 from consumers.limits import Gate
 from consumers.retries import schedule_retry
+from cronium_bus import durables
 from cronium_bus.authentic import decode_on
 from cronium_bus.bus import Bus
 from cronium_bus.errors import EventDecodeError
 from cronium_bus.events import (
+    PRIORITIES,
     Cancelled,
     CancelRequested,
     ErrorInfo,
@@ -55,7 +57,7 @@ from cronium_bus.lifecycle import Stopper, drain_tasks
 from cronium_bus.provision import kv_value, provision
 from cronium_bus.retry import should_retry
 from cronium_bus.state import AttemptState, ExecutionState
-from cronium_bus.subjects import CANCELS, EXEC_STREAM, HEARTBEAT_BUCKET, exec_subject
+from cronium_bus.subjects import CANCELS, EXEC_STREAM, HEARTBEAT_BUCKET, JOBS_STREAM, exec_subject
 
 log = structlog.get_logger(__name__)
 _IDLE_WAIT_S: Final = 1.0
@@ -126,6 +128,7 @@ class LaneWorker:
         cancels = await self.bus.nc.subscribe(CANCELS, cb=self._on_cancel)
         tasks: set[asyncio.Task[None]] = set()
         free = asyncio.Semaphore(self.slots)
+        lanes = asyncio.create_task(self._keep_lanes(stopper))
         try:
             async with self.heartbeat:
                 while not stopper.stopping:
@@ -140,6 +143,7 @@ class LaneWorker:
                     task.add_done_callback(lambda _t: free.release())
                 await drain_tasks(tasks, self.settings.limits.stop_grace + 10)
         finally:
+            lanes.cancel()
             for check in list(self._cancel_checks):
                 check.cancel()
             with contextlib.suppress(nats.errors.Error):
@@ -147,6 +151,23 @@ class LaneWorker:
                 await cancels.unsubscribe()
                 await self.claimer.close()
             await self.on_stop()
+
+    async def _keep_lanes(self, stopper: Stopper) -> None:
+        """Once per heartbeat interval: recreate lane consumers someone deleted (see
+        :mod:`cronium_bus.durables`); the heartbeat says so until they are back."""
+        r = self.settings.runner
+        while not await stopper.wait(r.heartbeat):
+            gone = [
+                name
+                for priority in PRIORITIES
+                if await durables.missing(
+                    self.bus.js, JOBS_STREAM, name := durable_name(self.kind, priority)
+                )
+            ]
+            durables.report(self.heartbeat, gone)
+            if gone:
+                with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                    await ensure_lane_consumers(self.bus.js, self.kind, ack_wait=r.ack_wait)
 
     async def _ring(self, _msg: Msg) -> None:
         self._doorbell.set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from cronium_bus import durables
 from cronium_bus.authentic import decode_on
 from cronium_bus.bus import Bus
 from cronium_bus.codec import decode
@@ -52,6 +54,8 @@ class Projector:
         self._last_seq = 0
         self._last_hash = GENESIS
         self._lock = asyncio.Lock()  # the warehouse is used from one coroutine at a time
+        self._hb: Heartbeat | None = None
+        self._gone: set[str] = set()  # durables found deleted at their last check
 
     def setup(self) -> None:
         """Create or migrate tables, apply the archive retention, read where the audit chain
@@ -136,7 +140,9 @@ class Projector:
         await provision(self.bus.js, self.bus.settings)
         async with self._lock:
             self.setup()
-        async with Heartbeat(self.bus.js, "projector", self.bus.settings.runner.heartbeat):
+        async with Heartbeat(
+            self.bus.js, "projector", self.bus.settings.runner.heartbeat
+        ) as self._hb:
             await asyncio.gather(
                 self._consume(stopper, EXEC_STREAM, EXEC_ALL, "projector-exec", self._on_exec),
                 self._consume(stopper, LOGS_STREAM, LOGS_ALL, "projector-logs", self._on_logs),
@@ -181,8 +187,22 @@ class Projector:
         sub = await self.bus.js.pull_subscribe(
             subject, durable=durable, stream=stream, config=config
         )
+        checked = time.monotonic()
         try:
             while not stopper.stopping:
+                if time.monotonic() - checked > self.bus.settings.runner.heartbeat:
+                    checked = time.monotonic()
+                    if await durables.missing(self.bus.js, stream, durable):
+                        self._gone.add(durable)
+                        with contextlib.suppress(nats.errors.Error):
+                            await sub.unsubscribe()
+                        sub = await self.bus.js.pull_subscribe(
+                            subject, durable=durable, stream=stream, config=config
+                        )
+                    else:
+                        self._gone.discard(durable)
+                    if self._hb is not None:
+                        durables.report(self._hb, sorted(self._gone))
                 try:
                     msgs = await sub.fetch(self.batch, timeout=0.5)
                 except (nats.errors.TimeoutError, TimeoutError):

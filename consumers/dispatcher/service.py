@@ -22,6 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from consumers.deadletter import dead_letter
 from consumers.dispatcher.validate import validate_request
 from consumers.retries import enqueue
+from cronium_bus import durables
 from cronium_bus.bus import Bus
 from cronium_bus.codec import decode
 from cronium_bus.errors import EventDecodeError
@@ -190,24 +191,18 @@ class Dispatcher:
         self, sub: JetStreamContext.PullSubscription, config: ConsumerConfig, hb: Heartbeat
     ) -> JetStreamContext.PullSubscription:
         """Recreate the durable consumer if someone deleted it; unhealthy until it is back."""
-        try:
-            await self.bus.js.consumer_info(EXEC_STREAM, DURABLE)
-        except nats.js.errors.NotFoundError:
-            hb.status = "durable consumer missing"
-            log.warning("the dispatcher's durable consumer was deleted; recreating it")
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-            try:
-                sub = await self.bus.js.pull_subscribe(
-                    REQUESTS, durable=DURABLE, stream=EXEC_STREAM, config=config
-                )
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                log.warning("cannot recreate the durable consumer yet", error=str(exc))
-            return sub  # reported unhealthy until the next check finds it in place
-        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-            log.warning("cannot check the durable consumer", error=str(exc))
+        if not await durables.missing(self.bus.js, EXEC_STREAM, DURABLE):
+            durables.report(hb, [])
             return sub
-        hb.status = "ok"
+        durables.report(hb, [DURABLE])  # unhealthy until the next check finds it in place
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+        try:
+            sub = await self.bus.js.pull_subscribe(
+                REQUESTS, durable=DURABLE, stream=EXEC_STREAM, config=config
+            )
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("cannot recreate the durable consumer yet", error=str(exc))
         return sub
 
     async def _handle_safely(self, msg: Msg) -> None:
