@@ -197,7 +197,7 @@ def run(sizes: list[int], repeat: int) -> str:
             for _ in range(repeat):  # cold and warm interleaved: a fresh stack, then a rerun
                 with stack(
                     {"CRONIUM_SECRET_KEY": SECRET_KEY, "CRONIUM_SSH__FANOUT_CONCURRENCY": str(n)},
-                    consumers="dispatcher,ssh",
+                    consumers="dispatcher,ssh,secrets",  # servers add goes through the sealer
                 ) as s:
                     names = asyncio.run(register_all(s.url, farm))[:n]
                     cold.append(asyncio.run(through_bus(s.url, names)))

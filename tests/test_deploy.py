@@ -5,10 +5,12 @@ lifecycle events, read secrets or touch streams."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -41,6 +43,16 @@ PASSWORDS = {
     "NATS_SYSTEM_PASSWORD": "system-pw",
     "NATS_ROUTE_PASSWORD": "route-pw",
 }
+
+
+def distinct_free_ports(n: int) -> list[int]:
+    """``n`` different free ports: all bound at once, then released (two separate picks can
+    return the same port, which a cluster's client and route listeners then fight over)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 class Node:
@@ -157,7 +169,8 @@ async def test_a_three_node_cluster_keeps_running_work_after_losing_a_node(
 ) -> None:
     """Streams with 3 replicas on deploy/nats/cluster.conf: a job runs; one node is
     SIGKILLed; the clients fail over and the next job runs too, its events replicated."""
-    ports = [(free_port(), free_port()) for _ in range(3)]
+    free = distinct_free_ports(6)
+    ports = [(free[2 * i], free[2 * i + 1]) for i in range(3)]
     routes = {
         f"NATS_ROUTE_{i + 1}": f"nats-route://route:route-pw@127.0.0.1:{cluster}"
         for i, (_, cluster) in enumerate(ports)
