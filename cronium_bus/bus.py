@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -26,8 +27,9 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from cronium_bus.codec import encode
-from cronium_bus.errors import BusUnavailableError, PermissionDeniedError
+from cronium_bus.errors import BusUnavailableError, CroniumError, PermissionDeniedError
 from cronium_bus.events import Event, HelperCalled, LogChunk, Terminal, short_type
+from cronium_bus.identity.authority import IdentityError, identity_of
 from cronium_bus.identity.roles import inbox_prefix
 from cronium_bus.settings import Settings
 from cronium_bus.subjects import ANY_OWNER, exec_subject, log_subject
@@ -39,8 +41,6 @@ _T = TypeVar("_T")
 
 def credential_identity(creds: Path) -> tuple[str | None, str | None]:
     """``(name, role)`` inside a ``.creds`` file (``None`` where it cannot be read)."""
-    from cronium_bus.identity.authority import IdentityError, identity_of
-
     try:
         name, role = identity_of(creds)
     except IdentityError:
@@ -239,6 +239,34 @@ class Bus:
             self.js.publish(target, encode(event), headers={"Nats-Msg-Id": message_id(event)}),
             target,
         )
+
+    async def ask(
+        self,
+        subject: str,
+        body: bytes,
+        *,
+        timeout: float,
+        service: str,
+        error: type[CroniumError] = CroniumError,
+    ) -> dict[str, Any]:
+        """Request-reply to one of the stack's services (``{"ok": …}`` replies): the decoded
+        reply. A subject the server refuses raises :class:`PermissionDeniedError`; no responder,
+        no answer in time or a reply that is not an object raise ``error`` naming ``service``."""
+        try:
+            msg = await self.refusable(self.nc.request(subject, body, timeout=timeout), subject)
+        except nats.errors.NoRespondersError as exc:
+            raise error(
+                f"no {service} is running to answer", hint="start the stack with `cronium up`"
+            ) from exc
+        except nats.errors.TimeoutError as exc:
+            raise error(f"the {service} did not answer in time") from exc
+        try:
+            reply = msgspec.json.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            raise error(f"the {service} answered something that is not JSON") from exc
+        if not isinstance(reply, dict):
+            raise error(f"the {service} answered something that is not an object")
+        return reply
 
     async def refusable(self, call: Coroutine[Any, Any, _T], subject: str) -> _T:
         """Await ``call``; raise :class:`PermissionDeniedError` if the server refuses ``subject``

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import nats.errors
 import nats.js.errors
 import structlog
-from nats import nuid
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -21,7 +21,6 @@ from cronium_bus.subjects import ANY_OWNER, EXEC_STREAM, LOGS_STREAM, exec_event
 
 log = structlog.get_logger(__name__)
 _BATCH = 256
-_NUID = nuid.NUID()
 
 
 async def read_messages(
@@ -93,73 +92,64 @@ class Follower:
     :meth:`start` before publishing what you want to see (e.g. a request), then iterate.
     """
 
-    def __init__(
-        self, js: JetStreamContext, stream: str, subject: str, *, max_bytes: int, named: bool
-    ) -> None:
+    def __init__(self, js: JetStreamContext, stream: str, subject: str, *, max_bytes: int) -> None:
         self.js = js
         self.stream = stream
         self.subject = subject
         self.max_bytes = max_bytes
-        self.named = named
         self._sub: JetStreamContext.PushSubscription | None = None
 
     async def start(self) -> Follower:
-        """Create the subscription. A named consumer makes nats-py send the filtered create
-        request (``…CONSUMER.CREATE.<stream>.<name>.<filter>``), the only one a ``user``'s
-        permissions allow, since the filter names their own subjects."""
+        """Create the subscription."""
         if self._sub is None:
-            name = f"follow_{_NUID.next().decode()}"
-            config = ConsumerConfig(name=name) if self.named else None
             self._sub = await self.js.subscribe(
-                self.subject, stream=self.stream, ordered_consumer=True, config=config
+                self.subject, stream=self.stream, ordered_consumer=True
             )
         return self
 
     async def __aiter__(self) -> AsyncIterator[AnyEvent]:
         sub = (await self.start())._sub
         assert sub is not None
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=3600)
-            except nats.errors.TimeoutError:
-                continue
-            try:
-                yield decode_on(msg.subject, msg.data, max_bytes=self.max_bytes)
-            except EventDecodeError as exc:
-                log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
+        async for event in decoded(sub, self.max_bytes):
+            yield event
 
     async def close(self) -> None:
         """Unsubscribe; idempotent."""
         sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except (nats.errors.Error, asyncio.CancelledError):
-                log.debug("unsubscribe after close")
+        await unsubscribe_quietly(sub)
+
+
+async def decoded(sub: Subscription, max_bytes: int) -> AsyncIterator[AnyEvent]:
+    """The authentic events arriving on a subscription, forever (undecodable ones skipped)."""
+    while True:
+        try:
+            msg = await sub.next_msg(timeout=3600)
+        except nats.errors.TimeoutError:
+            continue
+        try:
+            yield decode_on(msg.subject, msg.data, max_bytes=max_bytes)
+        except EventDecodeError as exc:
+            log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
+
+
+async def unsubscribe_quietly(sub: Subscription | None) -> None:
+    """Unsubscribe if there is a subscription; a closed connection is not an error here."""
+    if sub is not None:
+        try:
+            await sub.unsubscribe()
+        except (nats.errors.Error, asyncio.CancelledError):
+            log.debug("unsubscribe after close")
 
 
 def follow_logs(
-    js: JetStreamContext,
-    execution_id: str,
-    *,
-    max_bytes: int,
-    owner: str = ANY_OWNER,
-    named: bool = False,
+    js: JetStreamContext, execution_id: str, *, max_bytes: int, owner: str = ANY_OWNER
 ) -> Follower:
-    """Live tail of one execution's log chunks (from the first one still in the stream).
-    ``named``: for identities with a role, whose permissions allow only filtered creates."""
-    subject = log_subject(owner, execution_id)
-    return Follower(js, LOGS_STREAM, subject, max_bytes=max_bytes, named=named)
+    """Live tail of one execution's log chunks (from the first one still in the stream)."""
+    return Follower(js, LOGS_STREAM, log_subject(owner, execution_id), max_bytes=max_bytes)
 
 
 def follow_execution(
-    js: JetStreamContext,
-    execution_id: str,
-    *,
-    max_bytes: int,
-    owner: str = ANY_OWNER,
-    named: bool = False,
+    js: JetStreamContext, execution_id: str, *, max_bytes: int, owner: str = ANY_OWNER
 ) -> Follower:
-    """Live lifecycle events of one execution (from the first one); ``named`` as above."""
-    subject = exec_events(execution_id, owner)
-    return Follower(js, EXEC_STREAM, subject, max_bytes=max_bytes, named=named)
+    """Live lifecycle events of one execution (from the first one)."""
+    return Follower(js, EXEC_STREAM, exec_events(execution_id, owner), max_bytes=max_bytes)

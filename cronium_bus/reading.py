@@ -11,13 +11,11 @@ once (by ``event_id``).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import msgspec
-import nats.errors
 import structlog
 from nats.aio.subscription import Subscription
 
@@ -25,7 +23,14 @@ from cronium_bus.authentic import decode_on
 from cronium_bus.bus import Bus
 from cronium_bus.errors import CroniumError, EventDecodeError
 from cronium_bus.events import AnyEvent
-from cronium_bus.history import Follower, follow_execution, follow_logs, read_subject
+from cronium_bus.history import (
+    Follower,
+    decoded,
+    follow_execution,
+    follow_logs,
+    read_subject,
+    unsubscribe_quietly,
+)
 from cronium_bus.subjects import EXEC_STREAM, LOGS_STREAM, exec_events, log_subject
 
 log = structlog.get_logger(__name__)
@@ -48,13 +53,7 @@ async def _stored(bus: Bus, execution_id: str, kind: Kind) -> list[tuple[str, by
     role = "auditor" if bus.role == "auditor" else "user"
     subject = f"cronium.query.{role}.{bus.identity}.events"
     body = msgspec.json.encode({"execution_id": execution_id, "kind": kind})
-    try:
-        msg = await bus.refusable(bus.nc.request(subject, body, timeout=_QUERY_TIMEOUT_S), subject)
-    except nats.errors.NoRespondersError as exc:
-        raise CroniumError(
-            "no projector is running to answer", hint="start the stack with `cronium up`"
-        ) from exc
-    reply: dict[str, Any] = msgspec.json.decode(msg.data)
+    reply = await bus.ask(subject, body, timeout=_QUERY_TIMEOUT_S, service="projector")
     if not reply.get("ok"):
         raise CroniumError(f"query refused: {reply.get('error')}")
     result = reply["result"]
@@ -109,29 +108,15 @@ class LiveFollower:
         for event in self._backlog:
             seen.add(event.event_id)
             yield event
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=3600)
-            except nats.errors.TimeoutError:
-                continue
-            try:
-                event = decode_on(msg.subject, msg.data, max_bytes=self.max_bytes)
-            except EventDecodeError as exc:
-                log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
-                continue
-            if event.event_id in seen:
-                continue
-            seen.add(event.event_id)
-            yield event
+        async for event in decoded(sub, self.max_bytes):
+            if event.event_id not in seen:
+                seen.add(event.event_id)
+                yield event
 
     async def close(self) -> None:
         """Unsubscribe; idempotent."""
         sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except (nats.errors.Error, asyncio.CancelledError):
-                log.debug("unsubscribe after close")
+        await unsubscribe_quietly(sub)
 
 
 def follow(bus: Bus, execution_id: str, kind: Kind, *, max_bytes: int) -> Follower | LiveFollower:

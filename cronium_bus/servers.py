@@ -97,12 +97,15 @@ async def load_server(js: JetStreamContext, name: str) -> Server:
 
 
 async def list_servers(js: JetStreamContext) -> list[Server]:
-    """Every registered server."""
-    kv = await js.key_value(SERVERS_BUCKET)
-    try:
-        names = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
+    """Every registered server.
+
+    The names come from the bucket stream's subject list (one request), not from a KV watcher:
+    ``kv.keys()`` was seen to return before it had every key on a loaded machine. A removed
+    server's subject keeps its delete marker; ``load_server`` then finds nothing and skips it.
+    """
+    prefix = f"$KV.{SERVERS_BUCKET}."
+    info = await js.stream_info(f"KV_{SERVERS_BUCKET}", subjects_filter=f"{prefix}>")
+    names = [subject.removeprefix(prefix) for subject in (info.state.subjects or {})]
     servers = []
     for name in sorted(names):
         try:

@@ -144,6 +144,18 @@ def test_a_servers_key_is_never_a_scripts_secret(
     assert code == 2 and "ssh-key.web1" in err and "private key" in err
 
 
+def _cancel_claiming_alice(execution_id: str) -> CancelRequested:
+    """A cancel bob writes, whose body says it is alice's."""
+    return CancelRequested(
+        event_id=new_id("ev"),
+        time=utcnow(),
+        execution_id=execution_id,
+        correlation_id=execution_id,
+        producer="bob",
+        user="alice",
+    )
+
+
 async def _client(stack: Stack, creds: Path, name: str, errors: list[str]) -> nats.NATS:  # noqa: F811
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc).lower())
@@ -176,14 +188,7 @@ async def test_a_raw_client_of_bobs_gets_nothing_of_alices(
         await nc.subscribe("cronium.>", cb=collect)
         await nc.subscribe("cronium.exec.alice.>", cb=collect)
         await nc.subscribe("_INBOX_alice.>", cb=collect)
-        fake = CancelRequested(
-            event_id=new_id("ev"),
-            time=utcnow(),
-            execution_id="ex_whatever",
-            correlation_id="ex_whatever",
-            producer="bob",
-            user="alice",
-        )
+        fake = _cancel_claiming_alice("ex_whatever")
         await nc.publish("cronium.exec.alice.ex_whatever.cancel_requested", encode(fake))
         js = nc.jetstream(timeout=2)
         for attempt in (
@@ -254,14 +259,7 @@ def test_anothers_event_on_your_own_subject_changes_nothing(
         errors: list[str] = []
         nc = await _client(stack, people["bob"], "bob", errors)
         try:
-            fake = CancelRequested(
-                event_id=new_id("ev"),
-                time=utcnow(),
-                execution_id="ex_forged_by_bob",
-                correlation_id="ex_forged_by_bob",
-                producer="bob",
-                user="alice",
-            )
+            fake = _cancel_claiming_alice("ex_forged_by_bob")
             js = nc.jetstream(timeout=5)
             await js.publish("cronium.exec.bob.ex_forged_by_bob.cancel_requested", encode(fake))
         finally:

@@ -14,7 +14,6 @@ import sys
 from typing import Any, TypeAlias
 
 import msgspec
-import nats.errors
 
 from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
@@ -98,17 +97,9 @@ async def seal(bus: Bus, action: str, body: dict[str, Any]) -> Any:
     # the same owner as this connection's requests: a user is themselves; the stack's
     # identities and admins act as the settings' user (whose runs then find the secret)
     subject = f"cronium.ctl.secrets.{role}.{bus.acting_user(None)}.{action}"
-    try:
-        msg = await bus.refusable(
-            bus.nc.request(subject, msgspec.json.encode(body), timeout=_SEAL_TIMEOUT_S), subject
-        )
-    except nats.errors.NoRespondersError as exc:
-        raise CroniumError(
-            "no secrets service is running", hint="start the stack with `cronium up`"
-        ) from exc
-    except nats.errors.TimeoutError as exc:
-        raise CroniumError("the secrets service did not answer in time") from exc
-    reply = msgspec.json.decode(msg.data)
+    reply = await bus.ask(
+        subject, msgspec.json.encode(body), timeout=_SEAL_TIMEOUT_S, service="secrets service"
+    )
     if reply.get("ok"):
         return reply.get("result")
     message, hint = str(reply.get("error", "refused")), str(reply.get("hint", ""))

@@ -36,19 +36,13 @@ async def ask(bus: Bus, name: str, payload: dict[str, Any]) -> Any:
         if bus.role == "user"
         else f"cronium.query.{name}"
     )
-    try:
-        msg = await bus.refusable(
-            bus.nc.request(subject, msgspec.json.encode(payload), timeout=_QUERY_TIMEOUT_S),
-            subject,
-        )
-    except nats.errors.NoRespondersError as exc:
-        raise QueryError(
-            "no projector is running to answer queries",
-            hint="start the stack with `cronium up` (it runs the projector)",
-        ) from exc
-    except nats.errors.TimeoutError as exc:
-        raise QueryError("the projector did not answer in time") from exc
-    reply = msgspec.json.decode(msg.data)
+    reply = await bus.ask(
+        subject,
+        msgspec.json.encode(payload),
+        timeout=_QUERY_TIMEOUT_S,
+        service="projector",
+        error=QueryError,
+    )
     if not reply.get("ok"):
         raise QueryError(f"query refused: {reply.get('error')}")
     return reply["result"]

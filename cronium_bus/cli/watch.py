@@ -37,7 +37,6 @@ class Watch:
         self.state: ExecutionState | None = None
         self.terminal: Terminal | None = None
         self._printed: dict[int, dict[str, int]] = {}  # per attempt: lines printed per stream
-        self._js = bus.js
         self._max_bytes = max_bytes
         self._bus = bus
         self._children: list[Follower | LiveFollower] = []

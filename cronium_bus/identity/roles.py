@@ -29,20 +29,6 @@ SERVICE: Final = "service"
 
 INBOX: Final = "_INBOX_{{name()}}.>"
 
-# The service's durable consumers on the streams users may read: no one else may create, update
-# or pull them (a pull would take messages away from the service).
-SERVICE_DURABLES: Final = {
-    "CRONIUM_EXEC": ("dispatcher", "projector-exec"),
-    "CRONIUM_LOGS": ("projector-logs",),
-}
-_KEEP_OFF_DURABLES: Final = [
-    f"$JS.API.CONSUMER.{verb}.{stream}.{name}{tail}"
-    for stream, names in SERVICE_DURABLES.items()
-    for name in names
-    for verb, tail in (("CREATE", ".>"), ("CREATE", ""), ("MSG.NEXT", ""), ("DURABLE.CREATE", ""))
-]
-
-
 OWN_EXEC: Final = "cronium.exec.{{name()}}.>"
 OWN_LOGS: Final = "cronium.logs.{{name()}}.>"
 
@@ -80,7 +66,7 @@ def template(role: Role) -> dict[str, Any]:
     if role == "admin":
         return {"pub": {}, "sub": {}, **limits}
     return {
-        "pub": {"allow": _PUBLISH[role], "deny": _KEEP_OFF_DURABLES},
+        "pub": {"allow": _PUBLISH[role]},
         "sub": {"allow": _SUBSCRIBE[role]},
         **limits,
     }
