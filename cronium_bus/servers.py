@@ -1,7 +1,11 @@
 """The registry of users' servers: where to reach them, as whom, and which host keys to trust.
 
-Records live in the KV bucket ``cronium_servers``; the private key of a server is stored like any
-secret (encrypted at rest) under ``ssh-key.<name>`` and never logged.
+Servers have owners, like secrets. Records live in the KV bucket ``cronium_servers`` under
+``u.<owner>.<name>`` (a user's own) or ``shared.<name>`` (an admin's, usable by the users in
+``grant.<name>``); the private key is sealed like any secret under ``ssh-key.<record key>`` and
+read only by the SSH runner. A request's target ``NAME`` resolves as its owner sees it: their
+own server ``NAME``, else a shared one granted to them, else nothing — and the refusal does not
+say which exists. People never touch the bucket: the sealing service writes it for them.
 """
 
 from __future__ import annotations
@@ -39,11 +43,18 @@ class Server(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 22
     known_hosts: str
     """known_hosts lines trusted for this server (host-key verification is never disabled)."""
+    owner: str = ""
+    """Whose server it is; empty for an admin's shared server."""
+
+    @property
+    def record_key(self) -> str:
+        """Its key in the servers bucket."""
+        return owned_key(self.owner, self.name) if self.owner else shared_key(self.name)
 
     @property
     def key_secret(self) -> str:
         """Name of the secret holding the private key."""
-        return f"{KEY_PREFIX}{self.name}"
+        return f"{KEY_PREFIX}{self.record_key}"
 
     @property
     def address(self) -> str:
@@ -77,49 +88,116 @@ def check_name(name: str) -> None:
         raise ServerError(f"{name!r} is not a valid server name", hint="use 1-64 of [A-Za-z0-9_-]")
 
 
-async def save_server(js: JetStreamContext, server: Server) -> None:
-    """Add or replace a server record."""
-    check_name(server.name)
-    kv = await js.key_value(SERVERS_BUCKET)
-    await kv.put(server.name, msgspec.json.encode(server))
-
-
-async def load_server(js: JetStreamContext, name: str) -> Server:
-    """A server record by name."""
+def owned_key(owner: str, name: str) -> str:
+    """The bucket key of ``owner``'s own server ``name``."""
     check_name(name)
-    record = await kv_value(js, SERVERS_BUCKET, name)
-    if record is None:
-        raise ServerError(
-            f"no server named {name}",
-            hint=f"add it with `cronium servers add {name} ssh://USER@HOST:PORT --key FILE`",
-        )
-    return msgspec.json.decode(record, type=Server)
+    return f"u.{owner}.{name}"
 
 
-async def list_servers(js: JetStreamContext) -> list[Server]:
-    """Every registered server.
+def shared_key(name: str) -> str:
+    """The bucket key of the shared server ``name``."""
+    check_name(name)
+    return f"shared.{name}"
 
-    The names come from the bucket stream's subject list (one request), not from a KV watcher:
+
+def not_usable(name: str) -> ServerError:
+    """The refusal for a target a requester may not use (never saying whether it exists)."""
+    error = ServerError(
+        f"server {name!r} is not one of yours or shared with you",
+        hint=f"add it with `cronium servers add {name} ssh://USER@HOST:PORT --key FILE`, "
+        "or ask an admin to share it with you",
+    )
+    error.kind = "permission"
+    return error
+
+
+async def save_server(js: JetStreamContext, server: Server) -> None:
+    """Add or replace a server record (the sealing service's job: people have no bucket)."""
+    kv = await js.key_value(SERVERS_BUCKET)
+    await kv.put(server.record_key, msgspec.json.encode(server))
+
+
+async def read_record(js: JetStreamContext, key: str) -> Server | None:
+    """The server record under bucket key ``key`` (``None``: none, or unreadable)."""
+    raw = await kv_value(js, SERVERS_BUCKET, key)
+    if raw is None:
+        return None
+    try:
+        return msgspec.json.decode(raw, type=Server)
+    except msgspec.DecodeError:
+        return None
+
+
+async def grants_of(js: JetStreamContext, name: str) -> list[str]:
+    """The users a shared server is granted to (``*``: every user)."""
+    raw = await kv_value(js, SERVERS_BUCKET, f"grant.{name}")
+    try:
+        users = msgspec.json.decode(raw or b"[]")
+    except msgspec.DecodeError:
+        return []
+    return [str(u) for u in users] if isinstance(users, list) else []
+
+
+async def set_grants(js: JetStreamContext, name: str, users: list[str]) -> None:
+    """Replace the users a shared server is granted to."""
+    kv = await js.key_value(SERVERS_BUCKET)
+    await kv.put(f"grant.{name}", msgspec.json.encode(sorted(set(users))))
+
+
+async def resolve_server(js: JetStreamContext, owner: str, name: str) -> Server | None:
+    """The server ``name`` as a request of ``owner`` sees it: their own, else a shared one
+    granted to them; ``None`` when neither."""
+    if not NAME_RE.fullmatch(name):
+        return None
+    own = await read_record(js, owned_key(owner, name))
+    if own is not None:
+        return own
+    grants = await grants_of(js, name)
+    if owner in grants or "*" in grants:
+        return await read_record(js, shared_key(name))
+    return None
+
+
+async def load_server(js: JetStreamContext, owner: str, name: str) -> Server:
+    """The server ``name`` for ``owner``, or the refusal naming it."""
+    server = await resolve_server(js, owner, name)
+    if server is None:
+        raise not_usable(name)
+    return server
+
+
+async def list_servers(js: JetStreamContext, owner: str | None = None) -> list[Server]:
+    """The servers ``owner`` may use (``None``: an admin's view, every one).
+
+    The keys come from the bucket stream's subject list (one request), not from a KV watcher:
     ``kv.keys()`` was seen to return before it had every key on a loaded machine. A removed
-    server's subject keeps its delete marker; ``load_server`` then finds nothing and skips it.
+    server's subject keeps its delete marker; reading it then finds nothing and skips it.
     """
     prefix = f"$KV.{SERVERS_BUCKET}."
     info = await js.stream_info(f"KV_{SERVERS_BUCKET}", subjects_filter=f"{prefix}>")
-    names = [subject.removeprefix(prefix) for subject in (info.state.subjects or {})]
+    keys = sorted(subject.removeprefix(prefix) for subject in (info.state.subjects or {}))
     servers = []
-    for name in sorted(names):
-        try:
-            servers.append(await load_server(js, name))
-        except ServerError:
+    for key in keys:
+        if key.startswith("grant."):
             continue
+        if owner is not None and not key.startswith(f"u.{owner}."):
+            if not key.startswith("shared."):
+                continue
+            grants = await grants_of(js, key.removeprefix("shared."))
+            if owner not in grants and "*" not in grants:
+                continue
+        server = await read_record(js, key)
+        if server is not None:
+            servers.append(server)
     return servers
 
 
-async def remove_server(js: JetStreamContext, name: str) -> None:
-    """Forget a server."""
-    check_name(name)
+async def remove_server(js: JetStreamContext, server: Server) -> None:
+    """Forget a server record (its key secret is removed by the caller)."""
     kv = await js.key_value(SERVERS_BUCKET)
-    await kv.purge(name)
+    await kv.purge(server.record_key)
+    if not server.owner:
+        await kv.purge(f"grant.{server.name}")
 
 
 def circuit_key(host: str, port: int) -> str:

@@ -246,6 +246,7 @@ async def test_cli_servers_and_multi_target_run(
     env = {
         "CRONIUM_SECRET_KEY": settings.secret_key.get_secret_value() if settings.secret_key else "",
         "CRONIUM_CREDS": str(settings.creds),
+        "CRONIUM_USER": settings.user,  # whose servers s0..s19 are
         "PATH": "/usr/bin:/bin",
     }
 

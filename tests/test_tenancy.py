@@ -331,3 +331,63 @@ def test_secrets_belong_to_their_owner_or_are_shared_by_grant(
     ):
         code, _, err = as_(stack, people["bob"], *refused, input="x\n")
         assert code == 77, (refused, err)
+
+
+def test_servers_belong_to_whoever_adds_them(
+    stack: Stack,  # noqa: F811
+    people: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """alice adds a server as herself and runs on it; bob's run naming it is rejected (exit 2)
+    naming it, his list does not show it and he cannot remove it (77); an admin's shared server
+    serves only the users it grants."""
+    import asyncssh
+
+    from tests.sshd import Sshd
+
+    client = asyncssh.generate_private_key("ssh-ed25519")
+    key_file = tmp_path / "id_ed25519"
+    key_file.write_bytes(client.export_private_key())
+    daemon = Sshd(tmp_path / "sshd", client.export_public_key())
+    daemon.start()
+    try:
+        url = f"ssh://root@127.0.0.1:{daemon.port}"
+        add = ["servers", "add", "web1", url, "--key", str(key_file)]
+        code, out, err = as_(stack, people["alice"], *add, "--host-key", daemon.host_key_line)
+        assert code == 0 and "added (yours)" in out, err
+        code, out, err = as_(
+            stack, people["alice"], "run", "--target", "web1", "--runtime", "bash", "-c", "whoami"
+        )
+        assert (code, out) == (0, "[web1] root\n"), err
+        code, out, err = as_(
+            stack, people["bob"], "run", "--target", "web1", "--runtime", "bash", "-c", "whoami"
+        )
+        assert code == 2 and "server 'web1' is not one of yours or shared with you" in err
+        code, out, err = as_(stack, people["bob"], "servers", "list", "--json")
+        assert (code, json.loads(out)) == (0, []), err
+        code, _, err = as_(stack, people["bob"], "servers", "remove", "web1")
+        assert code == 77, err
+        code, _, err = as_(
+            stack, people["bob"], *add, "--host-key", daemon.host_key_line, "--shared"
+        )
+        assert code == 77 and "only an admin" in err
+
+        shared = stack.cli(
+            "servers", "add", "team", url, "--key", str(key_file),
+            "--host-key", daemon.host_key_line, "--shared", "--grant", "bob",
+        )  # fmt: skip
+        assert shared.returncode == 0, shared.stderr
+        code, out, err = as_(
+            stack, people["bob"], "run", "--target", "team", "--runtime", "bash", "-c", "echo ok"
+        )
+        assert (code, out) == (0, "[team] ok\n"), err
+        code, _, err = as_(
+            stack, people["alice"], "run", "--target", "team", "--runtime", "bash", "-c", "true"
+        )
+        assert code == 2 and "'team'" in err
+        code, out, err = as_(stack, people["alice"], "servers", "list", "--json")
+        assert [row["name"] for row in json.loads(out)] == ["web1"], err
+        code, _, err = as_(stack, people["alice"], "servers", "remove", "web1")
+        assert code == 0, err
+    finally:
+        daemon.stop()

@@ -33,6 +33,8 @@ from cronium_bus.lifecycle import Stopper
 from cronium_bus.payloads import PayloadError, check_payload
 from cronium_bus.provision import provision
 from cronium_bus.secrets import not_usable, usable_key
+from cronium_bus.servers import not_usable as server_not_usable
+from cronium_bus.servers import resolve_server
 from cronium_bus.subjects import EXEC_STREAM, REQUESTS, job_subject
 
 log = structlog.get_logger(__name__)
@@ -101,6 +103,10 @@ class Dispatcher:
         for name in result.secrets:  # the owner's own, or shared with them; nothing else
             if await usable_key(self.bus.js, owner, name) is None:
                 await reject(event, error_info(not_usable(name)))
+                return
+        for target in result.targets:  # the same for servers
+            if await resolve_server(self.bus.js, owner, target) is None:
+                await reject(event, error_info(server_not_usable(target)))
                 return
         if result.input_ref is not None:  # it must be there now: a runner may start at once
             try:

@@ -1,4 +1,4 @@
-"""The sealing service: the only client-facing holder of the secret key.
+"""The sealing service: the only client-facing holder of the secret key (secrets and servers).
 
 People never hold the key. ``cronium secret set`` hands the value over its authenticated NATS
 connection (request-reply on ``cronium.ctl.secrets.<role>.<requester>.<action>``); this service
@@ -11,8 +11,11 @@ are open only to unrestricted identities (the stack's own and ``--role admin``).
 
 - a user sets, lists and removes their own secrets (``u.<user>.<name>``);
 - an admin also creates shared secrets (``shared.<name>``) and grants them to users
-  (``--grant USER``, ``*`` for everyone), and stores servers' private keys (``ssh-key.<server>``,
-  which no execution may name).
+  (``--grant USER``, ``*`` for everyone);
+- servers go the same way on ``cronium.ctl.servers.<role>.<requester>.<add|rm|list>``
+  (:mod:`consumers.secrets.servers`): a user's own, an admin's shared ones with grants; their
+  private keys are sealed as ``ssh-key.<record>``, a name no secret request and no execution
+  may use.
 
 Every request is validated (a strict body, a name, a size) and answered with ``{"ok": true,
 "result": …}`` or ``{"ok": false, "kind", "error", "hint"}``; a malformed one never stops the
@@ -31,6 +34,7 @@ import nats.errors
 import structlog
 from nats.aio.msg import Msg
 
+from consumers.secrets.servers import handle_servers
 from cronium_bus.bus import Bus
 from cronium_bus.errors import CroniumError
 from cronium_bus.health import Heartbeat
@@ -51,8 +55,8 @@ from cronium_bus.secrets import (
 from cronium_bus.servers import KEY_PREFIX
 
 log = structlog.get_logger(__name__)
-SUBJECT: Final = "cronium.ctl.secrets.>"
-MAX_REQUEST_BYTES: Final = 2 * MAX_SECRET_BYTES  # base64 of the largest value, and the rest
+SUBJECTS: Final = ("cronium.ctl.secrets.>", "cronium.ctl.servers.>")
+MAX_REQUEST_BYTES: Final = 4 * MAX_SECRET_BYTES  # base64 of the largest value or key, known_hosts
 MAX_GRANTS: Final = 1000
 
 
@@ -82,15 +86,22 @@ def _refuse(message: str, hint: str = "") -> SecretError:
     return error
 
 
-def _parse_subject(subject: str) -> tuple[Literal["user", "admin"], str, str]:
-    """``(role, requester, action)`` of ``cronium.ctl.secrets.<role>.<requester>.<action>``."""
+def _parse_subject(subject: str) -> tuple[str, Literal["user", "admin"], str, str]:
+    """``(family, role, requester, action)`` of
+    ``cronium.ctl.<secrets|servers>.<role>.<requester>.<action>``."""
     tokens = subject.split(".")
-    if len(tokens) != 6 or tokens[3] not in ("user", "admin") or not is_valid_id(tokens[4]):
+    if (
+        len(tokens) != 6
+        or tokens[2] not in ("secrets", "servers")
+        or tokens[3] not in ("user", "admin")
+        or not is_valid_id(tokens[4])
+    ):
         raise SecretError(
-            f"{subject!r} is not cronium.ctl.secrets.<user|admin>.<requester>.<action>"
+            f"{subject[:200]!r} is not cronium.ctl.<secrets|servers>.<user|admin>.<requester>."
+            "<action>"
         )
     role: Literal["user", "admin"] = "admin" if tokens[3] == "admin" else "user"
-    return role, tokens[4], tokens[5]
+    return tokens[2], role, tokens[4], tokens[5]
 
 
 class SecretsService:
@@ -103,13 +114,17 @@ class SecretsService:
         """Serve until stopped."""
         await provision(self.bus.js, self.bus.settings)
         box_from(self.bus.settings)  # no key: fail at start, not at the first request
-        sub = await self.bus.nc.subscribe(SUBJECT, queue="secrets", cb=self._on_request)
+        subs = [
+            await self.bus.nc.subscribe(subject, queue="secrets", cb=self._on_request)
+            for subject in SUBJECTS
+        ]
         try:
             async with Heartbeat(self.bus.js, "secrets", self.bus.settings.runner.heartbeat):
                 await stopper.wait()
         finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            for sub in subs:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
 
     async def _on_request(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")
@@ -132,9 +147,12 @@ class SecretsService:
 
     async def handle(self, subject: str, data: bytes) -> Any:
         """One request; raises :class:`CroniumError` with the reason when refused."""
-        role, requester, action = _parse_subject(subject)
+        family, role, requester, action = _parse_subject(subject)
         if len(data) > MAX_REQUEST_BYTES:
             raise SecretError(f"request is {len(data):,} bytes, over {MAX_REQUEST_BYTES:,}")
+        if family == "servers":
+            box = box_from(self.bus.settings)
+            return await handle_servers(self.bus.js, box, (role, requester), action, data)
         try:
             if action == "set":
                 return await self._set(role, requester, msgspec.json.decode(data, type=SetSecret))
@@ -149,12 +167,10 @@ class SecretsService:
 
     def _key(self, role: str, requester: str, name: str, *, shared: bool) -> str:
         if name.startswith(KEY_PREFIX):
-            if role != "admin":
-                raise _refuse(
-                    f"{name!r} is reserved for servers' private keys",
-                    "register a server with `cronium servers add` (an admin)",
-                )
-            return name
+            raise _refuse(
+                f"{name!r} is reserved for servers' private keys",
+                "register a server with `cronium servers add NAME URL --key FILE`",
+            )
         if shared:
             if role != "admin":
                 raise _refuse("only an admin creates shared secrets", "drop --shared")

@@ -233,7 +233,7 @@ class SshRunner(LaneWorker):
         )
         server: Server | None = None
         try:
-            server = await load_server(self.bus.js, target)
+            server = await load_server(self.bus.js, queued.user, target)
             breaker = self.breaker(server)
             if not breaker.allow():
                 raise _circuit_open(server, breaker)

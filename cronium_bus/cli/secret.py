@@ -90,13 +90,13 @@ def main(args: argparse.Namespace) -> int:
     return run_client(args, body)
 
 
-async def seal(bus: Bus, action: str, body: dict[str, Any]) -> Any:
-    """Ask the sealing service, as this connection's identity; its result, or its refusal as an
-    error (permission: exit 77, validation: exit 2)."""
+async def seal(bus: Bus, action: str, body: dict[str, Any], *, family: str = "secrets") -> Any:
+    """Ask the sealing service (``family`` secrets or servers), as this connection's identity;
+    its result, or its refusal as an error (permission: exit 77, validation: exit 2)."""
     role = "user" if bus.role in ("user", "auditor") else "admin"
     # the same owner as this connection's requests: a user is themselves; the stack's
     # identities and admins act as the settings' user (whose runs then find the secret)
-    subject = f"cronium.ctl.secrets.{role}.{bus.acting_user(None)}.{action}"
+    subject = f"cronium.ctl.{family}.{role}.{bus.acting_user(None)}.{action}"
     reply = await bus.ask(
         subject, msgspec.json.encode(body), timeout=_SEAL_TIMEOUT_S, service="secrets service"
     )

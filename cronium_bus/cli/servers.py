@@ -5,28 +5,15 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import time
 from pathlib import Path
 from typing import TypeAlias
-
-import msgspec
 
 from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
 from cronium_bus.cli.common import add_client_options, fail, run_client
+from cronium_bus.cli.secret import seal
 from cronium_bus.errors import CroniumError
-from cronium_bus.provision import kv_value, provision
-from cronium_bus.servers import (
-    CircuitState,
-    Server,
-    check_name,
-    circuit_key,
-    list_servers,
-    parse_target,
-    remove_server,
-    save_server,
-)
-from cronium_bus.subjects import CIRCUITS_BUCKET
+from cronium_bus.servers import Server, check_name, parse_target
 
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -37,7 +24,9 @@ def add_parsers(sub: _Sub) -> None:
         "servers",
         help="manage the servers scripts can run on over SSH",
         description="Servers are reached over SSH with a private key (stored encrypted, like any "
-        "secret, sealed by the service) and host keys that are always verified.",
+        "secret, sealed by the service) and host keys that are always verified. A server "
+        "belongs to whoever adds it; an admin's --shared servers are usable by the users it "
+        "grants. A run's --target NAME is your own server NAME, else a shared one granted to you.",
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     a = actions.add_parser("add", help="add or replace a server")
@@ -56,12 +45,27 @@ def add_parsers(sub: _Sub) -> None:
         metavar="LINE",
         help="the server's public host key, e.g. 'ssh-ed25519 AAAA...'",
     )
+    a.add_argument(
+        "--shared",
+        action="store_true",
+        help="an admin's server other users may run on (with --grant); default: your own",
+    )
+    a.add_argument(
+        "--grant",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="with --shared: a user who may run on it (repeat; * for everyone)",
+    )
     add_client_options(a)
-    a = actions.add_parser("list", help="list servers with their circuit state")
+    a = actions.add_parser(
+        "list", help="list the servers you may use (an admin: all) with their circuit state"
+    )
     a.add_argument("--json", action="store_true")
     add_client_options(a)
-    a = actions.add_parser("remove", help="forget a server and its key")
+    a = actions.add_parser("remove", help="forget one of your servers and its key")
     a.add_argument("name", metavar="NAME")
+    a.add_argument("--shared", action="store_true", help="an admin's shared server")
     add_client_options(a)
     p.set_defaults(handler=main)
 
@@ -78,17 +82,32 @@ def known_hosts_text(host: str, port: int, known_hosts: Path | None, host_key: s
     return f"{pattern} {fields[0]} {fields[1]}\n"
 
 
-async def register(bus: Bus, name: str, url: str, key: bytes, known_hosts: str) -> Server:
-    """Store a server and its key (shared by `servers add` and `run --target ssh://...`)."""
+async def register(
+    bus: Bus,
+    name: str,
+    url: str,
+    key: bytes,
+    known_hosts: str,
+    *,
+    shared: bool = False,
+    grant: tuple[str, ...] = (),
+) -> Server:
+    """Hand a server and its key to the sealing service (`servers add` and `run --target
+    ssh://...`): it becomes the caller's own, or an admin's shared one with ``grant``."""
     check_name(name)
     user, host, port = parse_target(url)
-    server = Server(name=name, user=user, host=host, port=port, known_hosts=known_hosts)
-    await provision(bus.js, bus.settings)
-    from cronium_bus.cli.secret import seal
-
-    await seal(bus, "set", {"name": server.key_secret, "value_b64": base64.b64encode(key).decode()})
-    await save_server(bus.js, server)
-    return server
+    body = {
+        "name": name,
+        "user": user,
+        "host": host,
+        "port": port,
+        "known_hosts": known_hosts,
+        "key_b64": base64.b64encode(key).decode(),
+        "shared": shared,
+        "grant": list(grant),
+    }
+    await seal(bus, "add", body, family="servers")
+    return Server(name=name, user=user, host=host, port=port, known_hosts=known_hosts)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -105,42 +124,29 @@ def main(args: argparse.Namespace) -> int:
         except (ValueError, CroniumError) as exc:
             return fail(str(exc), code=exitcodes.USAGE)
 
+    if args.action == "add" and args.grant and not args.shared:
+        return fail("--grant needs --shared", code=exitcodes.USAGE)
+
     async def body(bus: Bus) -> int:
         if args.action == "add":
-            server = await register(bus, args.name, args.url, key, known)
-            print(f"server {server.name} ({server.address}) added")
+            server = await register(
+                bus, args.name, args.url, key, known, shared=args.shared, grant=tuple(args.grant)
+            )
+            whose = "shared" if args.shared else "yours"
+            print(f"server {server.name} ({server.address}) added ({whose})")
             return exitcodes.OK
         if args.action == "remove":
-            await remove_server(bus.js, args.name)
-            from cronium_bus.cli.secret import seal
-
-            await seal(bus, "rm", {"name": f"ssh-key.{args.name}"})
+            await seal(bus, "rm", {"name": args.name, "shared": args.shared}, family="servers")
             print(f"server {args.name} removed")
             return exitcodes.OK
-        await provision(bus.js, bus.settings)
-        rows: list[dict[str, str | dict[str, str]]] = []
-        for server in await list_servers(bus.js):
-            stored = await kv_value(bus.js, CIRCUITS_BUCKET, circuit_key(server.host, server.port))
-            circuit: dict[str, str] = {"state": "closed"}  # no runner has tried this host yet
-            if stored is not None:
-                c = msgspec.json.decode(stored, type=CircuitState)
-                circuit = {
-                    "state": c.state,
-                    "failures": str(c.failures),
-                    "retry_in_s": str(c.retry_in_s),
-                    "last_error": c.last_error,
-                    "age_s": f"{time.time() - c.at:.0f}",
-                }
-            rows.append({"name": server.name, "address": server.address, "circuit": circuit})
+        rows = await seal(bus, "list", {}, family="servers")
         if args.json:
             print(json.dumps(rows))
         else:
-            for server_row in rows:
-                circuit_row = server_row["circuit"]
-                assert isinstance(circuit_row, dict)
+            for row in rows:
                 print(
-                    f"{server_row['name']!s:<20} {server_row['address']!s:<32} "
-                    f"circuit {circuit_row['state']}"
+                    f"{row['name']!s:<20} {row['owner']!s:<12} {row['address']!s:<32} "
+                    f"circuit {row['circuit']['state']}"
                 )
         return exitcodes.OK
 

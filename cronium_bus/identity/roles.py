@@ -8,7 +8,8 @@ every user it signs receives (nats-server expands ``{{name()}}`` to the user's n
   ``cronium.exec.<their name>.<id>.requested`` and ``….cancel_requested``, subscribe only to
   ``cronium.exec.<their name>.>`` and ``cronium.logs.<their name>.>`` (live) and their inbox,
   and ask the sealing service and the query service on their own name
-  (``cronium.ctl.secrets.user.<name>.*``, ``cronium.query.user.<name>.{history,logs,events}``),
+  (``cronium.ctl.secrets.user.<name>.*``, ``cronium.ctl.servers.user.<name>.*``,
+  ``cronium.query.user.<name>.{history,logs,events}``),
   which answer with their own only. No JetStream API, no buckets, no payload store.
 - ``auditor``: reads history, audit, logs and events of everyone (queries; live subscriptions to
   every execution); runs and cancels nothing.
@@ -41,6 +42,7 @@ _PUBLISH: Final[dict[Role, list[str]]] = {
         "cronium.exec.{{name()}}.*.requested",
         "cronium.exec.{{name()}}.*.cancel_requested",
         "cronium.ctl.secrets.user.{{name()}}.*",
+        "cronium.ctl.servers.user.{{name()}}.*",
         "cronium.query.user.{{name()}}.history",
         "cronium.query.user.{{name()}}.logs",
         "cronium.query.user.{{name()}}.events",
