@@ -391,3 +391,32 @@ def test_servers_belong_to_whoever_adds_them(
         assert code == 0, err
     finally:
         daemon.stop()
+
+
+async def test_an_admin_publishes_requests_but_never_what_runners_say(
+    stack: Stack,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """An `--role admin` identity may request and cancel for anyone, but a terminal event, a
+    `started` or a log chunk is refused by nats-server: only the service says what happened."""
+    out = tmp_path / "carol.creds"
+    added = await asyncio.to_thread(
+        stack.cli, "user", "add", "carol", "--role", "admin", "--out", str(out)
+    )
+    assert added.returncode == 0, added.stderr
+    errors: list[str] = []
+    nc = await _client(stack, out, "carol", errors)
+    try:
+        for kind in ("succeeded", "started", "failed"):
+            await nc.publish(f"cronium.exec.alice.ex_any.{kind}", b"{}")
+        await nc.publish("cronium.logs.alice.ex_any", b"{}")
+        await nc.publish("cronium.exec.alice.ex_any.cancel_requested", b"{}")
+        await nc.flush()
+        await asyncio.sleep(0.3)
+    finally:
+        await nc.close()
+    refused = " ".join(errors)
+    for kind in ("succeeded", "started", "failed"):
+        assert f'publish to "cronium.exec.alice.ex_any.{kind}"' in refused
+    assert 'publish to "cronium.logs.alice.ex_any"' in refused
+    assert "cancel_requested" not in refused

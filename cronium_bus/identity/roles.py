@@ -3,7 +3,9 @@
 Roles of people, each a scoped signing key of the ``CRONIUM`` account whose permission template
 every user it signs receives (nats-server expands ``{{name()}}`` to the user's name):
 
-- ``admin``: users, shared secrets and servers; sees everything. No limits inside the account.
+- ``admin``: users, shared secrets and servers; sees everything. May publish any request and
+  cancel, and a ``queued`` event (``cronium dlq retry`` re-enqueues), but no other lifecycle
+  event and no log chunk: what a runner or the dispatcher says happened, only they say.
 - ``user``: runs and cancels **their own** executions and follows them: they may publish only
   ``cronium.exec.<their name>.<id>.requested`` and ``….cancel_requested``, subscribe only to
   ``cronium.exec.<their name>.>`` and ``cronium.logs.<their name>.>`` (live) and their inbox,
@@ -62,11 +64,20 @@ _SUBSCRIBE: Final[dict[Role, list[str]]] = {
 }
 
 
+def _service_only() -> list[str]:
+    """Subjects of the lifecycle events only the service publishes (and every log chunk)."""
+    from cronium_bus.events import EVENT_TYPES, short_type
+
+    people = {"requested", "cancel_requested", "queued", "chunk"}  # chunks: cronium.logs.>
+    kinds = sorted({short_type(t) for t in EVENT_TYPES} - people)
+    return [*(f"cronium.exec.*.*.{kind}" for kind in kinds), "cronium.logs.>"]
+
+
 def template(role: Role) -> dict[str, Any]:
     """The permission template of a role's scoped signing key (``None`` lists: no limit)."""
     limits = {"subs": -1, "data": -1, "payload": -1}
     if role == "admin":
-        return {"pub": {}, "sub": {}, **limits}
+        return {"pub": {"deny": _service_only()}, "sub": {}, **limits}
     return {
         "pub": {"allow": _PUBLISH[role]},
         "sub": {"allow": _SUBSCRIBE[role]},
