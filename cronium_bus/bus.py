@@ -4,6 +4,13 @@
 idempotent inside the streams' duplicate window: every lifecycle event of an attempt has a
 deterministic id, and all terminal events of an attempt share one (``<id>:<attempt>:terminal``),
 so a runner that publishes twice — after a crash or a redelivery — still yields one terminal event.
+
+The duplicate window is stream-wide and anyone who may publish may set any ``Nats-Msg-Id``: a user
+who guesses another's execution id could take the id of its terminal event first, on their own
+subject, so that the real one is dropped as a duplicate. So when the stream calls a publish of
+the service's a duplicate, the service reads what holds the id; if that is on another subject the
+id was taken, and the event is published again under an id of its own (a random suffix — readers
+already ignore a repeated event, and nothing is lost).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import asyncio
 import contextlib
 import enum
 import socket
+import uuid
 from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
@@ -235,10 +243,27 @@ class Bus:
         may not publish there (instead of waiting for an acknowledgement that never comes).
         """
         target = subject or subject_of(event)
-        return await self.refusable(
-            self.js.publish(target, encode(event), headers={"Nats-Msg-Id": message_id(event)}),
-            target,
+        data = encode(event)
+        msg_id = message_id(event)
+        ack = await self.refusable(
+            self.js.publish(target, data, headers={"Nats-Msg-Id": msg_id}), target
         )
+        if not ack.duplicate or self.role is not None:
+            return ack  # people have no stream API to look with; their ids are their own
+        if await self._holds_id(ack, target):
+            return ack
+        log.warning("message id taken on another subject", subject=target, msg_id=msg_id)
+        return await self.js.publish(
+            target, data, headers={"Nats-Msg-Id": f"{msg_id}:{uuid.uuid4().hex}"}
+        )
+
+    async def _holds_id(self, ack: PubAck, subject: str) -> bool:
+        """Whether the message the stream kept for a duplicate's id is on ``subject``."""
+        try:
+            stored = await self.js.get_msg(ack.stream, seq=ack.seq)
+        except nats.js.errors.NotFoundError:
+            return True  # aged out of the stream: the window is over, nothing to correct
+        return stored.subject == subject
 
     async def ask(
         self,

@@ -420,3 +420,45 @@ async def test_an_admin_publishes_requests_but_never_what_runners_say(
         assert f'publish to "cronium.exec.alice.ex_any.{kind}"' in refused
     assert 'publish to "cronium.logs.alice.ex_any"' in refused
     assert "cancel_requested" not in refused
+
+
+def test_message_ids_taken_by_another_user_lose_nothing(
+    stack: Stack,  # noqa: F811
+    people: dict[str, Path],
+) -> None:
+    """bob, guessing ids alice will use, publishes first on his own subject under the message
+    ids of her run's events (queued, started, terminal) and of a second run's request: her run
+    still ends as her script says, and her request under a taken id is refused (exit 2) rather
+    than followed forever."""
+    ids = {"run": new_id("ex"), "squat": new_id("ex")}
+
+    async def squat() -> None:
+        nc = await _client(stack, people["bob"], "bob", [])
+        try:
+            js = nc.jetstream(timeout=5)
+            for msg_id in (
+                f"{ids['run']}:1:queued",
+                f"{ids['run']}:1:started",
+                f"{ids['run']}:1:terminal",
+                ids["squat"],
+            ):
+                await js.publish(
+                    f"cronium.exec.bob.{new_id('ex')}.requested",
+                    b"junk",
+                    headers={"Nats-Msg-Id": msg_id},
+                )
+        finally:
+            await nc.close()
+
+    asyncio.run(squat())
+    code, out, err = as_(
+        stack, people["alice"], "run", "--id", ids["run"], "--runtime", "bash", "-c",
+        "echo still-mine; exit 3",
+    )  # fmt: skip
+    assert (code, out) == (3, "still-mine\n"), err
+    code, out, err = as_(stack, people["alice"], "show", ids["run"], "--json")
+    assert code == 0 and json.loads(out)["state"]["exit_code"] == 3, err
+    code, out, err = as_(
+        stack, people["alice"], "run", "--id", ids["squat"], "--runtime", "bash", "-c", "true"
+    )
+    assert code == 2 and "already taken" in err, (out, err)

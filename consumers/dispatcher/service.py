@@ -35,7 +35,7 @@ from cronium_bus.provision import provision
 from cronium_bus.secrets import not_usable, usable_key
 from cronium_bus.servers import not_usable as server_not_usable
 from cronium_bus.servers import resolve_server
-from cronium_bus.subjects import EXEC_STREAM, REQUESTS, job_subject
+from cronium_bus.subjects import ANY_OWNER, EXEC_STREAM, REQUESTS, exec_subject, job_subject
 
 log = structlog.get_logger(__name__)
 DURABLE = "dispatcher"
@@ -96,6 +96,18 @@ class Dispatcher:
                 ),
             )
             return
+        if await self._taken_by_another(owner, event.execution_id):
+            # ids are the streams' idempotency keys: two owners' runs under one id would
+            # share every message id of their events
+            await reject(
+                event,
+                ErrorInfo(
+                    kind="validation",
+                    message=f"execution id {event.execution_id} is already used by another request",
+                    hint="use a fresh execution id for every request",
+                ),
+            )
+            return
         result = validate_request(event.request, self.settings)
         if isinstance(result, ErrorInfo):
             await reject(event, result)
@@ -136,6 +148,15 @@ class Dispatcher:
             lane=queued.lane,
             delay_s=round(max(delay, 0.0), 3),
         )
+
+    async def _taken_by_another(self, owner: str, execution_id: str) -> bool:
+        """Whether another owner's request with this execution id is on the stream."""
+        mine = exec_subject(owner, execution_id, "execution.requested")
+        info = await self.bus.js.stream_info(
+            EXEC_STREAM,
+            subjects_filter=exec_subject(ANY_OWNER, execution_id, "execution.requested"),
+        )
+        return any(subject != mine for subject in info.state.subjects or {})
 
     async def _reject(
         self, msg: Msg, owner: str, execution_id: str, event: Requested | None, error: ErrorInfo

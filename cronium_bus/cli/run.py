@@ -21,6 +21,7 @@ from cronium_bus.events import (
     AnyEvent,
     Limits,
     Request,
+    Requested,
     RetryPolicy,
     Runtime,
     new_request,
@@ -28,6 +29,7 @@ from cronium_bus.events import (
 )
 from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.payloads import get_json_payload, put_payload
+from cronium_bus.reading import events_of
 from cronium_bus.servers import adhoc_name
 from cronium_bus.state import ExecutionState
 from cronium_bus.units import format_size, parse_duration, parse_size
@@ -296,7 +298,7 @@ def main(args: argparse.Namespace) -> int:
                 exitcodes.USAGE,
             )
         if args.detach:
-            await bus.publish(event)
+            await publish_request(bus, event)
             print(json.dumps({"execution_id": execution_id}) if args.json else execution_id)
             return exitcodes.OK
 
@@ -309,7 +311,7 @@ def main(args: argparse.Namespace) -> int:
         )
         await watch.start()
         try:
-            await bus.publish(event)
+            await publish_request(bus, event)
             state = await watch.wait_final()
         finally:
             await watch.close()
@@ -329,6 +331,21 @@ def main(args: argparse.Namespace) -> int:
         return run_client(args, body)
     except UsageError as exc:
         return fail(str(exc), "see `cronium run --help`", exitcodes.USAGE)
+
+
+async def publish_request(bus: Bus, event: Requested) -> None:
+    """Publish a request; when the stream calls it a duplicate, make sure the id holds a
+    request of this user's (a retry with the same --id), not someone else's."""
+    ack = await bus.publish(event)
+    if not ack.duplicate:
+        return
+    stored = await events_of(bus, event.execution_id, max_bytes=bus.settings.streams.max_msg_size)
+    if any(e.type == "execution.requested" and e.user == event.user for e in stored):
+        return
+    raise UsageError(
+        f"execution id {event.execution_id} is already taken by another request; "
+        "this one was not stored"
+    )
 
 
 async def register_inline_targets(bus: Bus, request: Request, args: argparse.Namespace) -> Request:
