@@ -183,8 +183,8 @@ class Bus:
                 f"NATS at {self.settings.nats_url} refused the credentials"
                 + (f" of {who}" if who else " (none were given)"),
                 hint=(
-                    "check CRONIUM_NATS_USER and CRONIUM_NATS_PASSWORD (see "
-                    "deploy/nats/accounts.conf)"
+                    "check CRONIUM_NATS_USER and CRONIUM_NATS_PASSWORD (a server of your own "
+                    "with user/password auth; Cronium's deploy/nats configs use credentials)"
                     if self.settings.nats_user
                     else "pass --creds FILE (or CRONIUM_CREDS) with valid credentials: the "
                     "admin credential `cronium up` printed, or one from `cronium user add`; a "

@@ -71,7 +71,7 @@ async def put_payload(js: JetStreamContext, name: str, data: bytes) -> PayloadRe
     msgspec.convert(msgspec.to_builtins(ref), PayloadRef)  # the name's pattern, checked early
     try:
         # refuse what cannot fit before sending a byte: cheaper than a failed upload, and the
-        # producer account cannot purge the chunks of one (deploy/nats/accounts.conf)
+        # producer role cannot purge the chunks of one (cronium_bus/identity/roles.py)
         info = await js.stream_info(PAYLOADS_STREAM)
         limit = info.config.max_bytes or -1
         if 0 < limit < info.state.bytes + len(data):

@@ -31,6 +31,7 @@ from cronium_bus.history import (
     read_subject,
     unsubscribe_quietly,
 )
+from cronium_bus.identity.roles import READERS
 from cronium_bus.subjects import EXEC_STREAM, LOGS_STREAM, exec_events, log_subject
 
 log = structlog.get_logger(__name__)
@@ -39,8 +40,8 @@ _QUERY_TIMEOUT_S: Final = 15.0
 
 
 def through_service(bus: Bus) -> bool:
-    """Whether this identity reads through the query service (a ``user`` or an ``auditor``)."""
-    return bus.role in ("user", "auditor")
+    """Whether this identity reads through the query service (a user, auditor or producer)."""
+    return bus.role in READERS
 
 
 def _subject(bus: Bus, execution_id: str, kind: Kind) -> str:
@@ -50,7 +51,7 @@ def _subject(bus: Bus, execution_id: str, kind: Kind) -> str:
 
 
 async def _stored(bus: Bus, execution_id: str, kind: Kind) -> list[tuple[str, bytes]]:
-    role = "auditor" if bus.role == "auditor" else "user"
+    role = bus.role if bus.role in READERS else "user"
     subject = f"cronium.query.{role}.{bus.identity}.events"
     body = msgspec.json.encode({"execution_id": execution_id, "kind": kind})
     reply = await bus.ask(subject, body, timeout=_QUERY_TIMEOUT_S, service="projector")

@@ -187,6 +187,12 @@ class Settings(BaseSettings):
             parse_listen(value)
         return value
 
+    @field_validator("creds", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``CRONIUM_CREDS=`` (empty) means unset, as for every other variable."""
+        return None if value == "" else value
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 
 from cronium_bus.bus import Bus
 from cronium_bus.errors import CroniumError
+from cronium_bus.identity.roles import READERS
 from cronium_bus.ids import is_valid_id
 from cronium_bus.lifecycle import Stopper
 from cronium_bus.subjects import ANY_OWNER
@@ -92,8 +93,8 @@ class ProjectorService:
             await self._start_replay(msg)
             return
         tokens = msg.subject.split(".")
-        if len(tokens) == 5 and tokens[2] in ("user", "auditor"):
-            # cronium.query.<role>.<name>.<query>: nats-server lets a user or an auditor
+        if len(tokens) == 5 and tokens[2] in READERS:
+            # cronium.query.<role>.<name>.<query>: nats-server lets a user, auditor or producer
             # publish only on their own name and role, so <name> is who asks; a user gets only
             # their own executions. Answers go only to the asker's own inbox (a reply subject
             # is not checked by the server, so it could name anything).
@@ -117,7 +118,8 @@ class ProjectorService:
         self, name: str, owner: str | None, query: str
     ) -> Callable[[bytes], Awaitable[Any]] | None:
         """The handler of a user's (``owner`` = their name: only their own executions) or an
-        auditor's (``owner`` None: everyone's) query; ``None`` for one they may not ask."""
+        auditor's or producer's (``owner`` None: everyone's) query; ``None`` for one they may
+        not ask."""
 
         async def own_history(data: bytes) -> Any:
             f = msgspec.json.decode(data, type=HistoryFilter)

@@ -1,6 +1,7 @@
-"""The NATS configurations in deploy/ run as written: a 3-node cluster that keeps executing
-work after losing a node, and accounts whose producer user can run scripts but cannot forge
-lifecycle events, read secrets or touch streams."""
+"""The NATS configurations in deploy/ run as written, with the auth include that
+`cronium user nats-config` writes: a 3-node cluster that keeps executing work after losing a
+node, and identities checked by the server — a producer that can run scripts but cannot forge
+lifecycle events, read secrets or touch streams, and users confined to their own."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import nats
 import nats.errors
 import nats.js.errors
 import pytest
+from nats.js.api import ConsumerConfig
 
 from consumers.container.service import ContainerRunner
 from consumers.dispatcher.service import Dispatcher
@@ -31,18 +33,40 @@ from cronium_bus.history import execution_state
 from cronium_bus.provision import provision
 from cronium_bus.settings import Settings, load_settings
 from cronium_bus.subjects import PAYLOADS_STREAM
+from projections.service import ProjectorService
 from tests.conftest import Embedded
 from tests.helpers import requested, run_code
 
 pytestmark = pytest.mark.docker
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nats"
-PASSWORDS = {
-    "CRONIUM_SERVICE_PASSWORD": "service-pw",
-    "CRONIUM_PRODUCER_PASSWORD": "producer-pw",
-    "NATS_SYSTEM_PASSWORD": "system-pw",
-    "NATS_ROUTE_PASSWORD": "route-pw",
-}
+ROUTE = {"NATS_ROUTE_PASSWORD": "route-pw"}
+
+
+def cronium(binary: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [binary, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+def auth_config(binary: str, workdir: Path) -> Path:
+    """deploy/nats's configs copied into ``workdir`` beside the auth.conf that
+    `cronium user nats-config` writes; the stack's data dir (its keys and credentials)."""
+    for conf in ("single.conf", "cluster.conf"):
+        shutil.copy(DEPLOY / conf, workdir / conf)
+    data = workdir / "data"
+    done = cronium(
+        binary, "user", "nats-config", "--data-dir", str(data), "--out", str(workdir / "auth.conf")
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(workdir / "auth.conf")
+    assert "service credentials" in done.stderr
+    return data
 
 
 def distinct_free_ports(n: int) -> list[int]:
@@ -60,11 +84,13 @@ class Node:
 
     def __init__(self, config: str, env: dict[str, str], workdir: Path) -> None:
         self.port = int(env["NATS_PORT"])
-        self.log = workdir / f"{env.get('NATS_NODE_NAME', 'single')}.log"
+        name = env.get("NATS_NODE_NAME", "single")
+        self.log = workdir / f"{name}.log"
+        resolver = {"NATS_RESOLVER_DIR": str(workdir / f"jwt-{name}")}
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [str(nats_server_binary()), "-c", str(DEPLOY / config)],
-                env={"PATH": os.environ["PATH"], **PASSWORDS, **env},
+                [str(nats_server_binary()), "-c", str(workdir / config)],
+                env={"PATH": os.environ["PATH"], **ROUTE, **resolver, **env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=workdir,  # includes resolve against the config's own folder
@@ -85,12 +111,11 @@ class Node:
                 self.proc.wait()
 
 
-def client_settings(url: str, user: str, password: str, tmp: Path, **extra: object) -> Settings:
+def client_settings(url: str, creds: Path, tmp: Path, **extra: object) -> Settings:
     runtime_dir = Path(tempfile.mkdtemp(prefix="crd-", dir="/tmp"))
     return load_settings(
         nats_url=url,
-        nats_user=user,
-        nats_password=password,
+        creds=creds,
         data_dir=tmp / "data",
         user="tester",
         runner={"slots": 2, "heartbeat": 0.5, "ack_wait": 5.0, "runtime_dir": runtime_dir},
@@ -130,12 +155,15 @@ async def leaders_back(bus: Bus, streams: list[str], timeout: float = 30.0) -> N
 
 
 @asynccontextmanager
-async def consumers(settings: Settings) -> AsyncIterator[Bus]:
-    """A dispatcher and a container runner on ``settings``; the bus they share."""
+async def consumers(settings: Settings, *, queries: bool = False) -> AsyncIterator[Bus]:
+    """A dispatcher and a container runner on ``settings`` (and the projector, which answers
+    people's queries, with ``queries``); the bus they share."""
     async with Bus(settings, name="deploy-test") as bus:
         emb = Embedded()
         emb.tasks.append(asyncio.create_task(Dispatcher(bus).run(emb.stopper)))
         emb.tasks.append(asyncio.create_task(ContainerRunner(bus).run(emb.stopper)))
+        if queries:
+            emb.tasks.append(asyncio.create_task(ProjectorService(bus).run(emb.stopper)))
         try:
             yield bus
         finally:
@@ -149,11 +177,21 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_a_missing_password_stops_the_server_with_its_name(workdir: Path) -> None:
+def test_a_missing_variable_stops_the_server_with_its_name(workdir: Path, cronium_bin: str) -> None:
+    """Without NATS_RESOLVER_DIR the server does not start, and says which variable is missing;
+    without auth.conf it does not start either (no anonymous fallback)."""
+    bare = subprocess.run(
+        [str(nats_server_binary()), "-c", str(DEPLOY / "single.conf"), "-t"],
+        env={"PATH": os.environ["PATH"], "NATS_HOST": "127.0.0.1", "NATS_PORT": "0",
+             "NATS_STORE_DIR": str(workdir)},
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert bare.returncode != 0 and "auth.conf" in bare.stderr + bare.stdout
+    auth_config(cronium_bin, workdir)
     env = {"PATH": os.environ["PATH"], "NATS_HOST": "127.0.0.1", "NATS_PORT": "0"}
     env["NATS_STORE_DIR"] = str(workdir)
     result = subprocess.run(
-        [str(nats_server_binary()), "-c", str(DEPLOY / "single.conf"), "-t"],
+        [str(nats_server_binary()), "-c", str(workdir / "single.conf"), "-t"],
         env=env,
         capture_output=True,
         text=True,
@@ -161,14 +199,15 @@ def test_a_missing_password_stops_the_server_with_its_name(workdir: Path) -> Non
         check=False,
     )
     assert result.returncode != 0
-    assert "CRONIUM_SERVICE_PASSWORD" in result.stderr + result.stdout
+    assert "NATS_RESOLVER_DIR" in result.stderr + result.stdout
 
 
 async def test_a_three_node_cluster_keeps_running_work_after_losing_a_node(
-    workdir: Path,
+    workdir: Path, cronium_bin: str
 ) -> None:
     """Streams with 3 replicas on deploy/nats/cluster.conf: a job runs; one node is
     SIGKILLed; the clients fail over and the next job runs too, its events replicated."""
+    data = auth_config(cronium_bin, workdir)
     free = distinct_free_ports(6)
     ports = [(free[2 * i], free[2 * i + 1]) for i in range(3)]
     routes = {
@@ -193,7 +232,7 @@ async def test_a_three_node_cluster_keeps_running_work_after_losing_a_node(
     try:
         url = ",".join(f"nats://127.0.0.1:{client}" for client, _ in ports)
         settings = client_settings(
-            url, "cronium-service", "service-pw", workdir, streams={"replicas": 3}
+            url, data / "auth" / "service.creds", workdir, streams={"replicas": 3}
         )
         await provisioned(settings)
         async with consumers(settings) as bus:
@@ -215,64 +254,74 @@ async def test_a_three_node_cluster_keeps_running_work_after_losing_a_node(
 
 
 @pytest.fixture
-async def single(workdir: Path) -> AsyncIterator[str]:
-    """deploy/nats/single.conf on a free port, provisioned by the service user; its URL."""
+async def single(workdir: Path, cronium_bin: str) -> AsyncIterator[tuple[str, Path]]:
+    """deploy/nats/single.conf on a free port, provisioned by the service; its URL and the
+    installation's data dir."""
+    data = auth_config(cronium_bin, workdir)
     port = free_port()
     env = {"NATS_HOST": "127.0.0.1", "NATS_PORT": str(port), "NATS_STORE_DIR": str(workdir)}
     node = Node("single.conf", env, workdir)
     try:
         url = f"nats://127.0.0.1:{port}"
-        await provisioned(client_settings(url, "cronium-service", "service-pw", workdir))
-        yield url
+        await provisioned(client_settings(url, data / "auth" / "service.creds", workdir))
+        yield url, data
     finally:
         node.stop()
 
 
 async def test_the_producer_runs_scripts_but_cannot_forge_or_reach_further(
-    single: str, workdir: Path, cronium_bin: str
+    single: tuple[str, Path], workdir: Path, cronium_bin: str
 ) -> None:
-    """As cronium-producer, `cronium run` works end to end (live output, a large input through
-    the payload store, --json summary); a wrong password is reported as such at once (exit 77,
-    not a 5 s "cannot reach"); publishing a lifecycle event, opening the secrets bucket,
-    purging the payload store (other producers' inputs) or deleting a stream is refused by the
-    server."""
-    service = client_settings(single, "cronium-service", "service-pw", workdir)
+    """As a `--role producer` identity (the Cronium app), `cronium run` works end to end for
+    its users (live output, a large input through the payload store, --json summary);
+    credentials of another installation are refused at once (exit 77); anonymous connections
+    are refused; publishing a lifecycle event, opening the secrets bucket, purging the payload
+    store, making a consumer or deleting a stream is refused by the server; a `user` sees
+    nothing of anyone else's."""
+    url, data = single
+    service = client_settings(url, data / "auth" / "service.creds", workdir)
+    app = cronium(cronium_bin, "user", "add", "app", "--role", "producer", "--data-dir", str(data))
+    assert app.returncode == 0, app.stderr
+    app_creds = app.stdout.strip()
     big = workdir / "big.json"
     big.write_text(json.dumps({"rows": list(range(100_000))}))  # over the inline limit
-    env = {
-        **os.environ,
-        "CRONIUM_NATS_URL": single,
-        "CRONIUM_NATS_USER": "cronium-producer",
-        "CRONIUM_NATS_PASSWORD": "producer-pw",
-    }
+    env = {"CRONIUM_NATS_URL": url, "CRONIUM_CREDS": app_creds, "CRONIUM_DATA_DIR": str(workdir)}
     code = "import cronium\nprint('hi', sum(cronium.input()['rows']))"
-    async with consumers(service) as bus:
+    async with consumers(service, queries=True) as bus:
         result = await asyncio.to_thread(
-            subprocess.run,
-            [cronium_bin, "run", "--json", "--runtime", "python", "--input", f"@{big}", "-c", code],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+            cronium, cronium_bin, "run", "--json", "--user", "carol", "--runtime", "python",
+            "--input", f"@{big}", "-c", code, **env,
+        )  # fmt: skip
         assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout)["status"] == "succeeded"
+        summary = json.loads(result.stdout)
+        assert summary["status"] == "succeeded"
         assert "hi 4999950000" in result.stderr  # the script's lines; the summary is on stdout
-        wrong = await asyncio.to_thread(
-            subprocess.run,
-            [cronium_bin, "status"],
-            env={**env, "CRONIUM_NATS_PASSWORD": "wrong"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert wrong.returncode == 77
-        assert "refused the credentials of cronium-producer" in wrong.stderr
-        assert "CRONIUM_NATS_PASSWORD" in wrong.stderr and "wrong" not in wrong.stderr
+        ran = await execution_state(bus.js, summary["execution_id"], max_bytes=1 << 20)
+        assert ran is not None and ran.user == "carol"
 
-        nc = await nats.connect(single, user="cronium-producer", password="producer-pw")
+        other = workdir / "other"
+        other.mkdir()
+        foreign = auth_config(cronium_bin, other) / "auth" / "admin.creds"
+        wrong = await asyncio.to_thread(
+            cronium, cronium_bin, "status", **{**env, "CRONIUM_CREDS": str(foreign)}
+        )
+        assert wrong.returncode == 77, wrong.stderr
+        anonymous = await asyncio.to_thread(
+            cronium,
+            cronium_bin,
+            "status",
+            **{**env, "CRONIUM_CREDS": "", "CRONIUM_DATA_DIR": str(other / "none")},
+        )
+        assert anonymous.returncode == 77 and "refused the credentials" in anonymous.stderr
+
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc).lower())
+
+        nc = await nats.connect(
+            url, user_credentials=app_creds, inbox_prefix="_INBOX_app", error_cb=on_error
+        )
         try:
             js = nc.jetstream(timeout=2.0)
             forged = requested("print(1)")
@@ -281,17 +330,32 @@ async def test_the_producer_runs_scripts_but_cannot_forge_or_reach_further(
                     f"cronium.exec.{forged.user}.{forged.execution_id}.succeeded", b"{}"
                 )
             assert await execution_state(bus.js, forged.execution_id, max_bytes=1 << 20) is None
-            with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
-                await js.key_value("cronium_secrets")
-            with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
-                await js.purge_stream(PAYLOADS_STREAM, subject="$O.cronium_payloads.C.>")
-            with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
-                await js.delete_stream("CRONIUM_EXEC")
+            for attempt in (
+                js.key_value("cronium_secrets"),
+                js.purge_stream(PAYLOADS_STREAM, subject="$O.cronium_payloads.C.>"),
+                js.delete_stream("CRONIUM_EXEC"),
+                js.add_consumer("CRONIUM_EXEC", ConsumerConfig(name="peek")),
+            ):
+                with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
+                    await attempt
         finally:
             await nc.close()
         assert (await bus.js.stream_info("CRONIUM_EXEC")).config.name == "CRONIUM_EXEC"
         kept = await bus.js.stream_info(PAYLOADS_STREAM)
         assert kept.state.messages >= 2  # the big input's chunk(s) and its metadata
+
+        bob = cronium(cronium_bin, "user", "add", "bob", "--data-dir", str(data))
+        assert bob.returncode == 0, bob.stderr
+        shown = await asyncio.to_thread(
+            cronium, cronium_bin, "show", summary["execution_id"],
+            **{**env, "CRONIUM_CREDS": bob.stdout.strip()},
+        )  # fmt: skip
+        assert shown.returncode == 77, shown.stderr
+        mine = await asyncio.to_thread(
+            cronium, cronium_bin, "run", "--runtime", "bash", "-c", "echo bob-ran",
+            **{**env, "CRONIUM_CREDS": bob.stdout.strip()},
+        )  # fmt: skip
+        assert (mine.returncode, mine.stdout) == (0, "bob-ran\n"), mine.stderr
 
 
 def test_the_clickhouse_ddl_file_is_current_and_creates_the_warehouse(tmp_path: Path) -> None:

@@ -93,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
 async def seal(bus: Bus, action: str, body: dict[str, Any], *, family: str = "secrets") -> Any:
     """Ask the sealing service (``family`` secrets or servers), as this connection's identity;
     its result, or its refusal as an error (permission: exit 77, validation: exit 2)."""
-    role = "user" if bus.role in ("user", "auditor") else "admin"
+    role = "admin" if bus.role in (None, "admin") else "user"
     # the same owner as this connection's requests: a user is themselves; the stack's
     # identities and admins act as the settings' user (whose runs then find the secret)
     subject = f"cronium.ctl.{family}.{role}.{bus.acting_user(None)}.{action}"

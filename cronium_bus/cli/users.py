@@ -55,7 +55,24 @@ def add_parsers(sub: _Sub) -> None:
     ls.add_argument("--json", action="store_true", help="one JSON object per user")
     rm = actions.add_parser("rm", help="revoke NAME: refuse new connections, close live ones")
     rm.add_argument("name", metavar="NAME")
-    for parser in (a, ls, rm):
+    conf = actions.add_parser(
+        "nats-config",
+        help="write the auth part of a deployed nats-server's config (deploy/nats)",
+        description="Create the installation's keys in DATA_DIR/auth unless they exist, write "
+        "the stack's own credentials there (admin, service, sys) and write FILE: the operator, "
+        "the accounts and a full JWT resolver, for `include ./auth.conf` in deploy/nats/"
+        "single.conf or cluster.conf (the same file on every node). Run it again after "
+        "adding a role or moving keys; people are added with `cronium user add` as usual.",
+    )
+    conf.add_argument("--out", type=Path, required=True, metavar="FILE", help="e.g. auth.conf")
+    conf.add_argument(
+        "--resolver-dir",
+        default="$NATS_RESOLVER_DIR",
+        metavar="DIR",
+        help="where nats-server keeps account JWTs (default: $NATS_RESOLVER_DIR, read by the "
+        "server from its environment)",
+    )
+    for parser in (a, ls, rm, conf):
         parser.add_argument(
             "--data-dir",
             type=Path,
@@ -76,6 +93,8 @@ def main(args: argparse.Namespace) -> int:
     except (ValidationError, FileNotFoundError) as exc:
         return fail(f"invalid settings: {exc}", "see `cronium config`", exitcodes.USAGE)
     try:
+        if args.action == "nats-config":
+            return _nats_config(settings.data_dir / "auth", args.out, args.resolver_dir)
         authority = Authority.load(settings.data_dir / "auth")
         if args.action == "add":
             return _add(authority, args.name, args.role, args.out)
@@ -102,6 +121,22 @@ def _add(authority: Authority, name: str, role: Role, out: Path | None) -> int:
     path.write_text(creds)
     print(path)
     print(f"user {name} ({role}) can connect with --creds {path}", file=sys.stderr)
+    return exitcodes.OK
+
+
+def _nats_config(directory: Path, out: Path, resolver_dir: str) -> int:
+    authority = Authority.load_or_create(directory)
+    authority.save()
+    creds = authority.write_stack_creds()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        "# Written by `cronium user nats-config`: the operator, the SYS and CRONIUM accounts\n"
+        "# and a full resolver. No secrets in here (JWTs are public); keep DATA_DIR/auth private.\n"
+        + authority.server_config(resolver_dir)
+    )
+    print(out)
+    for name, path in creds.items():
+        print(f"{name} credentials: {path}", file=sys.stderr)
     return exitcodes.OK
 
 

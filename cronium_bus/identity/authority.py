@@ -137,7 +137,8 @@ class Authority:
             operator=data["operator"],
             system_account=data["system_account"],
             account=data["account"],
-            role_keys=data["role_keys"],
+            # a role added since this store was made gets its signing key now
+            role_keys={r: data["role_keys"].get(r) or jwt.new_seed("account") for r in ROLES},
             users={n: UserRecord(**u) for n, u in data["users"].items()},
             iats=data.get("iats", {}),
             revoked=data.get("revoked", {}),
@@ -220,12 +221,14 @@ class Authority:
             self._iat(self.system_key),
         )
 
-    def server_config(self, resolver_dir: Path) -> str:
-        """The auth part of nats-server's configuration (full resolver, accounts preloaded)."""
+    def server_config(self, resolver_dir: Path | str) -> str:
+        """The auth part of nats-server's configuration (full resolver, accounts preloaded).
+        ``resolver_dir`` is a path, or a ``$VARIABLE`` the server reads from its environment."""
+        where = resolver_dir if str(resolver_dir).startswith("$") else repr(str(resolver_dir))
         return (
             f"operator: {self.operator_jwt()}\n"
             f"system_account: {self.system_key}\n"
-            f"resolver: {{\n  type: full\n  dir: {str(resolver_dir)!r}\n"
+            f"resolver: {{\n  type: full\n  dir: {where}\n"
             '  allow_delete: false\n  interval: "2m"\n  timeout: "1.9s"\n}\n'
             "resolver_preload: {\n"
             f"  {self.system_key}: {self.system_jwt()}\n"

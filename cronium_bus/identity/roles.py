@@ -15,6 +15,10 @@ every user it signs receives (nats-server expands ``{{name()}}`` to the user's n
   which answer with their own only. No JetStream API, no buckets, no payload store.
 - ``auditor``: reads history, audit, logs and events of everyone (queries; live subscriptions to
   every execution); runs and cancels nothing.
+- ``producer``: an application that runs scripts for its own users (the Cronium app): publishes
+  requests and cancels for any owner, reads everyone's like an auditor, and uploads inputs over
+  the inline limit to the payload store. It publishes no lifecycle event, opens no bucket and has
+  no stream or consumer API (a consumer it made could deliver anywhere).
 
 Service identities (the consumers) and the operators' admin credential of ``cronium up`` are
 signed by the account key itself and have no limits inside the account. Every role's inbox is
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal, get_args
 
-Role = Literal["admin", "user", "auditor"]
+Role = Literal["admin", "user", "auditor", "producer"]
 ROLES: Final[tuple[Role, ...]] = get_args(Role)
 SERVICE: Final = "service"
 
@@ -58,10 +62,29 @@ _PUBLISH: Final[dict[Role, list[str]]] = {
         "cronium.query.auditor.{{name()}}.*",
     ],
 }
+_PUBLISH["producer"] = [
+    "cronium.exec.*.*.requested",
+    "cronium.exec.*.*.cancel_requested",
+    "cronium.query.history",
+    "cronium.query.logs",
+    "cronium.query.stats",
+    "cronium.query.producer.{{name()}}.*",
+    # inputs over the inline limit (Object Store bucket cronium_payloads): an input's object is
+    # new (input/<execution id>), so an upload replaces nothing of another producer's
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.OBJ_cronium_payloads",
+    "$JS.API.STREAM.MSG.GET.OBJ_cronium_payloads",
+    "$JS.API.DIRECT.GET.OBJ_cronium_payloads.>",
+    "$O.cronium_payloads.C.>",
+    "$O.cronium_payloads.M.>",
+]
 _SUBSCRIBE: Final[dict[Role, list[str]]] = {
     "user": [INBOX, OWN_EXEC, OWN_LOGS],
     "auditor": [INBOX, "cronium.exec.>", "cronium.logs.>"],
+    "producer": [INBOX, "cronium.exec.>", "cronium.logs.>"],
 }
+READERS: Final = ("user", "auditor", "producer")
+"""Roles that read what is stored through the query service, under their own name."""
 
 
 def _service_only() -> list[str]:
