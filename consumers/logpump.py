@@ -14,16 +14,21 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from consumers.masking import Masker
 from cronium_bus.events import LogStream
 
 TRUNCATED = " …[line truncated]"
 
 
 class LineSplitter:
-    """Splits a byte stream into text lines; over-long lines are cut at ``max_line_bytes``."""
+    """Splits a byte stream into text lines, secrets masked (``masker``); over-long lines are
+    cut at ``max_line_bytes`` after masking, never before."""
 
-    def __init__(self, max_line_bytes: int) -> None:
+    def __init__(self, max_line_bytes: int, masker: Masker | None = None) -> None:
         self.max_line_bytes = max_line_bytes
+        self._masker = masker or Masker(())
+        # an over-long line's head waits until a secret straddling the cut is all in sight
+        self._margin = max(self._masker.longest - 1, 0)
         self._buf = bytearray()
         self._skipping = False  # inside an over-long line whose head was already emitted
 
@@ -34,11 +39,10 @@ class LineSplitter:
         while True:
             nl = self._buf.find(b"\n")
             if nl < 0:
-                if len(self._buf) > self.max_line_bytes:
+                if len(self._buf) > self.max_line_bytes + self._margin:
                     if not self._skipping:
-                        lines.append(
-                            self._decode(bytes(self._buf[: self.max_line_bytes])) + TRUNCATED
-                        )
+                        head = bytes(self._buf[: self.max_line_bytes + self._margin])
+                        lines.append(self._line(head, cut=True))
                         self._skipping = True
                     del self._buf[:]
                 return lines
@@ -47,10 +51,7 @@ class LineSplitter:
             if self._skipping:
                 self._skipping = False
                 continue
-            if len(raw) > self.max_line_bytes:
-                lines.append(self._decode(raw[: self.max_line_bytes]) + TRUNCATED)
-            else:
-                lines.append(self._decode(raw))
+            lines.append(self._line(raw))
 
     def close(self) -> list[str]:
         """The last, unterminated line, if any."""
@@ -58,7 +59,14 @@ class LineSplitter:
         if self._skipping or not rest:
             self._skipping = False
             return []
-        return [self._decode(rest)]
+        return [self._line(rest)]
+
+    def _line(self, raw: bytes, *, cut: bool = False) -> str:
+        """One line: masked, then cut at the limit (marked; ``cut``: it goes on), then decoded."""
+        masked = self._masker.mask_bytes(raw)
+        if cut or len(masked) > self.max_line_bytes:
+            return self._decode(masked[: self.max_line_bytes]) + TRUNCATED
+        return self._decode(masked)
 
     @staticmethod
     def _decode(raw: bytes) -> str:

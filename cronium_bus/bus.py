@@ -8,8 +8,8 @@ so a runner that publishes twice — after a crash or a redelivery — still yie
 The duplicate window is stream-wide and anyone who may publish may set any ``Nats-Msg-Id``: a user
 who guesses another's execution id could take the id of its terminal event first, on their own
 subject, so that the real one is dropped as a duplicate. So when the stream calls a publish of
-the service's a duplicate, the service reads what holds the id; if that is on another subject the
-id was taken, and the event is published again under an id of its own (a random suffix — readers
+the service's a duplicate, the service reads what holds the id; if that is another execution's
+or owner's, the id was taken, and the event is published again under an id of its own (a random suffix — readers
 already ignore a repeated event, and nothing is lost).
 """
 
@@ -258,12 +258,14 @@ class Bus:
         )
 
     async def _holds_id(self, ack: PubAck, subject: str) -> bool:
-        """Whether the message the stream kept for a duplicate's id is on ``subject``."""
+        """Whether the message the stream kept for a duplicate's id is one of the same
+        execution's (``cronium.exec.<owner>.<id>.…``: the terminal events of an attempt share
+        one id on purpose, whatever their type)."""
         try:
             stored = await self.js.get_msg(ack.stream, seq=ack.seq)
         except nats.js.errors.NotFoundError:
             return True  # aged out of the stream: the window is over, nothing to correct
-        return stored.subject == subject
+        return (stored.subject or "").split(".")[:4] == subject.split(".")[:4]
 
     async def ask(
         self,

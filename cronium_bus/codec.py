@@ -1,7 +1,16 @@
-"""Encoding and decoding of events, with one typed error for everything that can go wrong."""
+"""Encoding and decoding of events, with one typed error for everything that can go wrong.
+
+Every failure to decode — size, syntax, invalid UTF-8, nesting, numbers out of range, a time
+without an offset, an unknown field — is one :class:`EventDecodeError` with a reason. JSON
+values inside events (``input``, ``output``, variables) nest at most :data:`MAX_JSON_DEPTH`
+levels; the whole message is checked before it is decoded (msgspec's own recursion limit would
+escape as a ``RecursionError``), by a scan that costs nothing unless the message holds more
+brackets than the limit.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Final, TypeVar
 
 import msgspec
@@ -10,6 +19,41 @@ from cronium_bus.errors import EventDecodeError
 from cronium_bus.events import EVENT_TYPES, SCHEMA_VERSION, AnyEvent, Event
 
 DEFAULT_MAX_BYTES: Final = 1024 * 1024
+MAX_JSON_DEPTH: Final = 64
+"""How deeply a JSON value (input, output, a variable) may nest: arrays and objects."""
+ENVELOPE_DEPTH: Final = 4
+"""Levels an event adds around its values (envelope, request, a field's container)."""
+_TOKENS: Final = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def nesting_depth(data: bytes, limit: int) -> int:
+    """How deeply ``data`` (JSON text) nests — over ``limit`` exactly when it nests deeper than
+    ``limit``; at or under it, possibly an upper bound (brackets inside strings do not count).
+    Cheap unless ``data`` holds more than ``limit`` opening brackets."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return min(data.count(b"[") + data.count(b"{"), limit)
+    depth = deepest = 0
+    for token in _TOKENS.finditer(data):
+        char = token.group()
+        if char in (b"[", b"{"):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def check_depth(data: bytes, limit: int = MAX_JSON_DEPTH) -> None:
+    """Raise :class:`EventDecodeError` when ``data`` nests deeper than ``limit``."""
+    if nesting_depth(data, limit) > limit:
+        raise EventDecodeError(
+            f"JSON nests deeper than {limit} levels",
+            hint=f"JSON values (input, output, variables) nest at most {MAX_JSON_DEPTH} levels",
+        )
+
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)
@@ -40,6 +84,7 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent:
             f"message is {len(data):,} bytes, over the limit of {max_bytes:,} bytes",
             hint="keep requests small: pass large input by reference, not inline",
         )
+    check_depth(data, MAX_JSON_DEPTH + ENVELOPE_DEPTH)
     try:
         probe = _probe.decode(data)
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
@@ -47,7 +92,7 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent:
             f"not an event envelope: {exc}",
             hint="an event is a JSON object with 'type' and 'schema_version'",
         ) from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise EventDecodeError(
             f"malformed JSON: {exc}", hint="send one JSON object per message"
         ) from exc
@@ -65,7 +110,7 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent:
         )
     try:
         event: AnyEvent = _decoder.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, ValueError) as exc:
         raise EventDecodeError(
             f"invalid {probe.type}: {exc}",
             hint=f"validate against schemas/{probe.type}.v{SCHEMA_VERSION}.json",

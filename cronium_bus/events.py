@@ -12,13 +12,13 @@ succeeded | failed | timed_out | cancelled | lost``; a failed or lost attempt wi
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal, TypedDict, TypeVar
 
 import msgspec
 
 from cronium_bus.errors import CroniumError, ErrorKind
-from cronium_bus.ids import ID_PATTERN, new_id
+from cronium_bus.ids import ID_PATTERN, NAME_HINT, NAME_PATTERN, new_id
 
 SCHEMA_VERSION: Final = 1
 
@@ -32,8 +32,34 @@ PRIORITIES: Final[tuple[Priority, ...]] = ("critical", "high", "normal", "low")
 """Lanes in the order a runner prefers them."""
 
 Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, description="[A-Za-z0-9_-]{1,64}")]
-Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,128}$")]
-PositiveInt = Annotated[int, msgspec.Meta(ge=0)]
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN, description=NAME_HINT)]
+MAX_SAFE_INT: Final = 2**53 - 1
+"""The largest integer every JSON reader keeps exactly (JavaScript's Number.MAX_SAFE_INTEGER)."""
+PositiveInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
+Time = Annotated[
+    datetime,
+    msgspec.Meta(
+        tz=True,
+        description="RFC 3339 date-time with an offset (Z or ±hh:mm); read and kept in UTC.",
+    ),
+]
+"""A point in time on the wire: an offset is required (a naive time is refused), and every
+time is normalized to UTC when decoded or built, so ``+02:00`` is never taken for UTC."""
+
+_ZERO: Final = timedelta(0)
+
+
+def in_utc(struct: msgspec.Struct) -> None:
+    """Normalize a struct's datetime fields to UTC in place; refuse a naive one."""
+    for name in struct.__struct_fields__:
+        value = getattr(struct, name)
+        if not isinstance(value, datetime):
+            continue
+        offset = value.utcoffset()
+        if offset is None:
+            raise ValueError(f"{name} has no UTC offset: write it as RFC 3339, e.g. ...Z")
+        if offset != _ZERO or value.tzinfo is not UTC:
+            msgspec.structs.force_setattr(struct, name, value.astimezone(UTC))
 
 
 def utcnow() -> datetime:
@@ -89,7 +115,10 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     network: bool = False
     event_ref: Name | None = None
     retry: RetryPolicy | None = None
-    not_before: datetime | None = None
+    not_before: Time | None = None
+
+    def __post_init__(self) -> None:
+        in_utc(self)
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,14 +148,17 @@ class ResourceUsage(msgspec.Struct, frozen=True, kw_only=True):
 # --------------------------------------------------------------------------- the envelope
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    """Envelope shared by every event. ``type`` (the tag) names the event."""
+class Event(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True
+):
+    """Envelope shared by every event. ``type`` (the tag) names the event. Unknown fields are
+    refused, as in a request: what this version does not know, it does not silently drop."""
 
     event_id: Id
-    schema_version: int = SCHEMA_VERSION
-    time: datetime
+    schema_version: Literal[1] = SCHEMA_VERSION
+    time: Time
     execution_id: Id
-    attempt: Annotated[int, msgspec.Meta(ge=1)] = 1
+    attempt: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
     correlation_id: Id
     causation_id: Id | None = None
     producer: Annotated[str, msgspec.Meta(max_length=128)]
@@ -138,6 +170,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
             "token of every subject of the execution ([A-Za-z0-9_-]{1,64}).",
         ),
     ]
+
+    def __post_init__(self) -> None:
+        in_utc(self)
 
     @property
     def type(self) -> str:
@@ -166,7 +201,7 @@ class Queued(Event, frozen=True, kw_only=True, tag="execution.queued"):
 
     request: Request
     lane: str
-    not_before: datetime | None = None
+    not_before: Time | None = None
     parent_id: Id | None = None
     """Set on the child executions of a fan-out (one per SSH target)."""
 
@@ -234,7 +269,7 @@ class RetryScheduled(Event, frozen=True, kw_only=True, tag="execution.retry_sche
     """The attempt failed with retries left; attempt ``next_attempt`` is queued at ``at``."""
 
     next_attempt: Annotated[int, msgspec.Meta(ge=2)]
-    at: datetime
+    at: Time
     reason: ErrorInfo
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import Final
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -30,3 +31,7 @@ def new_id(prefix: str = "ex") -> str:
 
 
 ID_PATTERN = _ID_RE.pattern
+NAME_PATTERN: Final = r"^(?=.{1,128}$)[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+"""Names of secrets and variables: 1-128 characters, dot-separated tokens of [A-Za-z0-9_-]
+(no leading, trailing or double dot — each name is also a NATS KV key)."""
+NAME_HINT: Final = "use 1-128 characters: words of [A-Za-z0-9_-] joined by single dots"

@@ -25,13 +25,16 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from nats.js import JetStreamContext
 
 from cronium_bus.errors import CroniumError, ErrorKind
+from cronium_bus.ids import NAME_HINT, NAME_PATTERN
 from cronium_bus.provision import kv_value
 from cronium_bus.settings import Settings
 from cronium_bus.subjects import SECRETS_BUCKET
 
 KEY_FILE: Final = "secret.key"
-NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+NAME_RE: Final = re.compile(NAME_PATTERN)
 MAX_SECRET_BYTES: Final = 32 * 1024
+MIN_SECRET_CHARS: Final = 3
+"""The shortest secret (and line of a multi-line secret) that log masking can mask."""
 _VERSION: Final = b"v1"
 
 
@@ -121,16 +124,18 @@ def box_from(settings: Settings) -> SecretBox:
 def check_name(name: str) -> None:
     """Refuse names that are not safe as KV keys."""
     if not NAME_RE.fullmatch(name):
-        raise SecretError(
-            f"{name!r} is not a valid secret name", hint="use 1-128 of [A-Za-z0-9_.-]"
-        )
+        raise SecretError(f"{name[:140]!r} is not a valid secret name", hint=NAME_HINT)
 
 
 async def put_secret(js: JetStreamContext, box: SecretBox, name: str, value: bytes) -> None:
     """Store (or replace) a secret."""
     check_name(name)
-    if not value:
-        raise SecretError("the secret value is empty")
+    if len(value.strip()) < MIN_SECRET_CHARS:
+        raise SecretError(
+            f"the secret is shorter than {MIN_SECRET_CHARS} characters: it could not be masked "
+            "in logs without masking ordinary text everywhere",
+            hint=f"use a value of at least {MIN_SECRET_CHARS} characters",
+        )
     if len(value) > MAX_SECRET_BYTES:
         raise SecretError(f"the secret is {len(value):,} bytes; the limit is {MAX_SECRET_BYTES:,}")
     kv = await js.key_value(SECRETS_BUCKET)

@@ -222,8 +222,8 @@ def test_secret_set_then_used_and_masked(stack: Stack, tmp_path: Path) -> None:
         "CRONIUM_DATA_DIR": str(tmp_path / "no-key-here"),
         "CRONIUM_CREDS": str(stack.data / "auth" / "admin.creds"),
     }
-    assert stack.cli("secret", "set", "X", input="v", env=keyless).returncode == 0
-    bad = stack.cli("secret", "set", "bad/name", input="v")
+    assert stack.cli("secret", "set", "X", input="value", env=keyless).returncode == 0
+    bad = stack.cli("secret", "set", "bad/name", input="value")
     assert bad.returncode == 2 and "not a valid secret name" in bad.stderr
 
 

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consumers.logpump import TRUNCATED, LineSplitter, LogPump
+from consumers.masking import Masker
 
 
 def test_lines_split_across_reads() -> None:
@@ -102,3 +103,26 @@ def test_pump_flushes_the_first_line_at_once_then_batches_by_time() -> None:
         assert pump.next_deadline() is None
 
     asyncio.run(go())
+
+
+@given(
+    secret=st.text(alphabet="XYZ0123456789", min_size=3, max_size=40),
+    at=st.integers(0, 60),
+    cuts=st.lists(st.integers(0, 200), max_size=8),
+    limit=st.integers(8, 64),
+)
+def test_a_secret_is_masked_before_a_line_is_cut(
+    secret: str, at: int, cuts: list[int], limit: int
+) -> None:
+    """Wherever a secret sits — across the line limit, across reads — no character of it
+    reaches a line (the padding and the marker share none with it): masked first, then cut."""
+    data = ("a" * at + secret + "b" * 30 + "\n").encode()
+    s = LineSplitter(limit, Masker([secret]))
+    out: list[str] = []
+    start = 0
+    for cut in sorted(c for c in cuts if c < len(data)):
+        out += s.feed(data[start:cut])
+        start = cut
+    out += s.feed(data[start:]) + s.close()
+    text = "\n".join(out)
+    assert not set(text) & set("XYZ0123456789"), text

@@ -29,15 +29,15 @@ def _set(name: str, value: bytes, **extra: object) -> bytes:
 async def test_a_user_stores_only_their_own(bus: Bus) -> None:
     """A user's secret lands under their name; shared secrets and servers' keys are an admin's."""
     service = SecretsService(bus)
-    key = await service.handle("cronium.ctl.secrets.user.alice.set", _set("API", b"v1"))
+    key = await service.handle("cronium.ctl.secrets.user.alice.set", _set("API", b"value-1"))
     assert key == "u.alice.API"
-    assert await get_secret(bus.js, box_from(bus.settings), "u.alice.API") == b"v1"
+    assert await get_secret(bus.js, box_from(bus.settings), "u.alice.API") == b"value-1"
     for body in (_set("X", b"v", shared=True), _set("ssh-key.web1", b"k")):
         with pytest.raises(CroniumError) as refused:
             await service.handle("cronium.ctl.secrets.user.alice.set", body)
         assert refused.value.kind == "permission"
     shared = await service.handle(
-        "cronium.ctl.secrets.admin.admin.set", _set("TEAM", b"t", shared=True, grant=["bob"])
+        "cronium.ctl.secrets.admin.admin.set", _set("TEAM", b"team", shared=True, grant=["bob"])
     )
     assert shared == "shared.TEAM" and await grants_of(bus.js, "TEAM") == ["bob"]
     assert await names_for(bus.js, "bob") == ["TEAM (shared)"]
@@ -58,7 +58,10 @@ async def test_a_user_stores_only_their_own(bus: Bus) -> None:
         ("cronium.ctl.secrets.user.alice.set", _set("A", b"v", owner="bob"), "malformed set"),
         ("cronium.ctl.secrets.user.alice.set", b'{"name":"A","value_b64":"%%%"}', "not base64"),
         ("cronium.ctl.secrets.user.alice.set", _set("a/b", b"v"), "not a valid secret name"),
-        ("cronium.ctl.secrets.user.alice.set", _set("A", b""), "empty"),
+        ("cronium.ctl.secrets.user.alice.set", _set("A", b""), "shorter than 3"),
+        ("cronium.ctl.secrets.user.alice.set", _set("A", b"ab"), "shorter than 3"),
+        ("cronium.ctl.secrets.user.alice.set", _set("a..b", b"value"), "not a valid"),
+        ("cronium.ctl.secrets.user.alice.set", _set("a.", b"value"), "not a valid"),
         ("cronium.ctl.secrets.user.alice.set", _set("A", b"x" * 40_000), "bytes"),
         ("cronium.ctl.secrets.user.alice.set", b"[" * 5000 + b"]" * 5000, "malformed set"),
         ("cronium.ctl.secrets.user.alice.list", b'{"all": true}', "malformed list"),

@@ -56,7 +56,9 @@ async def test_stored_encrypted_and_names_checked(bus: Bus, settings: Settings) 
     assert await get_secret(bus.js, box, "API_TOKEN") == SECRET.encode()
     for name, value, message in [
         ("a/b", b"x", "not a valid"),
-        ("X", b"", "empty"),
+        ("X", b"", "shorter than 3"),
+        ("X", b" ab ", "shorter than 3"),
+        (".x", b"xyz", "not a valid"),
         ("Y", b"x" * 40000, "limit"),
     ]:
         with pytest.raises(SecretError, match=message):

@@ -291,8 +291,8 @@ class Attempt:
         reader_future = loop.run_in_executor(self.ctx.pool, reader)
         max_line = self.ctx.settings.runner.max_line_bytes
         splitters: dict[LogStream, LineSplitter] = {
-            "stdout": LineSplitter(max_line),
-            "stderr": LineSplitter(max_line),
+            "stdout": LineSplitter(max_line, self.masker),
+            "stderr": LineSplitter(max_line, self.masker),
         }
         cap = self.ctx.settings.limits.output_cap
         kill: asyncio.Future[None] | None = None
@@ -321,10 +321,10 @@ class Attempt:
                 # be read before it reports the kill done
                 kill = asyncio.ensure_future(self._call(runtime.kill, container_id))
             self.output_bytes += len(data)
-            await pump.add(stream, self.masker.mask(splitters[stream].feed(data)))
+            await pump.add(stream, splitters[stream].feed(data))  # masked, then cut
             await pump.flush_due()
         for name in ("stdout", "stderr"):
-            await pump.add(name, self.masker.mask(splitters[name].close()))
+            await pump.add(name, splitters[name].close())
         await pump.flush_all()
         await reader_future
         if kill is not None:

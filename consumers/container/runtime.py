@@ -14,6 +14,7 @@ from typing import Any, Final, Protocol
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 import structlog
 from docker.models.containers import _create_container_args  # type: ignore[attr-defined]
@@ -29,6 +30,8 @@ LABEL_ATTEMPT: Final = "org.cronium.attempt"
 LABEL_RUNNER: Final = "org.cronium.runner"
 LABEL_POOL: Final = "org.cronium.pool"  # a warm container (idle, or claimed by one execution)
 SANDBOX_UID: Final = 1000
+SANDBOX_NOFILE: Final = 1024
+"""Open files per process in a sandbox (nofile, soft and hard)."""
 _CGROUP: Final = Path("/sys/fs/cgroup")
 _IMAGE_ID_TTL_S: Final = 10.0
 HOSTS_FILE: Final = "hosts"
@@ -151,6 +154,8 @@ def sandbox_options(spec: ContainerSpec) -> dict[str, Any]:
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "pids_limit": spec.pids,
+        # descriptors of the sandbox's own processes: a script cannot open without end
+        "ulimits": [docker.types.Ulimit(name="nofile", soft=SANDBOX_NOFILE, hard=SANDBOX_NOFILE)],
         "mem_limit": spec.memory_bytes,
         "memswap_limit": spec.memory_bytes,  # no swap on top of the limit
         "nano_cpus": int(spec.cpus * 1e9),

@@ -8,6 +8,7 @@ become their own events.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 import secrets
@@ -21,6 +22,8 @@ from aiohttp import web
 
 from consumers.helpers.variables import MAX_VALUE_BYTES, VariableStore
 from cronium_bus.bus import Bus
+from cronium_bus.codec import MAX_JSON_DEPTH, check_depth
+from cronium_bus.errors import EventDecodeError
 from cronium_bus.events import (
     ConditionSet,
     HelperCalled,
@@ -29,14 +32,32 @@ from cronium_bus.events import (
     VariableSet,
     follow_up,
 )
+from cronium_bus.ids import NAME_HINT, NAME_PATTERN
 from cronium_bus.payloads import PayloadError, PayloadStoreError, get_payload, put_payload
 
 log = structlog.get_logger(__name__)
 
+
+class _Busy(asyncio.Protocol):
+    """A connection over the cap: told so, then closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        body = b'{"error": "too many open connections to the runtime API"}'
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        transport.close()
+
+
 MAX_BODY: Final = 512 * 1024
 MAX_OUTPUT_BYTES: Final = 256 * 1024
 MAX_CALLS: Final = 10_000
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_NAME = re.compile(NAME_PATTERN)
+MAX_CONNECTIONS: Final = 16
+"""Connections one attempt may hold open to its runtime API at once (more are refused)."""
+IDLE_TIMEOUT_S: Final = 5.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -62,6 +83,7 @@ class HelperApi:
         self.variables = VariableStore(bus.js)
         self.calls = 0
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
 
     def event_metadata(self) -> dict[str, Any]:
         """What ``event()`` returns to the script."""
@@ -95,13 +117,29 @@ class HelperApi:
                 web.get("/v1/secrets/{name}", self._secret),
             ]
         )
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=IDLE_TIMEOUT_S
+        )
         await self._runner.setup()
-        await web.UnixSite(self._runner, str(socket_path)).start()
+        server = self._runner.server
+        assert server is not None
+
+        def connection() -> asyncio.BaseProtocol:
+            # one script's flood of connections costs the runner at most MAX_CONNECTIONS
+            # descriptors; the rest are answered 503 and closed at once
+            if len(server.connections) >= MAX_CONNECTIONS:
+                return _Busy()
+            return server()
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(connection, str(socket_path))
         socket_path.chmod(0o600)  # noqa: ASYNC240 - one local syscall
 
     async def stop(self) -> None:
         """Stop serving; idempotent."""
+        unix, self._server = self._server, None
+        if unix is not None:
+            unix.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -120,6 +158,10 @@ class HelperApi:
         except web.HTTPException as exc:
             await self._audit(helper, key, ok=False, detail=exc.reason)
             return web.json_response({"error": exc.reason}, status=exc.status)
+        except Exception as exc:  # a bug: still answered, still audited, the API stays up
+            log.exception("helper call failed", helper=helper)
+            await self._audit(helper, key, ok=False, detail=f"internal error: {type(exc).__name__}")
+            return web.json_response({"error": "internal error"}, status=500)
         await self._audit(helper, key, ok=True)
         return response
 
@@ -131,9 +173,7 @@ class HelperApi:
         if not hmac.compare_digest(auth.encode(), f"Bearer {self.token}".encode()):
             raise HelperError(401, "missing or wrong token")
         if key is not None and not _NAME.fullmatch(key):
-            raise HelperError(
-                400, f"{key[:64]!r} is not a valid name", "use 1-128 of [A-Za-z0-9_.-]"
-            )
+            raise HelperError(400, f"{key[:64]!r} is not a valid name", NAME_HINT)
 
     async def _audit(self, helper: str, key: str | None, *, ok: bool, detail: str = "") -> None:
         if self.calls > MAX_CALLS + 1:
@@ -159,8 +199,11 @@ class HelperApi:
             )
         raw = await request.read()
         try:
+            check_depth(raw, MAX_JSON_DEPTH + 1)  # the value, inside {"value": ...}
             body = msgspec.json.decode(raw)
-        except msgspec.DecodeError as exc:
+        except EventDecodeError as exc:
+            raise HelperError(400, f"the body {exc.message}", exc.hint) from exc
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise HelperError(400, f"the body is not JSON: {exc}", 'send {"value": ...}') from exc
         if not isinstance(body, dict) or "value" not in body:
             raise HelperError(400, 'the body must be an object with "value"', 'send {"value": ...}')

@@ -273,12 +273,12 @@ class SshRunner(LaneWorker):
         masker = Masker(secret_values.values())
         max_line = self.settings.runner.max_line_bytes
         splitters: dict[LogStream, LineSplitter] = {
-            "stdout": LineSplitter(max_line),
-            "stderr": LineSplitter(max_line),
+            "stdout": LineSplitter(max_line, masker),
+            "stderr": LineSplitter(max_line, masker),
         }
 
         async def on_output(stream: LogStream, data: bytes) -> None:
-            await pump.add(stream, masker.mask(splitters[stream].feed(data)))
+            await pump.add(stream, splitters[stream].feed(data))  # masked, then cut
             await pump.flush_due()
 
         lim = self.settings.limits
@@ -314,7 +314,7 @@ class SshRunner(LaneWorker):
                 finally:
                     flusher.cancel()
                 for stream, splitter in splitters.items():
-                    await pump.add(stream, masker.mask(splitter.close()))
+                    await pump.add(stream, splitter.close())
                 await pump.flush_all()
                 return result
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
