@@ -9,8 +9,8 @@ The duplicate window is stream-wide and anyone who may publish may set any ``Nat
 who guesses another's execution id could take the id of its terminal event first, on their own
 subject, so that the real one is dropped as a duplicate. So when the stream calls a publish of
 the service's a duplicate, the service reads what holds the id; if that is another execution's
-or owner's, the id was taken, and the event is published again under an id of its own (a random suffix — readers
-already ignore a repeated event, and nothing is lost).
+or owner's, the id was taken, and the event is published again under an id of its own (a random
+suffix — readers already ignore a repeated event, and nothing is lost).
 """
 
 from __future__ import annotations
