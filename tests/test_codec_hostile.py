@@ -24,9 +24,7 @@ from tests.helpers import requested
 # RFC 3339 date-time as the codec reads it: also a space for the T (RFC 3339 section 5.6
 # allows it) and an offset without its colon. Stricter validators (ajv-formats) refuse those
 # two: a producer that validates with them is never refused by the service.
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:?\d{2})$"
-)
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:?\d{2})$")
 FORMATS = jsonschema.FormatChecker(formats=())
 
 
