@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import msgspec
 import nats.errors
 import pytest
 
@@ -52,6 +53,13 @@ async def test_hostile_requests_are_rejected_with_reasons(bus: Bus, dispatcher: 
         "schema_version 7": json.dumps({**good, "schema_version": 7}).encode(),
         "over the limit of 1,048,576 bytes": b" " * (10 * 1024 * 1024),
         "not an event envelope": b"[]",
+        "nests deeper than": json.dumps({**good, "request": {**good["request"], "input": "@"}})
+        .encode()
+        .replace(b'"@"', b"[" * 1100 + b"]" * 1100),
+        "timezone component": json.dumps(
+            {**good, "request": {**good["request"], "not_before": "2026-12-01T10:00:00"}}
+        ).encode(),
+        "unknown field `extra`": json.dumps({**good, "extra": 1}).encode(),
     }
     ids = {reason: await _raw(bus, data) for reason, data in cases.items()}
     mismatched = requested("print(1)")
@@ -137,3 +145,38 @@ async def test_a_deleted_durable_consumer_is_recreated_and_reported(
     assert await queued(again.execution_id)
     info = await bus.js.consumer_info("CRONIUM_EXEC", "dispatcher")
     assert info.config.filter_subject == "cronium.exec.*.*.requested"
+
+
+async def test_an_id_published_again_after_the_duplicate_window_is_rejected(
+    bus: Bus, dispatcher: Embedded
+) -> None:
+    """A second request under an existing execution id (a message id the stream no longer
+    remembers) is rejected naming the execution and its status; the first is untouched."""
+    first = requested("print(1)")
+    await bus.publish(first)
+    for _ in range(100):
+        state = await execution_state(bus.js, first.execution_id, max_bytes=1 << 20)
+        if state is not None and state.status == "queued":
+            break
+        await asyncio.sleep(0.05)
+    again = msgspec.structs.replace(
+        requested("print(666)"), execution_id=first.execution_id, correlation_id=first.execution_id
+    )
+    subject = f"cronium.exec.tester.{first.execution_id}.requested"
+    await bus.js.publish(subject, encode(again), headers={"Nats-Msg-Id": "after-the-window"})
+    rejected = []
+    for _ in range(100):
+        rejected = [
+            e
+            async for e in read_subject(
+                bus.js, "CRONIUM_EXEC", f"cronium.exec.tester.{first.execution_id}.rejected",
+                max_bytes=1 << 20,
+            )
+        ]  # fmt: skip
+        if rejected:
+            break
+        await asyncio.sleep(0.05)
+    assert rejected and "already exists (queued)" in rejected[0].error.message  # type: ignore[attr-defined]
+    state = await execution_state(bus.js, first.execution_id, max_bytes=1 << 20)
+    assert state is not None and state.status == "queued"
+    assert state.request is not None and state.request.code == "print(1)"

@@ -28,6 +28,7 @@ from cronium_bus.codec import decode
 from cronium_bus.errors import EventDecodeError
 from cronium_bus.events import ErrorInfo, Queued, Rejected, Requested, error_info, utcnow
 from cronium_bus.health import Heartbeat
+from cronium_bus.history import execution_state
 from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.lifecycle import Stopper
 from cronium_bus.payloads import PayloadError, check_payload
@@ -96,17 +97,9 @@ class Dispatcher:
                 ),
             )
             return
-        if await self._taken_by_another(owner, event.execution_id):
-            # ids are the streams' idempotency keys: two owners' runs under one id would
-            # share every message id of their events
-            await reject(
-                event,
-                ErrorInfo(
-                    kind="validation",
-                    message=f"execution id {event.execution_id} is already used by another request",
-                    hint="use a fresh execution id for every request",
-                ),
-            )
+        taken = await self._already_used(msg, owner, event.execution_id)
+        if taken is not None:
+            await reject(event, taken)
             return
         result = validate_request(event.request, self.settings)
         if isinstance(result, ErrorInfo):
@@ -149,14 +142,37 @@ class Dispatcher:
             delay_s=round(max(delay, 0.0), 3),
         )
 
-    async def _taken_by_another(self, owner: str, execution_id: str) -> bool:
-        """Whether another owner's request with this execution id is on the stream."""
+    async def _already_used(self, msg: Msg, owner: str, execution_id: str) -> ErrorInfo | None:
+        """Why this request's execution id may not run again, if it may not: another owner's
+        request holds it (ids are the streams' idempotency keys, so two owners' runs under one
+        id would share every message id), or an earlier request of the same owner does — one
+        published again after the duplicate window, however long after."""
         mine = exec_subject(owner, execution_id, "execution.requested")
         info = await self.bus.js.stream_info(
             EXEC_STREAM,
             subjects_filter=exec_subject(ANY_OWNER, execution_id, "execution.requested"),
         )
-        return any(subject != mine for subject in info.state.subjects or {})
+        subjects = info.state.subjects or {}
+        if any(subject != mine for subject in subjects):
+            return ErrorInfo(
+                kind="validation",
+                message=f"execution id {execution_id} is already used by another request",
+                hint="use a fresh execution id for every request",
+            )
+        if subjects.get(mine, 0) <= 1:
+            return None
+        first = await self.bus.js.get_msg(EXEC_STREAM, seq=1, subject=mine, next=True)
+        if first.seq == msg.metadata.sequence.stream:
+            return None  # this is the first: a redelivery of it runs as before
+        state = await execution_state(
+            self.bus.js, execution_id, max_bytes=self.settings.streams.max_msg_size, owner=owner
+        )
+        status = state.status if state is not None else "unknown"
+        return ErrorInfo(
+            kind="validation",
+            message=f"execution {execution_id} already exists ({status}); this request was not run",
+            hint=f"see `cronium show {execution_id}`; use a fresh execution id to run again",
+        )
 
     async def _reject(
         self, msg: Msg, owner: str, execution_id: str, event: Requested | None, error: ErrorInfo

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import secrets
 import shutil
 import time
@@ -69,8 +70,14 @@ _DEAD_CONNECTION = (
 
 
 def child_id(parent: str, index: int) -> str:
-    """The execution id of a fan-out child (a valid id of at most 64 characters)."""
-    return f"{parent[:56]}-{index}"
+    """The execution id of a fan-out child (a valid id of at most 64 characters): the
+    parent's id and the index, or — when that would be too long — the parent's head, a hash of
+    the whole parent id and the index, so distinct parents never share a child id."""
+    plain = f"{parent}-{index}"
+    if len(plain) <= 64:
+        return plain
+    digest = hashlib.sha256(parent.encode()).hexdigest()[:16]
+    return f"{parent[:40]}-{digest}-{index}"
 
 
 class SshRunner(LaneWorker):

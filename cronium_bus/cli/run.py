@@ -31,7 +31,7 @@ from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.payloads import get_json_payload, put_payload
 from cronium_bus.reading import events_of
 from cronium_bus.servers import adhoc_name
-from cronium_bus.state import ExecutionState
+from cronium_bus.state import ExecutionState, fold
 from cronium_bus.units import format_size, parse_duration, parse_size
 
 _EXTENSIONS: Final[dict[str, Runtime]] = {
@@ -298,7 +298,7 @@ def main(args: argparse.Namespace) -> int:
                 exitcodes.USAGE,
             )
         if args.detach:
-            await publish_request(bus, event)
+            await publish_request(bus, event, chosen=args.id is not None)
             print(json.dumps({"execution_id": execution_id}) if args.json else execution_id)
             return exitcodes.OK
 
@@ -311,7 +311,7 @@ def main(args: argparse.Namespace) -> int:
         )
         await watch.start()
         try:
-            await publish_request(bus, event)
+            await publish_request(bus, event, chosen=args.id is not None)
             state = await watch.wait_final()
         finally:
             await watch.close()
@@ -333,13 +333,28 @@ def main(args: argparse.Namespace) -> int:
         return fail(str(exc), "see `cronium run --help`", exitcodes.USAGE)
 
 
-async def publish_request(bus: Bus, event: Requested) -> None:
-    """Publish a request; when the stream calls it a duplicate, make sure the id holds a
-    request of this user's (a retry with the same --id), not someone else's."""
+async def publish_request(bus: Bus, event: Requested, *, chosen: bool) -> None:
+    """Publish a request. An id the user ``chosen`` (``--id``) that already names one of
+    their executions is an idempotent retry when the request is the same, and refused when it
+    differs; when the stream calls a publish a duplicate, the id must hold a request of this
+    user's, not someone else's."""
+    limit = bus.settings.streams.max_msg_size
+    if chosen:
+        known = await events_of(bus, event.execution_id, max_bytes=limit)
+        earlier = [e for e in known if isinstance(e, Requested) and e.user == event.user]
+        if earlier and earlier[0].request != event.request:
+            state = fold(known)
+            raise UsageError(
+                f"execution {event.execution_id} already exists "
+                f"({state.status if state else 'requested'}) with another request; "
+                "use a fresh --id, or `cronium show` it"
+            )
+        if earlier:
+            return  # the same request again: follow the one that exists
     ack = await bus.publish(event)
     if not ack.duplicate:
         return
-    stored = await events_of(bus, event.execution_id, max_bytes=bus.settings.streams.max_msg_size)
+    stored = await events_of(bus, event.execution_id, max_bytes=limit)
     if any(e.type == "execution.requested" and e.user == event.user for e in stored):
         return
     raise UsageError(
