@@ -14,6 +14,7 @@ ErrorKind = Literal[
     "nonzero_exit",
     "timeout",
     "oom",
+    "tmpfs_full",
     "output_limit",
     "cancelled",
     "ssh_unreachable",

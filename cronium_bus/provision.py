@@ -6,6 +6,8 @@ stream in place.
 
 from __future__ import annotations
 
+import contextlib
+
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
@@ -19,6 +21,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from cronium_bus.errors import BusUnavailableError
+from cronium_bus.ids import new_id
 from cronium_bus.payloads import ensure_store, payload_config
 from cronium_bus.settings import Settings
 from cronium_bus.subjects import (
@@ -33,6 +36,7 @@ from cronium_bus.subjects import (
     LIMITS_BUCKET,
     LOGS_ALL,
     LOGS_STREAM,
+    META_BUCKET,
     SECRETS_BUCKET,
     SERVERS_BUCKET,
     VARIABLES_BUCKET,
@@ -146,6 +150,7 @@ def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
             "Running and waiting executions per user and per event (concurrency limits)",
             ttl=86400.0,
         ),
+        bucket(META_BUCKET, "Facts of this installation (its id)", max_value_size=1024),
     ]
 
 
@@ -175,6 +180,20 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
         await ensure_bucket(js, bucket)
     s = settings.streams
     await ensure_store(js, payload_config(s.exec_max_age, s.payloads_max_bytes, s.replicas))
+
+
+async def installation_id(js: JetStreamContext) -> str:
+    """This installation's id: made once, on first use, and the same for every process of it
+    (runners label their containers and runtime dirs with it, and reap only their own)."""
+    kv = await js.key_value(META_BUCKET)
+    with contextlib.suppress(
+        nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError
+    ):
+        await kv.create("installation", new_id("in").encode())
+    value = await kv_value(js, META_BUCKET, "installation")
+    if value is None:
+        raise BusUnavailableError("the installation id could not be read", hint="run `cronium up`")
+    return value.decode()
 
 
 async def kv_value(js: JetStreamContext, bucket: str, key: str) -> bytes | None:

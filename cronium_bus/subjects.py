@@ -30,6 +30,7 @@ HEARTBEAT_BUCKET: Final = "cronium_health"
 VARIABLES_BUCKET: Final = "cronium_variables"
 SECRETS_BUCKET: Final = "cronium_secrets"
 SERVERS_BUCKET: Final = "cronium_servers"
+META_BUCKET: Final = "cronium_meta"
 CIRCUITS_BUCKET: Final = "cronium_circuits"
 LIMITS_BUCKET: Final = "cronium_limits"
 PAYLOADS_BUCKET: Final = "cronium_payloads"  # Object Store

@@ -22,6 +22,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from consumers.deadletter import dead_letter
 from cronium_bus import durables
 from cronium_bus.authentic import decode_on
 from cronium_bus.bus import Bus
@@ -213,7 +214,9 @@ class Projector:
                     continue
                 if not msgs:
                     continue
-                await handle(msgs)
+                if not await self._handled(msgs, handle, durable):
+                    await stopper.wait(1.0)  # the warehouse is down: nothing acknowledged
+                    continue
                 await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
                 if len(msgs) < self.batch:
                     # a small batch: let more accumulate (fewer, larger inserts; far less CPU
@@ -222,6 +225,39 @@ class Projector:
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+
+    async def _handled(self, msgs: list[Msg], handle: Any, durable: str) -> bool:
+        """Project a batch; ``False`` when nothing could be stored (then every message is
+        given back, so none is acknowledged unprojected). A batch that fails while the
+        warehouse answers is projected one message at a time, and a message that fails alone
+        is dead-lettered with the reason — the others are stored."""
+        try:
+            await handle(msgs)
+        except Exception as exc:
+            log.exception("a batch could not be projected", durable=durable, error=str(exc))
+        else:
+            return True
+        if not await self._warehouse_answers():
+            for msg in msgs:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.nak(delay=1.0)
+            return False
+        for msg in msgs:
+            try:
+                await handle([msg])
+            except Exception as exc:  # noqa: BLE001 - whatever it is, this message alone
+                reason = f"the projector could not store it: {type(exc).__name__}: {exc}"
+                log.warning("message dead-lettered", durable=durable, subject=msg.subject)
+                await dead_letter(self.bus.js, durable, msg, reason)
+        return True
+
+    async def _warehouse_answers(self) -> bool:
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self.wh.query, "SELECT 1 AS one")
+            except Exception:  # noqa: BLE001 - any failure: the warehouse does not answer
+                return False
+        return True
 
 
 def decode_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ client commands against it (real nats-server, real Docker)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -64,7 +65,13 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(cronium_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`cronium up` on a free port, waited for until it prints its ready line."""
-    data = tmp_path_factory.mktemp("up")
+    with running_stack(cronium_bin, tmp_path_factory.mktemp("up")) as up:
+        yield up
+
+
+@contextlib.contextmanager
+def running_stack(cronium_bin: str, data: Path, **env: str) -> Iterator[Stack]:
+    """`cronium up --data-dir DATA` on a free port until the block ends (then SIGTERM)."""
     with (
         (data / "up.log").open("w") as log,
         subprocess.Popen(
@@ -77,6 +84,7 @@ def stack(cronium_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 "CRONIUM_RUNNER__HEARTBEAT": "0.5",
                 "CRONIUM_LIMITS__STOP_GRACE": "1",
                 "CRONIUM_METRICS_LISTEN": "127.0.0.1:0",
+                **env,
             },
         ) as proc,
     ):

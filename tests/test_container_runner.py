@@ -138,6 +138,21 @@ async def test_memory_hog_ends_oom(bus: Bus, runner: Embedded) -> None:
     assert state.exit_code == 137
 
 
+async def test_files_filling_the_memory_limit_end_tmpfs_full(bus: Bus, runner: Embedded) -> None:
+    """tmpfs pages count against the memory limit on this kernel: a script that fills /tmp and
+    /workspace past its memory (256 MiB here) is not called a memory hog — it ends tmpfs_full,
+    saying how much its files held."""
+    code = (
+        "for i in $(seq 1 40); do head -c 8M /dev/zero > /workspace/w$i; sleep 0.05; done; "
+        "for i in $(seq 1 40); do head -c 8M /dev/zero > /tmp/t$i; sleep 0.05; done"
+    )
+    state = await run_code(bus, code, "bash", limits=Limits(memory_bytes=256 * 1024**2))
+    assert state.status == "failed"
+    assert state.error is not None and state.error.kind == "tmpfs_full", state.error
+    assert "files in /tmp and /workspace held" in state.error.message
+    assert "tmpfs" in state.error.hint
+
+
 async def test_output_over_the_cap_ends_output_limit(bus: Bus, runner: Embedded) -> None:
     """Printing past the output cap (1 MiB in tests) stops the script: output_limit."""
     state = await run_code(bus, "yes 'spam spam spam spam'", "bash")

@@ -7,6 +7,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats.js.errors
 import pytest
@@ -392,3 +393,37 @@ async def test_replay_refuses_when_events_aged_out(bus: Bus, projector: Running)
         await Replay(projector.projector, projector.projector._lock, report).run()
     result = await Replay(projector.projector, projector.projector._lock, report).run(force=True)
     assert int(result["events"]) == 10
+
+
+async def test_a_message_that_cannot_be_stored_is_dead_lettered_alone(
+    bus: Bus, projector: Running
+) -> None:
+    """When storing a batch fails while the warehouse answers (here: the warehouse refuses the
+    rows of one execution), the batch is projected message by message: the poison's messages
+    are dead-lettered with the reason, every other execution is in history and in an intact
+    audit, and the projector stays up."""
+    ids = [await publish_lifecycle(bus, "succeeded", n) for n in range(3)]
+    poison = await publish_lifecycle(bus, "failed", 3)
+    ids += [await publish_lifecycle(bus, "succeeded", n) for n in range(4, 7)]
+    real = projector.projector.project_exec
+
+    def refuse_poison(batch: list[tuple[int, Any, bytes]], *, refold: bool = True) -> None:
+        if any(event.execution_id == poison for _, event, _ in batch):
+            raise ValueError("the warehouse refused these rows")
+        real(batch, refold=refold)
+
+    projector.projector.project_exec = refuse_poison  # type: ignore[method-assign]
+    await projector.settle(len(ids))
+    await projector.caught_up()
+    assert not projector.task.done()
+    async with projector.projector._lock:
+        rows = history(projector.wh, HistoryFilter(limit=1000))
+        audit = verify_audit(projector.wh)
+    listed = {r["execution_id"] for r in rows}
+    assert set(ids) <= listed and poison not in listed
+    assert audit["ok"], audit
+    dead = await bus.js.stream_info("CRONIUM_DLQ", subjects_filter=">")
+    assert dead.state.messages == 4  # the poison's requested, queued, started and failed
+    last = await bus.js.get_msg("CRONIUM_DLQ", subject="cronium.dlq.projector-exec")
+    assert last.headers is not None
+    assert "the warehouse refused these rows" in last.headers["Cronium-Reason"]

@@ -7,7 +7,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -19,7 +19,9 @@ from consumers.container.pool import WarmContainer
 from consumers.container.runtime import (
     LABEL_ATTEMPT,
     LABEL_EXECUTION,
+    LABEL_INSTALLATION,
     LABEL_RUNNER,
+    ContainerGoneError,
     ContainerRuntime,
     ContainerSpec,
     ExitState,
@@ -49,6 +51,7 @@ from cronium_bus.events import (
 )
 from cronium_bus.secrets import box_from, open_for
 from cronium_bus.settings import Settings
+from cronium_bus.units import format_size
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -61,6 +64,8 @@ COMMANDS: Final = {
 }
 NODE_SHIM: Final = "module.exports = require('/opt/cronium/node/cronium.js');\n"
 MAX_SOCKET_PATH: Final = 100
+_TMPFS_DIRS: Final = "/tmp and /workspace"  # noqa: S108 - inside the sandbox
+_TMPFS_SHARE: Final = 0.5  # tmpfs held this much of the limit: the files, not the process
 _SAMPLE_S: Final = 0.25  # cgroup peak and CPU counters are cumulative; sampling keeps them
 _DRAIN_S: Final = 5.0
 
@@ -76,6 +81,18 @@ class RunnerContext:
     settings: Settings
     background: set[asyncio.Task[None]]
     """Removals of exited containers, finished after the terminal event is published."""
+    installation: list[str] = field(default_factory=lambda: [""])
+    """This installation's id (one cell, set when the runner starts: the context is frozen)."""
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Labels every container of this runner carries."""
+        return {LABEL_RUNNER: self.runner_id, LABEL_INSTALLATION: self.installation[0]}
+
+    @property
+    def runtime_root(self) -> Path:
+        """This installation's runtime directories (never another's, on a shared host)."""
+        return self.settings.runtime_dir / (self.installation[0] or "default")
 
 
 class Attempt:
@@ -94,6 +111,7 @@ class Attempt:
         self.output_bytes = 0
         self.output_limited = False
         self.peak_memory: int | None = None
+        self.peak_tmpfs = 0  # bytes of tmpfs seen, the most at once
         self.cpu_ms: float | None = None
         # a claimed warm container is this attempt's from the start: removed whatever happens
         self._container_id: str | None = warm.container_id if warm is not None else None
@@ -113,7 +131,7 @@ class Attempt:
         if self.warm is not None:
             return self.warm.runtime_dir
         q = self.queued
-        return self.ctx.settings.runtime_dir / f"{q.execution_id}-{q.attempt}"
+        return self.ctx.runtime_root / f"{q.execution_id}-{q.attempt}"
 
     def cancel(self) -> None:
         """Ask the attempt to stop; it ends ``cancelled``."""
@@ -140,10 +158,7 @@ class Attempt:
             private_socket(self.runtime_dir / "api.sock")
             self._write_token()
             pump = self._make_pump()
-            if self.warm is not None:
-                container_id, pump_task = await self._go_warm(self.warm, spec, pump)
-            else:
-                container_id, pump_task = await self._start_cold(spec, pump)
+            container_id, pump_task = await self._start(spec, pump)
             t_run = time.monotonic()
             exit_state, timed_out = await self._supervise(container_id)
             t_end = time.monotonic()
@@ -176,6 +191,18 @@ class Attempt:
         )
         return self._outcome(exit_state, timed_out, error, durations, pump)
 
+    async def _start(self, spec: ContainerSpec, pump: LogPump) -> tuple[str, asyncio.Task[None]]:
+        """The claimed warm container, or a cold one — also when the warm one vanished (another
+        process removed it): the job still runs, it is not an infrastructure failure."""
+        if self.warm is not None:
+            try:
+                return await self._go_warm(self.warm, spec, pump)
+            except ContainerGoneError:
+                log.warning("warm container is gone; starting cold", id=self.warm.container_id)
+                self.warm.attached.close()
+                self._container_id = None
+        return await self._start_cold(spec, pump)
+
     async def _start_cold(
         self, spec: ContainerSpec, pump: LogPump
     ) -> tuple[str, asyncio.Task[None]]:
@@ -190,11 +217,11 @@ class Attempt:
     async def _go_warm(
         self, warm: WarmContainer, spec: ContainerSpec, pump: LogPump
     ) -> tuple[str, asyncio.Task[None]]:
-        """Claim a warm container: apply the memory limit, then send its go line."""
+        """Claim a warm container: apply the memory limit (which also proves the container is
+        still there: :class:`ContainerGoneError` otherwise), then send its go line."""
         self.image, self.image_id = warm.image, warm.image_id
         self._container_id = warm.container_id
-        if spec.memory_bytes != self.ctx.settings.limits.default_memory:
-            await self._call(self.ctx.runtime.update_memory, warm.container_id, spec.memory_bytes)
+        await self._call(self.ctx.runtime.update_memory, warm.container_id, spec.memory_bytes)
         task = asyncio.create_task(self._pump(pump, warm.attached.frames, warm.container_id))
         q = self.queued
         await self._call(warm.attached.send_once, f"{q.execution_id} {q.attempt}\n".encode())
@@ -209,7 +236,7 @@ class Attempt:
             labels={
                 LABEL_EXECUTION: q.execution_id,
                 LABEL_ATTEMPT: str(q.attempt),
-                LABEL_RUNNER: self.ctx.runner_id,
+                **self.ctx.labels,
             },
             runtime_dir=self.runtime_dir,
             cpus=req.limits.cpus or lim.default_cpus,
@@ -331,6 +358,9 @@ class Attempt:
             await kill
 
     def _sample_usage(self, container_id: str) -> None:
+        tmpfs = self.ctx.runtime.tmpfs_bytes(container_id)
+        if tmpfs is not None:
+            self.peak_tmpfs = max(tmpfs, self.peak_tmpfs)
         peak, cpu = self.ctx.runtime.usage(container_id)
         if peak is not None:
             self.peak_memory = max(peak, self.peak_memory or 0)
@@ -419,11 +449,22 @@ class Attempt:
             )
         elif exit_state.oom_killed:
             memory = self.request.limits.memory_bytes or lim.default_memory
-            error = ErrorInfo(
-                kind="oom",
-                message=f"killed for using more than its memory limit of {memory:,} bytes",
-                hint="raise --memory (up to the maximum), or use less memory",
-            )
+            if self.peak_tmpfs >= memory * _TMPFS_SHARE:
+                # the kernel counts tmpfs pages against the memory limit: files filled it
+                error = ErrorInfo(
+                    kind="tmpfs_full",
+                    message=f"killed at its memory limit of {format_size(memory)}: files in "
+                    f"{_TMPFS_DIRS} held {format_size(self.peak_tmpfs)} of it",
+                    hint="those folders are in memory (tmpfs): write less there, delete what "
+                    "you are done with, or raise --memory; they hold at most "
+                    f"{format_size(lim.tmp_size)} and {format_size(lim.workspace_size)}",
+                )
+            else:
+                error = ErrorInfo(
+                    kind="oom",
+                    message=f"killed for using more than its memory limit of {memory:,} bytes",
+                    hint="raise --memory (up to the maximum), or use less memory",
+                )
         elif exit_state.exit_code != 0:
             error = ErrorInfo(
                 kind="nonzero_exit",

@@ -29,7 +29,6 @@ from consumers.container.hostfs import private_dir
 from consumers.container.runtime import (
     LABEL_EXECUTION,
     LABEL_POOL,
-    LABEL_RUNNER,
     Attached,
     ContainerEngineError,
     ContainerSpec,
@@ -182,14 +181,14 @@ class WarmPool:
         s, rt = self.ctx.settings, self.ctx.runtime
         image = s.runner.images[runtime]
         image_id = rt.image_id(image)
-        runtime_dir = s.runtime_dir / new_id("pool")
+        runtime_dir = self.ctx.runtime_root / new_id("pool")
         private_dir(runtime_dir)
         self.dirs.add(runtime_dir.name)
         script = f"/cronium/{SCRIPT_FILES[runtime]}"
         spec = ContainerSpec(
             image=image,
             command=["/bin/sh", "-c", WAITER, "cronium-wait", *COMMANDS[runtime], script],
-            labels={LABEL_EXECUTION: "", LABEL_POOL: "1", LABEL_RUNNER: self.ctx.runner_id},
+            labels={LABEL_EXECUTION: "", LABEL_POOL: "1", **self.ctx.labels},
             runtime_dir=runtime_dir,
             cpus=s.limits.default_cpus,
             memory_bytes=s.limits.default_memory,

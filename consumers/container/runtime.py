@@ -28,6 +28,7 @@ log = structlog.get_logger(__name__)
 LABEL_EXECUTION: Final = "org.cronium.execution"
 LABEL_ATTEMPT: Final = "org.cronium.attempt"
 LABEL_RUNNER: Final = "org.cronium.runner"
+LABEL_INSTALLATION: Final = "org.cronium.installation"  # whose: runners reap only their own
 LABEL_POOL: Final = "org.cronium.pool"  # a warm container (idle, or claimed by one execution)
 SANDBOX_UID: Final = 1000
 SANDBOX_NOFILE: Final = 1024
@@ -49,6 +50,10 @@ class ContainerEngineError(CroniumError):
     """The engine failed (not reachable, refused a call)."""
 
     kind: ErrorKind = "infrastructure"
+
+
+class ContainerGoneError(ContainerEngineError):
+    """The container no longer exists (removed by someone else, or by the engine)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,7 +122,8 @@ class ContainerRuntime(Protocol):
     def kill(self, container_id: str) -> None: ...
     def remove(self, container_id: str) -> None: ...
     def usage(self, container_id: str) -> tuple[int | None, float | None]: ...
-    def leftovers(self) -> list[Leftover]: ...
+    def tmpfs_bytes(self, container_id: str) -> int | None: ...
+    def leftovers(self, installation: str) -> list[Leftover]: ...
     def ping(self) -> bool: ...
     def close(self) -> None: ...
 
@@ -226,9 +232,12 @@ class DockerRuntime:
         return self._attach(container_id, stdin=True)
 
     def update_memory(self, container_id: str, memory_bytes: int) -> None:
-        self.client.api.update_container(
-            container_id, mem_limit=memory_bytes, memswap_limit=memory_bytes
-        )
+        try:
+            self.client.api.update_container(
+                container_id, mem_limit=memory_bytes, memswap_limit=memory_bytes
+            )
+        except docker.errors.NotFound as exc:
+            raise ContainerGoneError(f"container {container_id[:12]} is gone") from exc
 
     def _attach(self, container_id: str, *, stdin: bool) -> Attached:
         # The HTTP attach is made here, before start, so no early output can be missed;
@@ -301,9 +310,17 @@ class DockerRuntime:
         cpu_ns = _read_int(_CGROUP / "cpuacct" / "docker" / container_id / "cpuacct.usage")
         return peak, (cpu_ns / 1e6 if cpu_ns is not None else None)
 
-    def leftovers(self) -> list[Leftover]:
-        # one list call: an inspect per container would race with removals in flight
-        found = self.client.api.containers(all=True, filters={"label": LABEL_EXECUTION})
+    def tmpfs_bytes(self, container_id: str) -> int | None:
+        """Bytes of tmpfs (``/tmp``, ``/workspace``) the container holds now: cgroup v1's
+        ``shmem``, which the kernel charges to the memory limit."""
+        return _read_stat(_CGROUP / "memory" / "docker" / container_id / "memory.stat", "shmem")
+
+    def leftovers(self, installation: str) -> list[Leftover]:
+        # one list call: an inspect per container would race with removals in flight; only
+        # this installation's (another stack may share the engine)
+        found = self.client.api.containers(
+            all=True, filters={"label": [LABEL_EXECUTION, f"{LABEL_INSTALLATION}={installation}"]}
+        )
         return [
             Leftover(
                 container_id=str(c["Id"]),
@@ -323,6 +340,17 @@ class DockerRuntime:
     def close(self) -> None:
         """Close the engine connection pool."""
         self.client.close()
+
+
+def _read_stat(path: Path, key: str) -> int | None:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _read_int(path: Path) -> int | None:

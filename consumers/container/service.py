@@ -21,6 +21,7 @@ from consumers.laneworker import LaneWorker
 from cronium_bus.bus import Bus
 from cronium_bus.events import Queued, RunnerKind
 from cronium_bus.health import Gauge, read_beats
+from cronium_bus.provision import installation_id
 from cronium_bus.state import AttemptState
 
 log = structlog.get_logger(__name__)
@@ -54,7 +55,8 @@ class ContainerRunner(LaneWorker):
         self.warm = WarmPool(self.ctx, r.warm_pool, r.warm_runtimes) if r.warm_pool else None
 
     async def on_start(self) -> None:
-        """Reap what dead runners left, then keep reaping in the background."""
+        """Reap what dead runners of this installation left, then keep reaping."""
+        self.ctx.installation[0] = await installation_id(self.bus.js)
         await self.reap_leftovers()
         self._reaper = asyncio.create_task(self._reap_periodically())
         if self.warm is not None:
@@ -126,11 +128,15 @@ class ContainerRunner(LaneWorker):
                 self.warm.forget(warm.container_id, warm.runtime_dir)
 
     async def reap_leftovers(self) -> None:
-        """Remove containers of runners that are no longer alive (crashed or SIGKILLed)."""
+        """Remove containers of this installation's runners that are no longer alive (crashed
+        or SIGKILLed); another installation's are never touched."""
         alive = {b.instance for b in await read_beats(self.bus.js) if b.healthy()}
         alive.add(self.ctx.runner_id)
         loop = asyncio.get_running_loop()
-        for left in await loop.run_in_executor(self.pool, self.runtime.leftovers):
+        found = await loop.run_in_executor(
+            self.pool, self.runtime.leftovers, self.ctx.installation[0]
+        )
+        for left in found:
             owner = left.labels.get(LABEL_RUNNER, "")
             if owner in alive and owner != self.ctx.runner_id:
                 continue
@@ -149,8 +155,9 @@ class ContainerRunner(LaneWorker):
         self._reap_runtime_dirs()
 
     def _reap_runtime_dirs(self) -> None:
-        """Remove runtime directories no attempt of this process uses, once they are stale."""
-        root = self.settings.runtime_dir
+        """Remove this installation's runtime directories no attempt of this process uses,
+        once they are stale."""
+        root = self.ctx.runtime_root
         if not root.is_dir():
             return
         ours = {f"{a.queued.execution_id}-{a.queued.attempt}" for a in self.running.values()}

@@ -240,7 +240,7 @@ def exit_code_of(state: ExecutionState) -> int:
         return exitcodes.TIMED_OUT
     if state.status == "cancelled":
         return exitcodes.CANCELLED
-    if kind == "oom":
+    if kind in ("oom", "tmpfs_full"):  # both: killed at the memory limit
         return exitcodes.OOM
     if kind == "output_limit":
         return exitcodes.OUTPUT_LIMIT
