@@ -98,6 +98,29 @@ def verify_audit(wh: Any, db: str = DATABASE) -> dict[str, Any]:
     return {"ok": True, "rows": len(rows), "seq": None, "reason": ""}
 
 
+def audit_gaps(wh: Any, lo: int, hi: int, db: str = DATABASE) -> list[tuple[int, int]]:
+    """Ranges ``(first, last)`` of stream sequences in ``[lo, hi]`` with no audit row, found by
+    ClickHouse (a window over the sorted sequences), not by reading every row here."""
+    if hi < lo:
+        return []
+    rows = wh.query(
+        f"""SELECT prev + 1 AS first, seq - 1 AS last FROM (
+                SELECT seq, lagInFrame(seq, 1, toUInt64({{lo:UInt64}} - 1))
+                       OVER (ORDER BY seq ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS prev
+                FROM (SELECT DISTINCT seq FROM {db}.audit
+                      WHERE seq BETWEEN {{lo:UInt64}} AND {{hi:UInt64}})
+            ) WHERE seq > prev + 1
+            UNION ALL
+            SELECT if(count() = 0, toUInt64({{lo:UInt64}} - 1), max(seq)) + 1 AS first,
+                   toUInt64({{hi:UInt64}}) AS last
+            FROM {db}.audit WHERE seq BETWEEN {{lo:UInt64}} AND {{hi:UInt64}}
+            HAVING first <= last
+            ORDER BY first""",
+        {"lo": lo, "hi": hi},
+    )
+    return [(int(r["first"]), int(r["last"])) for r in rows]
+
+
 def aggregates(wh: Any, since: str, db: str = DATABASE) -> dict[str, Any]:
     """Dashboard figures from the views: runs per status per hour since ``since``, and run-time
     percentiles per event (all retained history)."""

@@ -23,6 +23,7 @@ from cronium_bus.identity.roles import READERS
 from cronium_bus.ids import is_valid_id
 from cronium_bus.lifecycle import Stopper
 from cronium_bus.subjects import ANY_OWNER
+from projections.completeness import MAX_CHECKED, unaudited
 from projections.projector import Projector
 from projections.queries import (
     RUN_TIME_BUCKETS_S,
@@ -31,6 +32,7 @@ from projections.queries import (
     archive_size,
     archived_logs,
     attempt_totals,
+    audit_gaps,
     audit_rows,
     history,
     run_time_histogram,
@@ -203,7 +205,28 @@ class ProjectorService:
         return await self._run(lambda: archived_logs(self.wh, q.execution_id))
 
     async def _verify(self, _data: bytes) -> Any:
-        return await self._run(lambda: verify_audit(self.wh))
+        result: dict[str, Any] = await self._run(lambda: verify_audit(self.wh))
+        if not result["ok"]:
+            return result
+
+        async def gaps(lo: int, hi: int) -> list[tuple[int, int]]:
+            return await self._run(lambda: audit_gaps(self.wh, lo, hi))  # type: ignore[no-any-return]
+
+        missing, complete = await unaudited(
+            self.bus.js, gaps, max_bytes=self.bus.settings.streams.max_msg_size
+        )
+        if missing:
+            seq, execution_id = missing[0]
+            return {
+                **result,
+                "ok": False,
+                "seq": seq,
+                "reason": f"{len(missing)} stored event(s) have no audit row: the first is "
+                f"stream seq {seq} (execution {execution_id})",
+            }
+        if not complete:
+            result["reason"] = f"the chain is intact; only {MAX_CHECKED:,} gaps were checked"
+        return result
 
     async def _stats(self, data: bytes) -> Any:
         q = msgspec.json.decode(data, type=_StatsQuery)
