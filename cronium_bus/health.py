@@ -16,7 +16,7 @@ import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
 
-from cronium_bus.provision import kv_value
+from cronium_bus.provision import bucket_keys, kv_value
 from cronium_bus.subjects import HEARTBEAT_BUCKET
 
 log = structlog.get_logger(__name__)
@@ -131,13 +131,8 @@ class Heartbeat:
 
 async def read_beats(js: JetStreamContext) -> list[Beat]:
     """Every heartbeat currently in the bucket."""
-    kv = await js.key_value(HEARTBEAT_BUCKET)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
     beats: list[Beat] = []
-    for key in keys:
+    for key in await bucket_keys(js, HEARTBEAT_BUCKET):
         value = await kv_value(js, HEARTBEAT_BUCKET, key)
         if value is None:
             continue

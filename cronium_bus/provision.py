@@ -196,6 +196,16 @@ async def installation_id(js: JetStreamContext) -> str:
     return value.decode()
 
 
+async def bucket_keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """The keys of a KV bucket that hold a message now, sorted: read from the bucket stream's
+    subject list in one request. ``kv.keys()`` (a watcher) was seen to return before it had
+    every key on a loaded machine — a heartbeat missed that way makes a live runner look dead.
+    A deleted or purged key still has its marker: readers skip keys whose value is ``None``."""
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    return sorted(subject.removeprefix(prefix) for subject in (info.state.subjects or {}))
+
+
 async def kv_value(js: JetStreamContext, bucket: str, key: str) -> bytes | None:
     """The value stored under ``key``, or ``None`` when the key is absent or deleted."""
     kv = await js.key_value(bucket)

@@ -17,7 +17,6 @@ import re
 from pathlib import Path
 from typing import Final
 
-import nats.js.errors
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -26,7 +25,7 @@ from nats.js import JetStreamContext
 
 from cronium_bus.errors import CroniumError, ErrorKind
 from cronium_bus.ids import NAME_HINT, NAME_PATTERN
-from cronium_bus.provision import kv_value
+from cronium_bus.provision import bucket_keys, kv_value
 from cronium_bus.settings import Settings
 from cronium_bus.subjects import SECRETS_BUCKET
 
@@ -155,11 +154,11 @@ async def get_secret(js: JetStreamContext, box: SecretBox, name: str) -> bytes:
 
 async def list_secrets(js: JetStreamContext) -> list[str]:
     """Names of stored secrets (never their values)."""
-    kv = await js.key_value(SECRETS_BUCKET)
-    try:
-        return sorted(await kv.keys())
-    except nats.js.errors.NoKeysError:
-        return []
+    return [
+        key
+        for key in await bucket_keys(js, SECRETS_BUCKET)
+        if await kv_value(js, SECRETS_BUCKET, key) is not None  # removed: its marker only
+    ]
 
 
 async def delete_secret(js: JetStreamContext, name: str) -> None:

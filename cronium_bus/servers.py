@@ -17,11 +17,10 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import msgspec
-import nats.js.errors
 from nats.js import JetStreamContext
 
 from cronium_bus.errors import CroniumError, ErrorKind
-from cronium_bus.provision import kv_value
+from cronium_bus.provision import bucket_keys, kv_value
 from cronium_bus.subjects import CIRCUITS_BUCKET, SERVERS_BUCKET
 
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -169,15 +168,10 @@ async def load_server(js: JetStreamContext, owner: str, name: str) -> Server:
 async def list_servers(js: JetStreamContext, owner: str | None = None) -> list[Server]:
     """The servers ``owner`` may use (``None``: an admin's view, every one).
 
-    The keys come from the bucket stream's subject list (one request), not from a KV watcher:
-    ``kv.keys()`` was seen to return before it had every key on a loaded machine. A removed
-    server's subject keeps its delete marker; reading it then finds nothing and skips it.
+    A removed server's key keeps its delete marker; reading it then finds nothing and skips it.
     """
-    prefix = f"$KV.{SERVERS_BUCKET}."
-    info = await js.stream_info(f"KV_{SERVERS_BUCKET}", subjects_filter=f"{prefix}>")
-    keys = sorted(subject.removeprefix(prefix) for subject in (info.state.subjects or {}))
     servers = []
-    for key in keys:
+    for key in await bucket_keys(js, SERVERS_BUCKET):
         if key.startswith("grant."):
             continue
         if owner is not None and not key.startswith(f"u.{owner}."):
@@ -218,13 +212,8 @@ class CircuitState(msgspec.Struct, frozen=True, kw_only=True):
 
 async def read_circuits(js: JetStreamContext) -> dict[str, CircuitState]:
     """Every circuit state in the circuits bucket, by key (``host_port``)."""
-    kv = await js.key_value(CIRCUITS_BUCKET)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return {}
     circuits: dict[str, CircuitState] = {}
-    for key in sorted(keys):
+    for key in await bucket_keys(js, CIRCUITS_BUCKET):
         value = await kv_value(js, CIRCUITS_BUCKET, key)
         if value is None:
             continue
