@@ -8,7 +8,7 @@ from cronium_bus.bus import Bus
 from cronium_bus.events import HelperCalled, OutputSet, VariableSet
 from cronium_bus.history import execution_events
 from tests.conftest import Embedded
-from tests.helpers import run_code
+from tests.helpers import requested, run_code, wait_final
 from tests.test_container_runner import lines_of
 
 pytestmark = pytest.mark.docker
@@ -101,3 +101,58 @@ except Exception as e:
     events = await execution_events(bus.js, state.execution_id, max_bytes=1 << 20)
     refused = [e for e in events if isinstance(e, HelperCalled) and not e.ok]
     assert len(refused) >= 5
+
+
+async def test_a_flood_of_connections_and_malformed_calls_hurt_nobody(
+    bus: Bus, runner: Embedded
+) -> None:
+    """A script opens 300 idle connections to its runtime API: beyond 16 they are answered 503
+    and closed, and another execution running meanwhile is untouched. Keys such as `a.` or
+    `a..b` and a body nesting 100 levels are refused with a 4xx and a reason, and audited;
+    once the flood is gone, the API answers again."""
+    code = """
+import json, socket, http.client, time
+def call(method, path, body=None):
+    c = http.client.HTTPConnection("x")
+    s = socket.socket(socket.AF_UNIX); s.connect("/cronium/api.sock"); c.sock = s
+    c.request(method, path, body=body,
+              headers={"Authorization": "Bearer " + open("/cronium/token").read()})
+    r = c.getresponse(); return r.status, json.loads(r.read()).get("error")
+socks = []
+for _ in range(300):
+    s = socket.socket(socket.AF_UNIX); s.connect("/cronium/api.sock"); socks.append(s)
+time.sleep(2)  # every connection accepted by now: refused ones were answered at once
+busy = 0
+for s in socks:
+    s.settimeout(0.01)
+    try:
+        busy += b" 503 " in s.recv(200)
+    except OSError:
+        pass
+print("busy", busy)
+for s in socks:
+    s.close()
+time.sleep(0.5)
+print(call("GET", "/v1/variables/a."))
+print(call("GET", "/v1/variables/a..b"))
+print(call("PUT", "/v1/variables/ok", b'{"value": ' + b"[" * 100 + b"]" * 100 + b"}"))
+print(call("PUT", "/v1/variables/ok", b'{"value": 1}'))
+"""
+    flood = requested(code)
+    other = requested("import time; time.sleep(1); print('other fine')")
+    await bus.publish(flood)
+    await bus.publish(other)
+    state = await wait_final(bus, flood.execution_id, timeout=90)
+    assert state.status == "succeeded", state.error
+    out = (await lines_of(bus, state.execution_id))["stdout"]
+    assert out[0] == "busy 284", out  # 300 - 16 held
+    assert out[1].startswith("(400, \"'a.' is not a valid name")
+    assert out[2].startswith("(400, \"'a..b' is not a valid name")
+    assert out[3].startswith("(400, 'the body JSON nests deeper than 65 levels")
+    assert out[4] == "(200, None)"
+    second = await wait_final(bus, other.execution_id, timeout=60)
+    assert second.status == "succeeded"
+    assert (await lines_of(bus, other.execution_id))["stdout"] == ["other fine"]
+    events = await execution_events(bus.js, state.execution_id, max_bytes=1 << 20)
+    refused = [e for e in events if isinstance(e, HelperCalled) and not e.ok]
+    assert len(refused) >= 3
