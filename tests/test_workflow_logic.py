@@ -1,0 +1,160 @@
+"""Workflow definitions and the pure workflow fold: refusals name the problem, and the fold
+follows the semantics on generated DAGs and outcomes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from cronium_bus.workflows.definition import WHENS, Definition, WorkflowError, decode, parse
+from cronium_bus.workflows.fold import NodeState, decide, node_execution_id, satisfied
+
+
+def _node(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "runtime": "bash", "code": f"echo {name}", **extra}
+
+
+def diamond() -> Definition:
+    return parse(
+        {
+            "name": "diamond",
+            "input": {"n": 1},
+            "nodes": [_node(n) for n in ("a", "b", "c", "d", "e")],
+            "edges": [
+                {"from": "a", "to": "b"},
+                {"from": "a", "to": "c", "when": "on_condition"},
+                {"from": "b", "to": "d", "when": "always"},
+                {"from": "c", "to": "d", "when": "always"},
+                {"from": "a", "to": "e", "when": "on_failure"},
+            ],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("patch", "reason"),
+    [
+        ({"edges": [{"from": "a", "to": "b"}, {"from": "b", "to": "a"}]}, "cycle: a → b → a"),
+        ({"edges": [{"from": "a", "to": "zz"}]}, "unknown node 'zz'"),
+        ({"edges": [{"from": "a", "to": "b"}, {"from": "a", "to": "b"}]}, "given twice"),
+        ({"nodes": [_node("a"), _node("a")]}, "defined twice"),
+        ({"nodes": [_node("a", input={"x": 1}), _node("b")]}, "sets its own input"),
+        ({"nodes": [_node("a", input_schema={"type": 12}), _node("b")]}, "invalid input_schema"),
+        ({"nodes": [_node("a", runtime="ruby"), _node("b")]}, "invalid workflow definition"),
+        ({"nodes": []}, "invalid workflow definition"),
+        ({"extra": 1}, "invalid workflow definition"),
+        ({"edges": [{"from": "a", "to": "b", "when": "sometimes"}]}, "invalid workflow"),
+    ],
+)
+def test_a_definition_that_cannot_run_is_refused_naming_why(
+    patch: dict[str, Any], reason: str
+) -> None:
+    base: dict[str, Any] = {"name": "w", "nodes": [_node("a"), _node("b")], "edges": []}
+    with pytest.raises(WorkflowError, match=reason):
+        parse({**base, **patch})
+
+
+def test_limits_on_nodes_bytes_and_nesting() -> None:
+    nodes = [_node(f"n{i}") for i in range(101)]
+    with pytest.raises(WorkflowError, match="101 nodes, the limit is 100"):
+        parse({"name": "w", "nodes": nodes})
+    with pytest.raises(WorkflowError, match="over the limit"):
+        decode(b" " * (1024 * 1024 + 1))
+    with pytest.raises(WorkflowError, match="not valid JSON"):
+        decode(b'{"name": "w", "input": ' + b"[" * 500 + b"]" * 500 + b"}")
+
+
+def test_the_diamond_follows_the_semantics() -> None:
+    """a succeeds with condition true: b and c run in parallel with a's output, e (on_failure)
+    is skipped, d joins b and c with an object keyed by node name."""
+    d = diamond()
+    first = decide(d, {"n": 1}, {})
+    assert first.start == (("a", {"n": 1}),) and first.final is None
+    after_a = {"a": NodeState(status="succeeded", output=7, condition=True)}
+    second = decide(d, {"n": 1}, after_a)
+    assert {n for n, _ in second.start} == {"b", "c"} and all(i == 7 for _, i in second.start)
+    assert second.skip == (("e", "a did not satisfy on_failure"),)
+    both = {
+        **after_a,
+        "b": NodeState(status="succeeded", output="B"),
+        "c": NodeState(status="failed", output="C"),
+        "e": NodeState(status="skipped"),
+    }
+    third = decide(d, None, both)
+    assert third.start == (("d", {"b": "B", "c": "C"}),)
+    done = decide(d, None, {**both, "d": NodeState(status="succeeded")})
+    assert done.final == "failed"  # c ran and failed: Cronium's rule
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> Definition:
+    n = draw(st.integers(1, 8))
+    names = [f"n{i}" for i in range(n)]
+    edges = []
+    for j in range(1, n):
+        for i in range(j):  # only forward edges: acyclic by construction
+            if draw(st.booleans()):
+                edges.append(
+                    {"from": names[i], "to": names[j], "when": draw(st.sampled_from(WHENS))}
+                )
+    return parse({"name": "g", "nodes": [_node(x) for x in names], "edges": edges})
+
+
+@hsettings(max_examples=300)
+@given(dags(), st.data())
+def test_the_fold_on_generated_dags_decides_every_node_once(
+    definition: Definition, data: st.DataObject
+) -> None:
+    """Run the fold to the end with generated outcomes: every node starts at most once, is
+    decided only after all its predecessors ended, runs exactly when the rule says, and the
+    workflow ends once, with the status Cronium's rule gives."""
+    states: dict[str, NodeState] = {}
+    started: list[str] = []
+    final = None
+    for _ in range(len(definition.nodes) * 2 + 2):  # bounded: each round decides something
+        step = decide(definition, "in", states)
+        for name, reason in step.skip:
+            assert name not in states or states[name].status == "pending"
+            states[name] = NodeState(status="skipped", reason=reason)
+        for name, _input in step.start:
+            assert name not in started
+            for e in definition.predecessors(name):
+                assert states[e.source].status in ("succeeded", "failed", "skipped")
+            started.append(name)
+            outcome = data.draw(st.sampled_from(["succeeded", "failed"]))
+            states[name] = NodeState(
+                status=outcome, output=name, condition=data.draw(st.booleans())
+            )
+        if step.final is not None:
+            final = step.final
+            break
+    assert final is not None
+    assert set(states) == {n.name for n in definition.nodes}
+    for node in definition.nodes:
+        preds = definition.predecessors(node.name)
+        ran = [e for e in preds if states[e.source].status != "skipped"]
+        should_run = not preds or (bool(ran) and all(satisfied(e, states[e.source]) for e in ran))
+        assert (states[node.name].status != "skipped") == should_run, node.name
+    ran_states = [s for s in states.values() if s.status != "skipped"]
+    assert final == ("succeeded" if all(s.status == "succeeded" for s in ran_states) else "failed")
+    assert decide(definition, "in", states).start == ()  # nothing starts twice
+
+
+def test_a_cancelled_workflow_starts_nothing_and_ends_when_nothing_runs() -> None:
+    d = diamond()
+    running = {"a": NodeState(status="running")}
+    assert decide(d, None, running, cancelled=True).final is None
+    ended = decide(d, None, {"a": NodeState(status="failed")}, cancelled=True)
+    assert ended.start == () and ended.final == "cancelled"
+
+
+def test_node_execution_ids_are_distinct_and_valid() -> None:
+    d = diamond()
+    ids = {node_execution_id("wf_" + "x" * 53, d, n.name) for n in d.nodes}
+    assert len(ids) == 5 and all(len(i) <= 64 for i in ids)
+    assert json.dumps(sorted(ids))
