@@ -59,7 +59,11 @@ def in_utc(struct: msgspec.Struct) -> None:
         if offset is None:
             raise ValueError(f"{name} has no UTC offset: write it as RFC 3339, e.g. ...Z")
         if offset != _ZERO or value.tzinfo is not UTC:
-            msgspec.structs.force_setattr(struct, name, value.astimezone(UTC))
+            try:
+                utc = value.astimezone(UTC)
+            except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00
+                raise ValueError(f"{name} is out of range once in UTC") from exc
+            msgspec.structs.force_setattr(struct, name, utc)
 
 
 def utcnow() -> datetime:

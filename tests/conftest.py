@@ -30,7 +30,40 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server = NatsServer(root, port=0, authority=authority)
     server.start()
     yield server
+    remove_containers_of(server)
     server.stop()
+
+
+def remove_containers_of(server: NatsServer) -> None:
+    """Remove what runners of this test installation left (a runner reaps only its own
+    installation's containers, and the installation ends with the module's server)."""
+    import docker
+    import docker.errors
+    import nats
+
+    async def installation() -> str | None:
+        nc = await nats.connect(server.url, user_credentials=str(service_creds(server)))
+        try:
+            kv = await nc.jetstream().key_value("cronium_meta")
+            entry = await kv.get("installation")
+            return entry.value.decode() if entry.value else None
+        except Exception:  # noqa: BLE001 - no runner ran: nothing to remove
+            return None
+        finally:
+            await nc.close()
+
+    made = asyncio.run(installation())
+    if made is None:
+        return
+    with contextlib.suppress(docker.errors.DockerException):
+        client = docker.from_env()
+        try:
+            label = f"org.cronium.installation={made}"
+            for container in client.containers.list(all=True, filters={"label": label}):
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True)
+        finally:
+            client.close()
 
 
 def service_creds(server: NatsServer) -> Path:

@@ -72,6 +72,7 @@ def stack(cronium_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 @contextlib.contextmanager
 def running_stack(cronium_bin: str, data: Path, **env: str) -> Iterator[Stack]:
     """`cronium up --data-dir DATA` on a free port until the block ends (then SIGTERM)."""
+    data.mkdir(parents=True, exist_ok=True)
     with (
         (data / "up.log").open("w") as log,
         subprocess.Popen(

@@ -50,8 +50,9 @@ def test_two_stacks_on_one_engine_leave_each_other_alone(cronium_bin: str, tmp_p
         with running_stack(cronium_bin, tmp_path / "a") as a:
             mine = installation_of(a)
             long = a.popen("run", "--runtime", "bash", "-c", "echo begin; sleep 6; echo end")
-            assert long.stdout is not None
-            assert long.stdout.readline() == "begin\n"  # running in A's container now
+            assert long.stdout is not None and long.stderr is not None
+            first = long.stdout.readline()
+            assert first == "begin\n", long.stderr.read()  # running in A's container now
             with running_stack(cronium_bin, tmp_path / "b") as b:
                 theirs = installation_of(b)
                 assert theirs != mine

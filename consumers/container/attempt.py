@@ -91,8 +91,10 @@ class RunnerContext:
 
     @property
     def runtime_root(self) -> Path:
-        """This installation's runtime directories (never another's, on a shared host)."""
-        return self.settings.runtime_dir / (self.installation[0] or "default")
+        """This installation's runtime directories (never another's, on a shared host). Named
+        by the random end of the installation id: runtime paths must stay short enough for the
+        API socket (a Unix socket path is at most 107 bytes)."""
+        return self.settings.runtime_dir / f"i{self.installation[0][-12:]}"
 
 
 class Attempt:

@@ -8,6 +8,7 @@ connection found when opening a session is replaced without failing the job.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +22,9 @@ from cronium_bus.servers import Server
 from cronium_bus.settings import SshSettings
 
 log = structlog.get_logger(__name__)
-PoolKey = tuple[str, int, str]
+PoolKey = tuple[str, str, int, str, str, str]
+"""(server record, host, port, user, known_hosts digest, client key fingerprint): a pooled
+connection serves only the owner's server record it was made for, with that key and trust."""
 
 
 class SshError(CroniumError):
@@ -66,13 +69,21 @@ class SshPool:
         self._reaper: asyncio.Task[None] | None = None
 
     @staticmethod
-    def key_of(server: Server) -> PoolKey:
-        """The pool key of a server."""
-        return (server.host, server.port, server.user)
+    def key_of(server: Server, client_key: asyncssh.SSHKey) -> PoolKey:
+        """The pool key of a server as its owner registered it, with this key: two owners'
+        records of one address never share a connection (nor a record with its old key)."""
+        trust = hashlib.sha256(server.known_hosts.encode()).hexdigest()[:16]
+        fingerprint = client_key.get_fingerprint()
+        return (server.record_key, server.host, server.port, server.user, trust, fingerprint)
 
     def connections(self, server: Server) -> int:
-        """Open connections to ``server`` now."""
-        return sum(c.alive for c in self._conns.get(self.key_of(server), []))
+        """Open connections to ``server`` (its record) now."""
+        return sum(
+            c.alive
+            for key, conns in self._conns.items()
+            if key[0] == server.record_key
+            for c in conns
+        )
 
     def open_connections(self) -> int:
         """Open connections to all servers now."""
@@ -124,7 +135,7 @@ class SshPool:
                 f"cannot reach {server.host}:{server.port}: {exc or type(exc).__name__}",
                 "check that the server is up and the port is open",
             ) from exc
-        key = self.key_of(server)
+        key = self.key_of(server, client_key)
         self.opened[key] = self.opened.get(key, 0) + 1
         return _Conn(conn)
 
@@ -133,7 +144,7 @@ class SshPool:
         self, server: Server, client_key: asyncssh.SSHKey
     ) -> AsyncIterator[asyncssh.SSHClientConnection]:
         """A connection with a session slot reserved for the caller."""
-        key = self.key_of(server)
+        key = self.key_of(server, client_key)
         s = self.settings
         chosen: _Conn | None = None
         async with self._cond:
