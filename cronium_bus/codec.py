@@ -94,7 +94,7 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent:
             f"not an event envelope: {exc}",
             hint="an event is a JSON object with 'type' and 'schema_version'",
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - syntax, encoding, recursion: one decode error
+    except Exception as exc:
         raise EventDecodeError(
             f"malformed JSON: {exc}", hint="send one JSON object per message"
         ) from exc
@@ -112,7 +112,7 @@ def decode(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> AnyEvent:
         )
     try:
         event: AnyEvent = _decoder.decode(data)
-    except Exception as exc:  # noqa: BLE001 - whatever a body does, it is one decode error
+    except Exception as exc:
         raise EventDecodeError(
             f"invalid {probe.type}: {exc}",
             hint=f"validate against schemas/{probe.type}.v{SCHEMA_VERSION}.json",

@@ -8,8 +8,8 @@ connection found when opening a session is replaced without failing the job.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field

@@ -15,7 +15,7 @@ from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
 from cronium_bus.cli.common import add_client_options, fail, run_client
 from cronium_bus.cli.watch import Watch
-from cronium_bus.errors import ERROR_KINDS
+from cronium_bus.errors import ERROR_KINDS, PermissionDeniedError
 from cronium_bus.events import (
     PRIORITIES,
     AnyEvent,
@@ -222,6 +222,13 @@ async def offload_input(bus: Bus, request: Request, execution_id: str) -> Reques
         raise UsageError(
             f"--input is {format_size(len(encoded))}, over the limit of "
             f"{format_size(lim.max_input_object)}"
+        )
+    if bus.role not in (None, "admin"):
+        raise PermissionDeniedError(
+            f"--input is {format_size(len(encoded))}: over {format_size(lim.max_input)} it goes "
+            f"to the payload store, which a {bus.role} may not write (one rollup would purge it)",
+            hint=f"pass at most {format_size(lim.max_input)} inline, or let a service identity "
+            "or an admin send it",
         )
     ref = await put_payload(bus.js, f"input/{execution_id}", encoded)
     return msgspec.structs.replace(request, input=None, input_ref=ref)

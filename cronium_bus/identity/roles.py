@@ -16,9 +16,9 @@ every user it signs receives (nats-server expands ``{{name()}}`` to the user's n
 - ``auditor``: reads history, audit, logs and events of everyone (queries; live subscriptions to
   every execution); runs and cancels nothing.
 - ``producer``: an application that runs scripts for its own users (the Cronium app): publishes
-  requests and cancels for any owner, reads everyone's like an auditor, and uploads inputs over
-  the inline limit to the payload store. It publishes no lifecycle event, opens no bucket and has
-  no stream or consumer API (a consumer it made could deliver anywhere).
+  requests and cancels for any owner and reads everyone's like an auditor. It publishes no
+  lifecycle event, opens no bucket, has no stream or consumer API (a consumer it made could
+  deliver anywhere) and no payload store (one rollup would purge every object).
 
 Service identities (the consumers) and the operators' admin credential of ``cronium up`` are
 signed by the account key itself and have no limits inside the account. Every role's inbox is
@@ -69,14 +69,8 @@ _PUBLISH["producer"] = [
     "cronium.query.logs",
     "cronium.query.stats",
     "cronium.query.producer.{{name()}}.*",
-    # inputs over the inline limit (Object Store bucket cronium_payloads): an input's object is
-    # new (input/<execution id>), so an upload replaces nothing of another producer's
-    "$JS.API.INFO",
-    "$JS.API.STREAM.INFO.OBJ_cronium_payloads",
-    "$JS.API.STREAM.MSG.GET.OBJ_cronium_payloads",
-    "$JS.API.DIRECT.GET.OBJ_cronium_payloads.>",
-    "$O.cronium_payloads.C.>",
-    "$O.cronium_payloads.M.>",
+    # no payload store: its stream takes rollups (the Object Store needs them), so anyone who
+    # may publish its metadata subjects may purge every object with one `Nats-Rollup: all`
 ]
 _SUBSCRIBE: Final[dict[Role, list[str]]] = {
     "user": [INBOX, OWN_EXEC, OWN_LOGS],
