@@ -44,6 +44,7 @@ from cronium_bus.subjects import ANY_OWNER, exec_subject, log_subject
 
 log = structlog.get_logger(__name__)
 _DRAIN_TIMEOUT_S = 3.0
+_PEOPLES = frozenset({"requested", "cancel_requested"})  # last tokens people may publish on
 _T = TypeVar("_T")
 
 
@@ -236,7 +237,9 @@ class Bus:
             raise BusUnavailableError("bus is not connected", hint="use `async with Bus(...)`")
         return self._js
 
-    async def publish(self, event: Event, *, subject: str | None = None) -> PubAck:
+    async def publish(
+        self, event: Event, *, subject: str | None = None, msg_id: str | None = None
+    ) -> PubAck:
         """Publish one event to JetStream with its deterministic message id.
 
         Raises :class:`PermissionDeniedError` as soon as the server reports that this connection
@@ -244,7 +247,7 @@ class Bus:
         """
         target = subject or subject_of(event)
         data = encode(event)
-        msg_id = message_id(event)
+        msg_id = msg_id or message_id(event)
         ack = await self.refusable(
             self.js.publish(target, data, headers={"Nats-Msg-Id": msg_id}), target
         )
@@ -265,7 +268,11 @@ class Bus:
             stored = await self.js.get_msg(ack.stream, seq=ack.seq)
         except nats.js.errors.NotFoundError:
             return True  # aged out of the stream: the window is over, nothing to correct
-        return (stored.subject or "").split(".")[:4] == subject.split(".")[:4]
+        held, mine = (stored.subject or "").split("."), subject.split(".")
+        if held[:4] != mine[:4]:
+            return False  # another execution's or owner's
+        # a request or cancel (what people may publish) never holds a lifecycle event's id
+        return not (held[-1] in _PEOPLES and mine[-1] not in _PEOPLES)
 
     async def ask(
         self,

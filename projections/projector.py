@@ -91,13 +91,16 @@ class Projector:
         raw = [raw_row(seq, event, data) for seq, event, data in batch]
         self.wh.insert(f"{self.db}.events_raw", raw)
         audit: list[dict[str, Any]] = []
+        last_seq, last_hash = self._last_seq, self._last_hash
         for seq, event, _ in batch:
-            if seq <= self._last_seq:
+            if seq <= last_seq:
                 continue  # already chained (a redelivery)
-            row = audit_row(seq, event, self._last_hash)
+            row = audit_row(seq, event, last_hash)
             audit.append(row)
-            self._last_seq, self._last_hash = seq, row["hash"]
+            last_seq, last_hash = seq, row["hash"]
         self.wh.insert(f"{self.db}.audit", audit)
+        # the chain moves on only once its rows are stored: a failed insert is retried whole
+        self._last_seq, self._last_hash = last_seq, last_hash
         if refold:
             self.refold(sorted({event.execution_id for _, event, _ in batch}))
 
@@ -214,9 +217,15 @@ class Projector:
                     continue
                 if not msgs:
                     continue
-                if not await self._handled(msgs, handle, durable):
-                    await stopper.wait(1.0)  # the warehouse is down: nothing acknowledged
-                    continue
+                # the warehouse is down: hold this very batch and try it again (a later batch's
+                # ack would acknowledge this one too, with AckPolicy.ALL)
+                while not await self._handled(msgs, handle, durable):
+                    if stopper.stopping:
+                        return
+                    for msg in msgs:
+                        with contextlib.suppress(nats.errors.Error):
+                            await msg.in_progress()
+                    await stopper.wait(1.0)
                 await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
                 if len(msgs) < self.batch:
                     # a small batch: let more accumulate (fewer, larger inserts; far less CPU
@@ -227,10 +236,10 @@ class Projector:
                 await sub.unsubscribe()
 
     async def _handled(self, msgs: list[Msg], handle: Any, durable: str) -> bool:
-        """Project a batch; ``False`` when nothing could be stored (then every message is
-        given back, so none is acknowledged unprojected). A batch that fails while the
-        warehouse answers is projected one message at a time, and a message that fails alone
-        is dead-lettered with the reason — the others are stored."""
+        """Project a batch; ``False`` when the warehouse does not answer (the caller holds the
+        batch and tries again, so none is acknowledged unprojected). A batch that fails while
+        the warehouse answers is projected one message at a time, and a message that fails
+        alone is dead-lettered with the reason — the others are stored."""
         try:
             await handle(msgs)
         except Exception as exc:
@@ -238,14 +247,13 @@ class Projector:
         else:
             return True
         if not await self._warehouse_answers():
-            for msg in msgs:
-                with contextlib.suppress(nats.errors.Error):
-                    await msg.nak(delay=1.0)
             return False
         for msg in msgs:
             try:
                 await handle([msg])
             except Exception as exc:  # noqa: BLE001 - whatever it is, this message alone
+                if not await self._warehouse_answers():  # it went down meanwhile: not the message
+                    return False
                 reason = f"the projector could not store it: {type(exc).__name__}: {exc}"
                 log.warning("message dead-lettered", durable=durable, subject=msg.subject)
                 await dead_letter(self.bus.js, durable, msg, reason)

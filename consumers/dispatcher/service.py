@@ -99,7 +99,9 @@ class Dispatcher:
             return
         taken = await self._already_used(msg, owner, event.execution_id)
         if taken is not None:
-            await reject(event, taken)
+            # under a message id of its own: the attempt's terminal id belongs to the
+            # execution that holds this id, whose real outcome must not be pre-empted
+            await reject(event, taken, own_id=True)
             return
         result = validate_request(event.request, self.settings)
         if isinstance(result, ErrorInfo):
@@ -143,39 +145,53 @@ class Dispatcher:
         )
 
     async def _already_used(self, msg: Msg, owner: str, execution_id: str) -> ErrorInfo | None:
-        """Why this request's execution id may not run again, if it may not: another owner's
-        request holds it (ids are the streams' idempotency keys, so two owners' runs under one
-        id would share every message id), or an earlier request of the same owner does — one
-        published again after the duplicate window, however long after."""
+        """Why this request's execution id may not run, if it may not: another owner's request
+        under it came first (ids are the streams' idempotency keys, so two owners' runs under
+        one id would share every message id), or an earlier request of the same owner holds it
+        — one published again after the duplicate window, however long after."""
         mine = exec_subject(owner, execution_id, "execution.requested")
         info = await self.bus.js.stream_info(
             EXEC_STREAM,
             subjects_filter=exec_subject(ANY_OWNER, execution_id, "execution.requested"),
         )
         subjects = info.state.subjects or {}
-        if any(subject != mine for subject in subjects):
-            return ErrorInfo(
-                kind="validation",
-                message=f"execution id {execution_id} is already used by another request",
-                hint="use a fresh execution id for every request",
-            )
-        if subjects.get(mine, 0) <= 1:
-            return None
-        first = await self.bus.js.get_msg(EXEC_STREAM, seq=1, subject=mine, next=True)
-        if first.seq == msg.metadata.sequence.stream:
-            return None  # this is the first: a redelivery of it runs as before
-        state = await execution_state(
-            self.bus.js, execution_id, max_bytes=self.settings.streams.max_msg_size, owner=owner
-        )
-        status = state.status if state is not None else "unknown"
-        return ErrorInfo(
-            kind="validation",
-            message=f"execution {execution_id} already exists ({status}); this request was not run",
-            hint=f"see `cronium show {execution_id}`; use a fresh execution id to run again",
-        )
+        if len(subjects) == 1 and subjects.get(mine, 0) <= 1:
+            return None  # the common case: only this request
+        seq = msg.metadata.sequence.stream
+        for subject in subjects:
+            first = await self.bus.js.get_msg(EXEC_STREAM, seq=1, subject=subject, next=True)
+            if subject != mine and (first.seq or 0) < seq:
+                return ErrorInfo(
+                    kind="validation",
+                    message=f"execution id {execution_id} is already used by another request",
+                    hint="use a fresh execution id for every request",
+                )
+            if subject == mine and (first.seq or 0) < seq:
+                state = await execution_state(
+                    self.bus.js,
+                    execution_id,
+                    max_bytes=self.settings.streams.max_msg_size,
+                    owner=owner,
+                )
+                status = state.status if state is not None else "unknown"
+                return ErrorInfo(
+                    kind="validation",
+                    message=f"execution {execution_id} already exists ({status}); this request "
+                    "was not run",
+                    hint=f"see `cronium show {execution_id}`; use a fresh execution id to run "
+                    "again",
+                )
+        return None
 
     async def _reject(
-        self, msg: Msg, owner: str, execution_id: str, event: Requested | None, error: ErrorInfo
+        self,
+        msg: Msg,
+        owner: str,
+        execution_id: str,
+        event: Requested | None,
+        error: ErrorInfo,
+        *,
+        own_id: bool = False,
     ) -> None:
         """Publish ``rejected`` on the subject's owner's subject (never on a name a body claims)."""
         rejected = Rejected(
@@ -188,7 +204,7 @@ class Dispatcher:
             user=owner,
             error=error,
         )
-        await self.bus.publish(rejected)
+        await self.bus.publish(rejected, msg_id=rejected.event_id if own_id else None)
         await msg.ack()
         log.warning("rejected", execution_id=execution_id, reason=error.message)
 
