@@ -22,23 +22,49 @@ class Masker:
     """Replaces every occurrence of the given secret values with ``********``."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
+        # lines as the log splits them: on "\n" only (str.splitlines also splits on \x1c,
+        # \u2028, ..., which a log line keeps whole)
         fragments = {
             line.strip().encode()
             for value in secrets
-            for line in value.splitlines() or [value]
+            for line in value.split("\n")
             if len(line.strip()) >= MIN_SECRET_CHARS
         }
-        ordered = sorted(fragments, key=len, reverse=True)  # longest first
-        self._re = re.compile(b"|".join(map(re.escape, ordered))) if ordered else None
-        self.longest = len(ordered[0]) if ordered else 0
+        self._fragments = sorted(fragments, key=len, reverse=True)
+        self._re = (
+            re.compile(b"|".join(map(re.escape, self._fragments))) if self._fragments else None
+        )
+        self.longest = len(self._fragments[0]) if self._fragments else 0
         """Bytes of the longest fragment: how far past a cut the splitter must see."""
 
     def __bool__(self) -> bool:
         return self._re is not None
 
     def mask_bytes(self, raw: bytes) -> bytes:
-        """``raw`` with secrets masked."""
-        return self._re.sub(MASK.encode(), raw) if self._re is not None else raw
+        """``raw`` with every byte of every occurrence of a secret masked — overlapping ones
+        too (``abcXYZdef`` with secrets ``abcXYZ`` and ``XYZdef``), each run of masked bytes
+        one ``********``."""
+        if self._re is None or self._re.search(raw) is None:
+            return raw
+        spans: list[tuple[int, int]] = []
+        for fragment in self._fragments:
+            start = raw.find(fragment)
+            while start >= 0:  # every occurrence, overlapping ones included
+                spans.append((start, start + len(fragment)))
+                start = raw.find(fragment, start + 1)
+        spans.sort()
+        out = bytearray()
+        pos = 0
+        end = -1
+        for start, stop in spans:
+            if start > end:  # a new run of masked bytes
+                if end >= 0:
+                    out += MASK.encode()
+                out += raw[pos:start]
+            end = max(end, stop)
+            pos = end
+        out += MASK.encode() + raw[pos:]
+        return bytes(out)
 
     def mask(self, lines: list[str]) -> list[str]:
         """The lines with secrets masked."""

@@ -126,3 +126,20 @@ def test_a_secret_is_masked_before_a_line_is_cut(
     out += s.feed(data[start:]) + s.close()
     text = "\n".join(out)
     assert not set(text) & set("XYZ0123456789"), text
+
+
+def test_overlapping_and_repeated_secrets_are_masked_whole() -> None:
+    """Every byte of every occurrence is masked: overlapping secrets, a secret overlapping
+    itself, and separators other than a newline (a log line keeps them)."""
+    assert Masker(["abcXYZ", "XYZdef"]).mask_bytes(b"-abcXYZdef-") == b"-********-"
+    assert Masker(["abcabc"]).mask_bytes(b"abcabcabc") == b"********"
+    assert Masker(["ab\x1ccd\x1cef"]).mask_bytes(b"ab\x1ccd\x1cef") == b"********"
+
+
+@given(
+    secrets=st.lists(st.text(alphabet="XYZ", min_size=3, max_size=8), min_size=1, max_size=3),
+    text=st.text(alphabet="XYZab", max_size=60),
+)
+def test_no_occurrence_of_any_secret_survives_masking(secrets: list[str], text: str) -> None:
+    masked = Masker(secrets).mask_bytes(text.encode()).decode()
+    assert not any(secret in masked for secret in secrets)

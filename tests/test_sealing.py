@@ -60,6 +60,7 @@ async def test_a_user_stores_only_their_own(bus: Bus) -> None:
         ("cronium.ctl.secrets.user.alice.set", _set("a/b", b"v"), "not a valid secret name"),
         ("cronium.ctl.secrets.user.alice.set", _set("A", b""), "shorter than 3"),
         ("cronium.ctl.secrets.user.alice.set", _set("A", b"ab"), "shorter than 3"),
+        ("cronium.ctl.secrets.user.alice.set", _set("A", b"long-line\nab"), "a line of the"),
         ("cronium.ctl.secrets.user.alice.set", _set("a..b", b"value"), "not a valid"),
         ("cronium.ctl.secrets.user.alice.set", _set("a.", b"value"), "not a valid"),
         ("cronium.ctl.secrets.user.alice.set", _set("A", b"x" * 40_000), "bytes"),

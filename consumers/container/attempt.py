@@ -14,7 +14,7 @@ from typing import Final, TypeVar
 import msgspec
 import structlog
 
-from consumers.container.hostfs import private_dir, private_file, private_socket
+from consumers.container.hostfs import mark_runner, private_dir, private_file, private_socket
 from consumers.container.pool import WarmContainer
 from consumers.container.runtime import (
     LABEL_ATTEMPT,
@@ -270,6 +270,7 @@ class Attempt:
                 hint="set runner.runtime_dir (CRONIUM_RUNNER__RUNTIME_DIR) to a shorter path",
             )
         private_dir(d)
+        mark_runner(d, self.ctx.runner_id)
         files = {
             SCRIPT_FILES[self.request.runtime]: self.request.code.encode(),
             "input.json": input_json,

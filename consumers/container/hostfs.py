@@ -73,3 +73,20 @@ def private_socket(path: Path) -> None:
     if _ROOT:
         os.chown(path, SANDBOX_UID, SANDBOX_UID, follow_symlinks=False)
     path.chmod(SOCKET_MODE)
+
+
+RUNNER_MARK = ".runner"
+"""In each runtime dir: which runner made it (runners of one installation share the root)."""
+
+
+def mark_runner(path: Path, runner_id: str) -> None:
+    """Record which runner made ``path`` (the reaper of another runner leaves it alone)."""
+    (path / RUNNER_MARK).write_text(runner_id)
+
+
+def runner_of(path: Path) -> str:
+    """The runner that made ``path`` (empty when unknown)."""
+    try:
+        return (path / RUNNER_MARK).read_text().strip()
+    except OSError:
+        return ""

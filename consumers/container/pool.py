@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
-from consumers.container.hostfs import private_dir
+from consumers.container.hostfs import mark_runner, private_dir
 from consumers.container.runtime import (
     LABEL_EXECUTION,
     LABEL_POOL,
@@ -183,6 +183,7 @@ class WarmPool:
         image_id = rt.image_id(image)
         runtime_dir = self.ctx.runtime_root / new_id("pool")
         private_dir(runtime_dir)
+        mark_runner(runtime_dir, self.ctx.runner_id)
         self.dirs.add(runtime_dir.name)
         script = f"/cronium/{SCRIPT_FILES[runtime]}"
         spec = ContainerSpec(

@@ -15,6 +15,7 @@ from typing import Final
 import structlog
 
 from consumers.container.attempt import Attempt, RunnerContext
+from consumers.container.hostfs import runner_of
 from consumers.container.pool import WarmPool
 from consumers.container.runtime import LABEL_RUNNER, ContainerRuntime, DockerRuntime
 from consumers.laneworker import LaneWorker
@@ -152,9 +153,9 @@ class ContainerRunner(LaneWorker):
                 execution_id=left.labels.get("org.cronium.execution"),
             )
             await loop.run_in_executor(self.pool, self.runtime.remove, left.container_id)
-        self._reap_runtime_dirs()
+        self._reap_runtime_dirs(alive)
 
-    def _reap_runtime_dirs(self) -> None:
+    def _reap_runtime_dirs(self, alive: set[str]) -> None:
         """Remove this installation's runtime directories no attempt of this process uses,
         once they are stale."""
         root = self.ctx.runtime_root
@@ -166,6 +167,9 @@ class ContainerRunner(LaneWorker):
         for path in root.iterdir():
             if path.name in ours or now - path.stat().st_mtime < _STALE_DIR_S:
                 continue
+            maker = runner_of(path)
+            if maker in alive and maker != self.ctx.runner_id:
+                continue  # a live runner's of this installation, on this host
             log.warning("reaping leftover runtime directory", path=str(path))
             shutil.rmtree(path, ignore_errors=True)
 

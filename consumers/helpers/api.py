@@ -38,6 +38,33 @@ from cronium_bus.payloads import PayloadError, PayloadStoreError, get_payload, p
 log = structlog.get_logger(__name__)
 
 
+class _Counted(asyncio.Protocol):
+    """A connection's own protocol, telling when the connection is gone."""
+
+    def __init__(self, inner: asyncio.Protocol, released: Callable[[], None]) -> None:
+        self._inner = inner
+        self._released = released
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._released()
+        self._inner.connection_lost(exc)
+
+
 class _Busy(asyncio.Protocol):
     """A connection over the cap: told so, then closed."""
 
@@ -124,12 +151,21 @@ class HelperApi:
         server = self._runner.server
         assert server is not None
 
+        held = 0  # counted here, as each connection is made: the server's own list lags behind
+
         def connection() -> asyncio.BaseProtocol:
             # one script's flood of connections costs the runner at most MAX_CONNECTIONS
             # descriptors; the rest are answered 503 and closed at once
-            if len(server.connections) >= MAX_CONNECTIONS:
+            nonlocal held
+            if held >= MAX_CONNECTIONS:
                 return _Busy()
-            return server()
+            held += 1
+
+            def released() -> None:
+                nonlocal held
+                held -= 1
+
+            return _Counted(server(), released)
 
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(connection, str(socket_path))
@@ -139,10 +175,12 @@ class HelperApi:
         """Stop serving; idempotent."""
         unix, self._server = self._server, None
         if unix is not None:
-            unix.close()
+            unix.close()  # no new connections
         runner, self._runner = self._runner, None
         if runner is not None:
-            await runner.cleanup()
+            await runner.cleanup()  # closes the connections it serves
+        if unix is not None:
+            await unix.wait_closed()
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -43,6 +43,7 @@ from cronium_bus.lifecycle import Stopper
 from cronium_bus.provision import provision
 from cronium_bus.secrets import (
     MAX_SECRET_BYTES,
+    MIN_SECRET_CHARS,
     SecretError,
     box_from,
     delete_secret,
@@ -187,6 +188,14 @@ class SecretsService:
             value = base64.b64decode(req.value_b64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise SecretError("value_b64 is not base64") from exc
+        lines = value.decode(errors="replace").split("\n")
+        if any(0 < len(line.strip()) < MIN_SECRET_CHARS for line in lines):
+            raise SecretError(
+                f"a line of the secret is shorter than {MIN_SECRET_CHARS} characters: logs are "
+                "masked line by line, and so short a line cannot be masked",
+                hint=f"make every line at least {MIN_SECRET_CHARS} characters, or store the "
+                "lines as separate secrets",
+            )
         await put_secret(self.bus.js, box_from(self.bus.settings), key, value)
         if req.shared:
             await set_grants(self.bus.js, req.name, list(req.grant))
