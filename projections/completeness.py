@@ -20,20 +20,21 @@ MAX_CHECKED: Final = 10_000
 DURABLE: Final = "projector-exec"
 
 
-async def dead_lettered(js: JetStreamContext, limit: int = MAX_CHECKED) -> set[int]:
-    """Stream sequences of exec events the projector dead-lettered."""
+async def dead_lettered(js: JetStreamContext, limit: int = MAX_CHECKED) -> tuple[set[int], bool]:
+    """Stream sequences of exec events the projector dead-lettered, and whether all were read
+    (at most ``limit``)."""
     seqs: set[int] = set()
     seq = 1
     for _ in range(limit):
         try:
             msg = await js.get_msg(DLQ_STREAM, seq=seq, subject=dlq_subject(DURABLE), next=True)
         except nats.js.errors.NotFoundError:
-            break
+            return seqs, True
         headers = msg.headers or {}
         if headers.get("Cronium-Stream") == EXEC_STREAM:
             seqs.add(int(headers.get("Cronium-Stream-Seq", "0")))
         seq = (msg.seq or seq) + 1
-    return seqs
+    return seqs, False
 
 
 async def unaudited(
@@ -48,7 +49,7 @@ async def unaudited(
         return [], True  # nothing projected yet
     hi = floor.stream_seq if floor is not None else 0
     gaps: list[tuple[int, int]] = await gaps_of(info.state.first_seq, hi)
-    dead = await dead_lettered(js) if gaps else set()
+    dead, all_read = await dead_lettered(js) if gaps else (set(), True)
     missing: list[tuple[int, str]] = []
     checked = 0
     for first, last in gaps:
@@ -67,4 +68,4 @@ async def unaudited(
             except EventDecodeError:
                 continue  # not an authentic event: never audited, by design
             missing.append((seq, event.execution_id))
-    return missing, True
+    return missing, all_read

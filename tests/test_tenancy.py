@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.js.api import ConsumerConfig
 
@@ -398,7 +399,8 @@ async def test_an_admin_publishes_requests_but_never_what_runners_say(
     tmp_path: Path,
 ) -> None:
     """An `--role admin` identity may request and cancel for anyone, but a terminal event, a
-    `started` or a log chunk is refused by nats-server: only the service says what happened."""
+    `started` or a log chunk is refused by nats-server: only the service says what happened;
+    nor may it purge, delete from or delete the event streams, or write a bucket itself."""
     out = tmp_path / "carol.creds"
     added = await asyncio.to_thread(
         stack.cli, "user", "add", "carol", "--role", "admin", "--out", str(out)
@@ -411,6 +413,15 @@ async def test_an_admin_publishes_requests_but_never_what_runners_say(
             await nc.publish(f"cronium.exec.alice.ex_any.{kind}", b"{}")
         await nc.publish("cronium.logs.alice.ex_any", b"{}")
         await nc.publish("cronium.exec.alice.ex_any.cancel_requested", b"{}")
+        js = nc.jetstream(timeout=2)
+        for rewrite in (
+            js.purge_stream("CRONIUM_EXEC"),
+            js.delete_msg("CRONIUM_EXEC", 1),
+            js.delete_stream("CRONIUM_LOGS"),
+            nc.request("$KV.cronium_servers.u.alice.web1", b"{}", timeout=2),
+        ):
+            with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
+                await rewrite
         await nc.flush()
         await asyncio.sleep(0.3)
     finally:
@@ -419,6 +430,9 @@ async def test_an_admin_publishes_requests_but_never_what_runners_say(
     for kind in ("succeeded", "started", "failed"):
         assert f'publish to "cronium.exec.alice.ex_any.{kind}"' in refused
     assert 'publish to "cronium.logs.alice.ex_any"' in refused
+    assert "$js.api.stream.purge.cronium_exec" in refused
+    assert "$js.api.stream.msg.delete.cronium_exec" in refused
+    assert "$kv.cronium_servers.u.alice.web1" in refused
     assert "cancel_requested" not in refused
 
 

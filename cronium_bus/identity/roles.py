@@ -5,7 +5,9 @@ every user it signs receives (nats-server expands ``{{name()}}`` to the user's n
 
 - ``admin``: users, shared secrets and servers; sees everything. May publish any request and
   cancel, and a ``queued`` event (``cronium dlq retry`` re-enqueues), but no other lifecycle
-  event and no log chunk: what a runner or the dispatcher says happened, only they say.
+  event and no log chunk: what a runner or the dispatcher says happened, only they say. May not
+  delete, purge, update or create streams (no rewriting the history), and writes buckets only
+  through the services.
 - ``user``: runs and cancels **their own** executions and follows them: they may publish only
   ``cronium.exec.<their name>.<id>.requested`` and ``….cancel_requested``, subscribe only to
   ``cronium.exec.<their name>.>`` and ``cronium.logs.<their name>.>`` (live) and their inbox,
@@ -87,7 +89,21 @@ def _service_only() -> list[str]:
 
     people = {"requested", "cancel_requested", "queued", "chunk"}  # chunks: cronium.logs.>
     kinds = sorted({short_type(t) for t in EVENT_TYPES} - people)
-    return [*(f"cronium.exec.*.*.{kind}" for kind in kinds), "cronium.logs.>"]
+    history = ("CRONIUM_EXEC", "CRONIUM_LOGS")
+    return [
+        *(f"cronium.exec.*.*.{kind}" for kind in kinds),
+        "cronium.logs.>",
+        # nor rewrite what was said: no deleting, purging or re-sourcing the event streams,
+        # and buckets only through the services
+        *(f"$JS.API.STREAM.MSG.DELETE.{s}" for s in history),
+        *(f"$JS.API.STREAM.PURGE.{s}" for s in history),
+        "$JS.API.STREAM.UPDATE.*",
+        "$JS.API.STREAM.DELETE.*",
+        "$JS.API.STREAM.CREATE.*",
+        "$KV.cronium_secrets.>",
+        "$KV.cronium_servers.>",
+        "$KV.cronium_variables.>",
+    ]
 
 
 def template(role: Role) -> dict[str, Any]:
