@@ -4,6 +4,8 @@ and a warm container someone removed is replaced by a cold start, not a failure.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,14 +48,18 @@ def test_two_stacks_on_one_engine_leave_each_other_alone(cronium_bin: str, tmp_p
     own: A's job ends as its script says. Every container carries its installation's id. Then
     A's idle warm containers are removed behind its back: A's next job starts cold and runs."""
     client = docker.from_env()
+    short = {  # runtime dirs hold the API socket: keep their paths short
+        name: {"CRONIUM_RUNNER__RUNTIME_DIR": tempfile.mkdtemp(prefix=f"cr{name}-", dir="/tmp")}
+        for name in ("a", "b")
+    }
     try:
-        with running_stack(cronium_bin, tmp_path / "a") as a:
+        with running_stack(cronium_bin, tmp_path / "a", **short["a"]) as a:
             mine = installation_of(a)
             long = a.popen("run", "--runtime", "bash", "-c", "echo begin; sleep 6; echo end")
             assert long.stdout is not None and long.stderr is not None
             first = long.stdout.readline()
             assert first == "begin\n", long.stderr.read()  # running in A's container now
-            with running_stack(cronium_bin, tmp_path / "b") as b:
+            with running_stack(cronium_bin, tmp_path / "b", **short["b"]) as b:
                 theirs = installation_of(b)
                 assert theirs != mine
                 ran = b.cli("run", "--runtime", "bash", "-c", "echo b-ran")
@@ -74,3 +80,5 @@ def test_two_stacks_on_one_engine_leave_each_other_alone(cronium_bin: str, tmp_p
                 assert (done.returncode, done.stdout) == (0, "42\n"), done.stderr
     finally:
         client.close()
+        for env in short.values():
+            shutil.rmtree(env["CRONIUM_RUNNER__RUNTIME_DIR"], ignore_errors=True)
