@@ -20,6 +20,7 @@ import msgspec
 import structlog
 from nats.js import JetStreamContext
 
+from consumers.secrets.requests import NameOnly, Nothing, refused
 from cronium_bus.errors import CroniumError
 from cronium_bus.ids import is_valid_id
 from cronium_bus.provision import kv_value
@@ -60,21 +61,8 @@ class AddServer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     grant: tuple[str, ...] = ()
 
 
-class RemoveServer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``rm``: which server; ``shared`` for an admin's shared one."""
-
-    name: str
-    shared: bool = False
-
-
-class ListServers(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """``list`` takes no fields."""
-
-
 def _refuse(message: str, hint: str = "") -> ServerError:
-    error = ServerError(message, hint=hint)
-    error.kind = "permission"
-    return error
+    return refused(ServerError(message, hint=hint))
 
 
 def _checked(role: str, requester: str, req: AddServer) -> Server:
@@ -150,7 +138,7 @@ async def handle_servers(
             log.info("server stored", key=server.record_key, by=requester)
             return {"name": server.name, "address": server.address, "shared": req.shared}
         if action == "rm":
-            rm = msgspec.json.decode(data, type=RemoveServer)
+            rm = msgspec.json.decode(data, type=NameOnly)
             if rm.shared and role != "admin":
                 raise _refuse("only an admin removes shared servers", "drop --shared")
             check_name(rm.name)
@@ -163,7 +151,7 @@ async def handle_servers(
             log.info("server removed", key=key, by=requester)
             return {"name": found.name}
         if action == "list":
-            msgspec.json.decode(data or b"{}", type=ListServers)
+            msgspec.json.decode(data or b"{}", type=Nothing)
             return [
                 {
                     "name": s.name,

@@ -34,6 +34,7 @@ import nats.errors
 import structlog
 from nats.aio.msg import Msg
 
+from consumers.secrets.requests import NameOnly, Nothing, refused
 from consumers.secrets.servers import handle_servers
 from cronium_bus.bus import Bus
 from cronium_bus.errors import CroniumError
@@ -70,21 +71,8 @@ class SetSecret(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     grant: tuple[str, ...] = ()
 
 
-class NameOnly(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``rm``: which secret; ``shared`` for an admin's shared one."""
-
-    name: str
-    shared: bool = False
-
-
-class Nothing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """``list`` takes no fields."""
-
-
 def _refuse(message: str, hint: str = "") -> SecretError:
-    error = SecretError(message, hint=hint)
-    error.kind = "permission"
-    return error
+    return refused(SecretError(message, hint=hint))
 
 
 def _parse_subject(subject: str) -> tuple[str, Literal["user", "admin"], str, str]:
