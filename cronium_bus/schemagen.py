@@ -1,4 +1,5 @@
-"""Generate ``schemas/``: one JSON Schema per public event type and version.
+"""Generate ``schemas/``: one JSON Schema per public event type and version, and one for the
+documents producers write (``workflow.definition``).
 
 ``python -m cronium_bus.schemagen write`` writes the files; ``check`` exits 1 when they drift from
 the types (a test runs the same comparison); ``--help`` explains and writes nothing.
@@ -44,9 +45,12 @@ def normalized(node: Any) -> Any:
 
 
 def render() -> dict[str, str]:
-    """File name → file text for every event type."""
+    """File name → file text for every event type and document (a workflow definition)."""
+    from cronium_bus.workflows.definition import Definition
+
+    documents: dict[str, type[Any]] = {"workflow.definition": Definition}
     files: dict[str, str] = {}
-    for tag, cls in sorted(EVENT_TYPES.items()):
+    for tag, cls in sorted({**EVENT_TYPES, **documents}.items()):
         schema = normalized(msgspec.json.schema(cls))
         schema = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -4,6 +4,7 @@ follows the semantics on generated DAGs and outcomes."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,3 +159,60 @@ def test_node_execution_ids_are_distinct_and_valid() -> None:
     ids = {node_execution_id("wf_" + "x" * 53, d, n.name) for n in d.nodes}
     assert len(ids) == 5 and all(len(i) <= 64 for i in ids)
     assert json.dumps(sorted(ids))
+
+
+def _validate(path: Path, *extra: str) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from cronium_bus.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["workflow", "validate", str(path), *extra])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cronium_workflow_validate(tmp_path: Path) -> None:
+    """Exit 0 with a summary (a node's `file` read relative to the definition), or 2 naming
+    the problem: a cycle, a YAML alias, nesting, a missing script, both code and file."""
+    (tmp_path / "b.py").write_text("print(1)\n")
+    good = tmp_path / "w.yaml"
+    good.write_text(
+        "name: two\ninput: {n: 1}\nnodes:\n"
+        "  - {name: a, runtime: bash, code: echo a}\n"
+        "  - {name: b, runtime: python, file: b.py, input_schema: {type: object}}\n"
+        "edges:\n  - {from: a, to: b, when: on_failure}\n"
+    )
+    assert _validate(good) == (0, "workflow two: 2 nodes, 1 edges; starts with a\n", "")
+    code, out, _ = _validate(good, "--json")
+    assert code == 0 and json.loads(out)["nodes"][1]["code"] == "print(1)\n"
+    cases = {
+        "name: c\nnodes: [{name: a, runtime: bash, code: x}, {name: b, runtime: bash, code: y}]"
+        "\nedges: [{from: a, to: b}, {from: b, to: a}]\n": "cycle: a → b → a",
+        "a: &x [1, 2]\nb: [*x, *x]\n": "YAML alias",
+        "name: d\ninput: " + "[" * 100 + "]" * 100 + "\nnodes: []\n": "nests deeper",
+        "name: e\nnodes: [{name: a, runtime: bash, file: nope.sh}]\n": "cannot read",
+        "name: f\nnodes: [{name: a, runtime: bash, file: b.py, code: x}]\n": "both code and",
+        "- just\n- a list\n": "not a workflow definition",
+        "name: [unclosed\n": "not valid YAML",
+    }
+    for text, reason in cases.items():
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        code, _, err = _validate(bad)
+        assert code == 2 and reason in err, (text, err)
+    assert _validate(tmp_path / "missing.yaml")[0] == 2
+
+
+@hsettings(max_examples=100)
+@given(st.text(max_size=300))
+def test_any_file_is_validated_or_refused(text: str) -> None:
+    """Whatever the file holds: exit 0 or 2 with a reason, never a crash."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "any.yaml"
+        path.write_text(text)
+        code, _, err = _validate(path)
+    assert code == 0 or (code == 2 and "cronium: error:" in err)

@@ -19,6 +19,7 @@ from cronium_bus.cli import (
     stack,
     users,
     warehouse,
+    workflow,
 )
 
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_parsers(sub)
     metrics.add_parser(sub)
     users.add_parsers(sub)
+    workflow.add_parsers(sub)
     return parser
 
 
