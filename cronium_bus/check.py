@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from cronium_bus.events import AnyEvent, LogChunk, Queued, Terminal, utcnow
 from cronium_bus.health import read_beats
 from cronium_bus.history import read_subject
+from cronium_bus.provision import installation_id
 from cronium_bus.state import fold
 from cronium_bus.subjects import EXEC_ALL, EXEC_STREAM, LOGS_ALL, LOGS_STREAM
 
@@ -171,13 +172,19 @@ def _log_gaps(chunks: Iterable[LogChunk], report: Report, *, truncated: bool) ->
     return out
 
 
-def container_labels() -> list[dict[str, str]] | None:
-    """Labels of Cronium's containers on the local engine, or None when Docker is unreachable."""
+def container_labels(installation: str) -> list[dict[str, str]] | None:
+    """Labels of this installation's containers on the local engine (another stack may share
+    it), or None when Docker is unreachable."""
     import docker
     import docker.errors
     import requests.exceptions
 
-    from consumers.container.runtime import LABEL_EXECUTION, LABEL_POOL, LABEL_RUNNER
+    from consumers.container.runtime import (
+        LABEL_EXECUTION,
+        LABEL_INSTALLATION,
+        LABEL_POOL,
+        LABEL_RUNNER,
+    )
 
     try:
         client = docker.from_env(timeout=10)
@@ -185,7 +192,8 @@ def container_labels() -> list[dict[str, str]] | None:
         return None
     try:
         # one list call: no inspect per container (which would race with removals)
-        found = client.api.containers(all=True, filters={"label": LABEL_EXECUTION})
+        mine = [LABEL_EXECUTION, f"{LABEL_INSTALLATION}={installation}"]
+        found = client.api.containers(all=True, filters={"label": mine})
     except (docker.errors.DockerException, requests.exceptions.RequestException):
         return None
     finally:
@@ -220,7 +228,7 @@ async def check(
         if isinstance(e, LogChunk)
     ]
     logs_info = await js.stream_info(LOGS_STREAM)
-    labels = container_labels() if containers else None
+    labels = container_labels(await installation_id(js)) if containers else None
     alive = frozenset(b.instance for b in await read_beats(js) if b.healthy())
     return find_violations(
         events,

@@ -8,10 +8,11 @@ import time
 import docker
 import pytest
 
-from consumers.container.runtime import LABEL_EXECUTION
+from consumers.container.runtime import LABEL_EXECUTION, LABEL_INSTALLATION
 from cronium_bus.bus import Bus
 from cronium_bus.events import CancelRequested, Limits, LogChunk, Terminal, follow_up
 from cronium_bus.history import execution_events, follow_logs, read_subject
+from cronium_bus.provision import installation_id
 from cronium_bus.settings import Settings
 from cronium_bus.subjects import LOGS_STREAM, log_subject
 from tests.conftest import Embedded
@@ -210,8 +211,9 @@ async def test_no_container_is_left_behind(bus: Bus, runner: Embedded) -> None:
     idle_max = bus.settings.runner.warm_pool * len(bus.settings.runner.warm_runtimes)
     left: list[str] = []
     pooled: list[dict[str, object]] = []
+    mine = [LABEL_EXECUTION, f"{LABEL_INSTALLATION}={await installation_id(bus.js)}"]
     for _ in range(100):  # removal follows the terminal event; bounded wait
-        found = client.api.containers(all=True, filters={"label": LABEL_EXECUTION})
+        found = client.api.containers(all=True, filters={"label": mine})
         left = [c["Id"] for c in found if (c.get("Labels") or {}).get(LABEL_EXECUTION) in ids]
         pooled = [c for c in found if (c.get("Labels") or {}).get("org.cronium.pool")]
         exited = [c for c in pooled if c.get("State") not in ("created", "running")]

@@ -171,7 +171,7 @@ async def test_runtime_files_are_the_sandboxs_alone(
     # the runtime root may be anyone's to traverse (e.g. under /tmp): the attempt dir itself
     # must keep other users out
     settings.runtime_dir.chmod(0o755)
-    tokens = list(settings.runtime_dir.glob("*/token"))
+    tokens = list(settings.runtime_dir.glob("*/*/token"))  # <root>/i<installation>/<attempt>
     assert tokens, "the attempt's runtime dir is on the host while it runs"
     for token in tokens:
         as_nobody = subprocess.run(  # noqa: ASYNC221 - a short probe while the script sleeps

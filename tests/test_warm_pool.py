@@ -9,9 +9,10 @@ import asyncio
 import docker
 import pytest
 
-from consumers.container.runtime import LABEL_POOL, LABEL_RUNNER
+from consumers.container.runtime import LABEL_INSTALLATION, LABEL_POOL, LABEL_RUNNER
 from cronium_bus.bus import Bus
 from cronium_bus.events import Limits
+from cronium_bus.provision import installation_id
 from tests.conftest import Embedded
 from tests.helpers import run_code
 from tests.test_container_runner import lines_of
@@ -19,22 +20,24 @@ from tests.test_container_runner import lines_of
 pytestmark = pytest.mark.docker
 
 
-def pooled() -> dict[str, str]:
-    """Warm containers on the engine: id -> runner."""
+def pooled(installation: str) -> dict[str, str]:
+    """This installation's warm containers on the engine: id -> runner."""
     client = docker.from_env()
     try:
         # one list call (no inspect per container, which races with removals)
-        found = client.api.containers(all=True, filters={"label": LABEL_POOL})
+        mine = [LABEL_POOL, f"{LABEL_INSTALLATION}={installation}"]
+        found = client.api.containers(all=True, filters={"label": mine})
         return {str(c["Id"]): (c.get("Labels") or {}).get(LABEL_RUNNER, "") for c in found}
     finally:
         client.close()
 
 
-async def wait_pool(count: int, timeout: float = 60) -> dict[str, str]:
+async def wait_pool(bus: Bus, count: int, timeout: float = 60) -> dict[str, str]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    installation = await installation_id(bus.js)
     while loop.time() < deadline:
-        found = await asyncio.to_thread(pooled)
+        found = await asyncio.to_thread(pooled, installation)
         if len(found) >= count:
             return found
         await asyncio.sleep(0.2)
@@ -45,7 +48,7 @@ async def test_a_warm_container_serves_one_execution_and_is_replaced(
     bus: Bus, runner: Embedded
 ) -> None:
     per_runtime = bus.settings.runner.warm_pool
-    before = await wait_pool(3 * per_runtime)
+    before = await wait_pool(bus, 3 * per_runtime)
     code = (
         "import os, sys; print(os.environ['CRONIUM_EXECUTION_ID'], os.environ['CRONIUM_ATTEMPT'],"
         " sys.stdin.read() == '', os.getuid(), cronium.event()['execution_id'])"
@@ -54,7 +57,7 @@ async def test_a_warm_container_serves_one_execution_and_is_replaced(
     assert state.status == "succeeded", state
     out = (await lines_of(bus, state.execution_id))["stdout"]
     assert out == [f"{state.execution_id} 1 True 1000 {state.execution_id}"]
-    after = await wait_pool(3 * per_runtime)
+    after = await wait_pool(bus, 3 * per_runtime)
     used = set(before) - set(after)
     assert len(used) == 1  # exactly one warm container was consumed, and it is gone
     assert len(set(after) - set(before)) == 1  # and one new one took its place
@@ -62,7 +65,9 @@ async def test_a_warm_container_serves_one_execution_and_is_replaced(
 
 async def test_requests_a_warm_container_cannot_take_run_cold(bus: Bus, runner: Embedded) -> None:
     per_runtime = bus.settings.runner.warm_pool
-    before = await wait_pool(3 * per_runtime)
+    before = await wait_pool(bus, 3 * per_runtime)
     state = await run_code(bus, "ulimit -u; echo cold", "bash", limits=Limits(pids=37))
     assert state.status == "succeeded", state
-    assert set(await asyncio.to_thread(pooled)) == set(before)  # the pool was not touched
+    assert set(await asyncio.to_thread(pooled, await installation_id(bus.js))) == set(
+        before
+    )  # the pool was not touched
