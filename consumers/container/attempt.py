@@ -219,11 +219,14 @@ class Attempt:
     async def _go_warm(
         self, warm: WarmContainer, spec: ContainerSpec, pump: LogPump
     ) -> tuple[str, asyncio.Task[None]]:
-        """Claim a warm container: apply the memory limit (which also proves the container is
-        still there: :class:`ContainerGoneError` otherwise), then send its go line."""
+        """Claim a warm container: make sure it is still there and has the request's memory
+        limit (:class:`ContainerGoneError` otherwise), then send its go line."""
         self.image, self.image_id = warm.image, warm.image_id
         self._container_id = warm.container_id
-        await self._call(self.ctx.runtime.update_memory, warm.container_id, spec.memory_bytes)
+        if spec.memory_bytes != self.ctx.settings.limits.default_memory:
+            await self._call(self.ctx.runtime.update_memory, warm.container_id, spec.memory_bytes)
+        else:
+            await self._call(self.ctx.runtime.ensure_exists, warm.container_id)
         task = asyncio.create_task(self._pump(pump, warm.attached.frames, warm.container_id))
         q = self.queued
         await self._call(warm.attached.send_once, f"{q.execution_id} {q.attempt}\n".encode())
