@@ -17,7 +17,7 @@ from cronium_bus.identity.authority import Authority
 from cronium_bus.lifecycle import Stopper
 from cronium_bus.provision import provision
 from cronium_bus.settings import Settings, load_settings
-from tests.helpers import sealer_ready
+from tests.helpers import installation_at, sealer_ready
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +39,8 @@ def remove_containers_of(server: NatsServer) -> None:
     installation's containers, and the installation ends with the module's server)."""
     import docker
     import docker.errors
-    import nats
 
-    async def installation() -> str | None:
-        nc = await nats.connect(server.url, user_credentials=str(service_creds(server)))
-        try:
-            kv = await nc.jetstream().key_value("cronium_meta")
-            entry = await kv.get("installation")
-            return entry.value.decode() if entry.value else None
-        except Exception:  # noqa: BLE001 - no runner ran: nothing to remove
-            return None
-        finally:
-            await nc.close()
-
-    made = asyncio.run(installation())
+    made = asyncio.run(installation_at(server.url, service_creds(server)))
     if made is None:
         return
     with contextlib.suppress(docker.errors.DockerException):

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import nats.errors
@@ -106,3 +107,18 @@ class RunnerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+async def installation_at(url: str, creds: Path) -> str | None:
+    """The installation id of the stack at ``url`` (``None`` before any runner made one)."""
+    import nats
+
+    nc = await nats.connect(url, user_credentials=str(creds))
+    try:
+        kv = await nc.jetstream().key_value("cronium_meta")
+        entry = await kv.get("installation")
+        return entry.value.decode() if entry.value else None
+    except Exception:  # noqa: BLE001 - no bucket or no key yet: no installation id
+        return None
+    finally:
+        await nc.close()

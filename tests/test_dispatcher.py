@@ -16,6 +16,7 @@ from cronium_bus.events import Limits
 from cronium_bus.health import read_beats
 from cronium_bus.history import execution_state, read_subject
 from cronium_bus.ids import new_id
+from cronium_bus.state import ExecutionState
 from cronium_bus.subjects import DLQ_STREAM, JOBS_STREAM
 from tests.conftest import Embedded
 from tests.helpers import requested, wait_final
@@ -27,17 +28,22 @@ async def _raw(bus: Bus, data: bytes) -> str:
     return execution_id
 
 
+async def _queued(bus: Bus, execution_id: str) -> ExecutionState | None:
+    """The execution's state once it is queued (bounded wait; the last state seen otherwise)."""
+    state = None
+    for _ in range(100):
+        state = await execution_state(bus.js, execution_id, max_bytes=1 << 20)
+        if state is not None and state.status == "queued":
+            break
+        await asyncio.sleep(0.05)
+    return state
+
+
 async def test_valid_request_is_queued_on_its_lane(bus: Bus, dispatcher: Embedded) -> None:
     """A good request becomes queued with defaults filled in, and a job lands on the lane."""
     event = requested("print(1)", priority="high")
     await bus.publish(event)
-    for _ in range(100):
-        from cronium_bus.history import execution_state
-
-        state = await execution_state(bus.js, event.execution_id, max_bytes=1 << 20)
-        if state is not None and state.status == "queued":
-            break
-        await asyncio.sleep(0.05)
+    state = await _queued(bus, event.execution_id)
     assert state is not None and state.status == "queued"
     assert state.request is not None
     info = await bus.js.stream_info(JOBS_STREAM, subjects_filter=">")
@@ -154,11 +160,7 @@ async def test_an_id_published_again_after_the_duplicate_window_is_rejected(
     remembers) is rejected naming the execution and its status; the first is untouched."""
     first = requested("print(1)")
     await bus.publish(first)
-    for _ in range(100):
-        state = await execution_state(bus.js, first.execution_id, max_bytes=1 << 20)
-        if state is not None and state.status == "queued":
-            break
-        await asyncio.sleep(0.05)
+    await _queued(bus, first.execution_id)
     again = msgspec.structs.replace(
         requested("print(666)"), execution_id=first.execution_id, correlation_id=first.execution_id
     )

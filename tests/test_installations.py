@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import docker
-import nats
 import pytest
 
+from tests.helpers import installation_at
 from tests.test_cli import Stack, running_stack
 
 pytestmark = pytest.mark.docker
@@ -22,20 +22,9 @@ INSTALLATION = "org.cronium.installation"
 
 def installation_of(stack: Stack) -> str:
     """The installation id a stack made for itself (read as its admin)."""
-
-    async def read() -> str:
-        nc = await nats.connect(
-            stack.url, user_credentials=str(stack.data / "auth" / "admin.creds")
-        )
-        try:
-            kv = await nc.jetstream().key_value("cronium_meta")
-            entry = await kv.get("installation")
-            assert entry.value is not None
-            return entry.value.decode()
-        finally:
-            await nc.close()
-
-    return asyncio.run(read())
+    made = asyncio.run(installation_at(stack.url, stack.data / "auth" / "admin.creds"))
+    assert made is not None
+    return made
 
 
 def labelled(client: docker.DockerClient, installation: str, **more: str) -> list[str]:

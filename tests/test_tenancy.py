@@ -356,13 +356,14 @@ def test_servers_belong_to_whoever_adds_them(
         add = ["servers", "add", "web1", url, "--key", str(key_file)]
         code, out, err = as_(stack, people["alice"], *add, "--host-key", daemon.host_key_line)
         assert code == 0 and "added (yours)" in out, err
-        code, out, err = as_(
-            stack, people["alice"], "run", "--target", "web1", "--runtime", "bash", "-c", "whoami"
-        )
+
+        def on(person: str, target: str, code: str) -> tuple[int, str, str]:
+            return as_(stack, people[person], "run", "--target", target, "--runtime", "bash",
+                       "-c", code)  # fmt: skip
+
+        code, out, err = on("alice", "web1", "whoami")
         assert (code, out) == (0, "[web1] root\n"), err
-        code, out, err = as_(
-            stack, people["bob"], "run", "--target", "web1", "--runtime", "bash", "-c", "whoami"
-        )
+        code, out, err = on("bob", "web1", "whoami")
         assert code == 2 and "server 'web1' is not one of yours or shared with you" in err
         code, out, err = as_(stack, people["bob"], "servers", "list", "--json")
         assert (code, json.loads(out)) == (0, []), err
@@ -378,13 +379,9 @@ def test_servers_belong_to_whoever_adds_them(
             "--host-key", daemon.host_key_line, "--shared", "--grant", "bob",
         )  # fmt: skip
         assert shared.returncode == 0, shared.stderr
-        code, out, err = as_(
-            stack, people["bob"], "run", "--target", "team", "--runtime", "bash", "-c", "echo ok"
-        )
+        code, out, err = on("bob", "team", "echo ok")
         assert (code, out) == (0, "[team] ok\n"), err
-        code, _, err = as_(
-            stack, people["alice"], "run", "--target", "team", "--runtime", "bash", "-c", "true"
-        )
+        code, _, err = on("alice", "team", "true")
         assert code == 2 and "'team'" in err
         code, out, err = as_(stack, people["alice"], "servers", "list", "--json")
         assert [row["name"] for row in json.loads(out)] == ["web1"], err

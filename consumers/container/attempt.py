@@ -7,7 +7,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -70,7 +70,7 @@ _SAMPLE_S: Final = 0.25  # cgroup peak and CPU counters are cumulative; sampling
 _DRAIN_S: Final = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunnerContext:
     """What every attempt of one runner process shares."""
 
@@ -81,20 +81,20 @@ class RunnerContext:
     settings: Settings
     background: set[asyncio.Task[None]]
     """Removals of exited containers, finished after the terminal event is published."""
-    installation: list[str] = field(default_factory=lambda: [""])
-    """This installation's id (one cell, set when the runner starts: the context is frozen)."""
+    installation: str = ""
+    """This installation's id (read from the bus when the runner starts)."""
 
     @property
     def labels(self) -> dict[str, str]:
         """Labels every container of this runner carries."""
-        return {LABEL_RUNNER: self.runner_id, LABEL_INSTALLATION: self.installation[0]}
+        return {LABEL_RUNNER: self.runner_id, LABEL_INSTALLATION: self.installation}
 
     @property
     def runtime_root(self) -> Path:
         """This installation's runtime directories (never another's, on a shared host). Named
         by the random end of the installation id: runtime paths must stay short enough for the
         API socket (a Unix socket path is at most 107 bytes)."""
-        return self.settings.runtime_dir / f"i{self.installation[0][-12:]}"
+        return self.settings.runtime_dir / f"i{self.installation[-12:]}"
 
 
 class Attempt:

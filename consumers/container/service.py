@@ -57,7 +57,7 @@ class ContainerRunner(LaneWorker):
 
     async def on_start(self) -> None:
         """Reap what dead runners of this installation left, then keep reaping."""
-        self.ctx.installation[0] = await installation_id(self.bus.js)
+        self.ctx.installation = await installation_id(self.bus.js)
         await self.reap_leftovers()
         self._reaper = asyncio.create_task(self._reap_periodically())
         if self.warm is not None:
@@ -134,9 +134,7 @@ class ContainerRunner(LaneWorker):
         alive = {b.instance for b in await read_beats(self.bus.js) if b.healthy()}
         alive.add(self.ctx.runner_id)
         loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(
-            self.pool, self.runtime.leftovers, self.ctx.installation[0]
-        )
+        found = await loop.run_in_executor(self.pool, self.runtime.leftovers, self.ctx.installation)
         for left in found:
             owner = left.labels.get(LABEL_RUNNER, "")
             if owner in alive and owner != self.ctx.runner_id:

@@ -23,7 +23,6 @@ from nats.js import JetStreamContext
 from consumers.secrets.requests import NameOnly, Nothing, refused
 from cronium_bus.errors import CroniumError
 from cronium_bus.ids import is_valid_id
-from cronium_bus.provision import kv_value
 from cronium_bus.secrets import SecretBox, delete_secret, put_secret
 from cronium_bus.servers import (
     CircuitState,
@@ -34,13 +33,13 @@ from cronium_bus.servers import (
     list_servers,
     not_usable,
     owned_key,
+    read_circuits,
     read_record,
     remove_server,
     save_server,
     set_grants,
     shared_key,
 )
-from cronium_bus.subjects import CIRCUITS_BUCKET
 
 log = structlog.get_logger(__name__)
 MAX_KNOWN_HOSTS_BYTES: Final = 64 * 1024
@@ -104,14 +103,9 @@ def _private_key(key_b64: str) -> bytes:
     return key
 
 
-async def _circuit(js: JetStreamContext, server: Server) -> dict[str, str]:
-    stored = await kv_value(js, CIRCUITS_BUCKET, circuit_key(server.host, server.port))
-    if stored is None:
+def _circuit(c: CircuitState | None) -> dict[str, str]:
+    if c is None:
         return {"state": "closed"}  # no runner has tried this host yet
-    try:
-        c = msgspec.json.decode(stored, type=CircuitState)
-    except msgspec.DecodeError:
-        return {"state": "unknown"}
     return {
         "state": c.state,
         "failures": str(c.failures),
@@ -152,12 +146,13 @@ async def handle_servers(
             return {"name": found.name}
         if action == "list":
             msgspec.json.decode(data or b"{}", type=Nothing)
+            circuits = await read_circuits(js)  # one listing, not a read per server
             return [
                 {
                     "name": s.name,
                     "owner": s.owner or "(shared)",
                     "address": s.address,
-                    "circuit": await _circuit(js, s),
+                    "circuit": _circuit(circuits.get(circuit_key(s.host, s.port))),
                 }
                 for s in await list_servers(js, None if role == "admin" else requester)
             ]

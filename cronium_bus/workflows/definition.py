@@ -73,10 +73,6 @@ class Definition(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     nodes: Annotated[tuple[Node, ...], msgspec.Meta(min_length=1)]
     edges: tuple[Edge, ...] = ()
 
-    def node(self, name: str) -> Node:
-        """The node called ``name``."""
-        return next(n for n in self.nodes if n.name == name)
-
     def predecessors(self, name: str) -> list[Edge]:
         """Edges into ``name``, in definition order."""
         return [e for e in self.edges if e.to == name]
