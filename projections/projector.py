@@ -219,14 +219,15 @@ class Projector:
                     continue
                 # the warehouse is down: hold this very batch and try it again (a later batch's
                 # ack would acknowledge this one too, with AckPolicy.ALL)
-                while not await self._handled(msgs, handle, durable):
+                while (stored := await self._handled(msgs, handle, durable)) is None:
                     if stopper.stopping:
                         return
                     for msg in msgs:
                         with contextlib.suppress(nats.errors.Error):
                             await msg.in_progress()
                     await stopper.wait(1.0)
-                await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+                if stored:  # AckPolicy.ALL: the last one stored acknowledges the batch
+                    await stored[-1].ack()  # (a dead-lettered one is settled already)
                 if len(msgs) < self.batch:
                     # a small batch: let more accumulate (fewer, larger inserts; far less CPU
                     # for chdb and its merges, at most `linger` more lag for queries)
@@ -235,29 +236,33 @@ class Projector:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
-    async def _handled(self, msgs: list[Msg], handle: Any, durable: str) -> bool:
-        """Project a batch; ``False`` when the warehouse does not answer (the caller holds the
-        batch and tries again, so none is acknowledged unprojected). A batch that fails while
-        the warehouse answers is projected one message at a time, and a message that fails
-        alone is dead-lettered with the reason — the others are stored."""
+    async def _handled(self, msgs: list[Msg], handle: Any, durable: str) -> list[Msg] | None:
+        """Project a batch: the messages stored, to acknowledge; ``None`` when the warehouse
+        does not answer (the caller holds the batch and tries again, so none is acknowledged
+        unprojected). A batch that fails while the warehouse answers is projected one message
+        at a time, and a message that fails alone is dead-lettered with the reason (which
+        settles it) — the others are stored."""
         try:
             await handle(msgs)
         except Exception as exc:
             log.exception("a batch could not be projected", durable=durable, error=str(exc))
         else:
-            return True
+            return msgs
         if not await self._warehouse_answers():
-            return False
+            return None
+        stored: list[Msg] = []
         for msg in msgs:
             try:
                 await handle([msg])
             except Exception as exc:  # noqa: BLE001 - whatever it is, this message alone
                 if not await self._warehouse_answers():  # it went down meanwhile: not the message
-                    return False
+                    return None
                 reason = f"the projector could not store it: {type(exc).__name__}: {exc}"
                 log.warning("message dead-lettered", durable=durable, subject=msg.subject)
                 await dead_letter(self.bus.js, durable, msg, reason)
-        return True
+            else:
+                stored.append(msg)
+        return stored
 
     async def _warehouse_answers(self) -> bool:
         async with self._lock:

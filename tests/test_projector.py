@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats.js.errors
 import pytest
 
@@ -27,6 +28,7 @@ from cronium_bus.events import (
     make_terminal,
 )
 from cronium_bus.history import execution_state
+from cronium_bus.ids import new_id
 from cronium_bus.lifecycle import Stopper
 from projections.projector import Projector
 from projections.queries import (
@@ -100,9 +102,11 @@ async def projector(bus: Bus, tmp_path: Path) -> AsyncIterator[Running]:
     running.wh.close()
 
 
-async def publish_lifecycle(bus: Bus, kind: str, n: int) -> str:
+async def publish_lifecycle(bus: Bus, kind: str, n: int, execution_id: str = "") -> str:
     """Publish the events a dispatcher and runner would for one execution."""
     req = requested(f"print({n})", user=f"user{n % 5}", event_ref=f"event{n % 3}")
+    if execution_id:
+        req = msgspec.structs.replace(req, execution_id=execution_id, correlation_id=execution_id)
     await bus.publish(req)
     if kind == "rejected":
         await bus.publish(
@@ -402,10 +406,8 @@ async def test_a_message_that_cannot_be_stored_is_dead_lettered_alone(
     rows of one execution), the batch is projected message by message: the poison's messages
     are dead-lettered with the reason, every other execution is in history and in an intact
     audit, and the projector stays up."""
-    ids = [await publish_lifecycle(bus, "succeeded", n) for n in range(3)]
-    poison = await publish_lifecycle(bus, "failed", 3)
-    ids += [await publish_lifecycle(bus, "succeeded", n) for n in range(4, 7)]
     real = projector.projector.project_exec
+    poison = new_id("ex")  # the fault is in place before anything is published
 
     def refuse_poison(batch: list[tuple[int, Any, bytes]], *, refold: bool = True) -> None:
         if any(event.execution_id == poison for _, event, _ in batch):
@@ -413,6 +415,9 @@ async def test_a_message_that_cannot_be_stored_is_dead_lettered_alone(
         real(batch, refold=refold)
 
     projector.projector.project_exec = refuse_poison  # type: ignore[method-assign]
+    ids = [await publish_lifecycle(bus, "succeeded", n) for n in range(3)]
+    await publish_lifecycle(bus, "failed", 3, execution_id=poison)
+    ids += [await publish_lifecycle(bus, "succeeded", n) for n in range(4, 7)]
     await projector.settle(len(ids))
     await projector.caught_up()
     assert not projector.task.done()
