@@ -36,7 +36,17 @@ from nats.js.api import PubAck
 
 from cronium_bus.codec import encode
 from cronium_bus.errors import BusUnavailableError, CroniumError, PermissionDeniedError
-from cronium_bus.events import Event, HelperCalled, LogChunk, Terminal, short_type
+from cronium_bus.events import (
+    ActionFired,
+    Event,
+    HelperCalled,
+    LogChunk,
+    NotificationRequested,
+    Terminal,
+    WorkflowEnded,
+    WorkflowRejected,
+    short_type,
+)
 from cronium_bus.identity.authority import IdentityError, identity_of
 from cronium_bus.identity.roles import inbox_prefix
 from cronium_bus.settings import Settings
@@ -44,7 +54,8 @@ from cronium_bus.subjects import ANY_OWNER, exec_subject, log_subject
 
 log = structlog.get_logger(__name__)
 _DRAIN_TIMEOUT_S = 3.0
-_PEOPLES = frozenset({"requested", "cancel_requested"})  # last tokens people may publish on
+# the last tokens people may publish on
+_PEOPLES = frozenset({"requested", "cancel_requested", "workflow_requested"})
 _T = TypeVar("_T")
 
 
@@ -67,6 +78,13 @@ def message_id(event: Event) -> str:
     """The deterministic ``Nats-Msg-Id`` of an event (see module docstring)."""
     if event.type == "execution.requested":
         return event.execution_id
+    if isinstance(event, WorkflowEnded | WorkflowRejected):
+        return f"{event.execution_id}:workflow:terminal"  # one terminal per workflow
+    node = getattr(event, "node", None)
+    if isinstance(node, str):  # a node's event in its workflow: one of each kind per node
+        return f"{event.execution_id}:{short_type(event.type)}:{node}"
+    if isinstance(event, ActionFired | NotificationRequested):
+        return f"{event.execution_id}:{short_type(event.type)}:{event.when}:{event.index}"
     if isinstance(event, Terminal):
         return f"{event.execution_id}:{event.attempt}:terminal"
     if isinstance(event, LogChunk):

@@ -102,6 +102,44 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     retry_on: tuple[ErrorKind, ...] = ("runner_lost", "infrastructure")
 
 
+class WorkflowRef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The workflow an execution is a node of (set by the workflow consumer)."""
+
+    workflow_id: Id
+    node: Id
+
+
+class Notify(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A ``notify`` action: ``notification.requested`` with ``message`` rendered from the
+    execution's fields (``{{execution_id}}``, ``{{status}}``, ... — no code, no attributes; see
+    :mod:`consumers.workflow.template`). The app delivers it to ``channel`` / ``to``."""
+
+    message: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    channel: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = "default"
+    to: tuple[Annotated[str, msgspec.Meta(max_length=256)], ...] = ()
+
+
+class Action(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One conditional action: exactly one of ``run`` (another request, whose input is this
+    execution's output) or ``notify``."""
+
+    run: Request | None = None
+    notify: Notify | None = None
+
+
+ActionList = Annotated[tuple[Action, ...], msgspec.Meta(max_length=10)]
+
+
+class Actions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Cronium's conditional actions, fired after the execution ends, in this order: ``always``,
+    then ``success`` or ``failure``, then ``condition`` (when the script set it true)."""
+
+    always: ActionList = ()
+    success: ActionList = ()
+    failure: ActionList = ()
+    condition: ActionList = ()
+
+
 class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What a producer asks to run. Unknown fields are refused so a typo is never ignored."""
 
@@ -120,6 +158,13 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     event_ref: Name | None = None
     retry: RetryPolicy | None = None
     not_before: Time | None = None
+    input_schema: dict[str, Any] | None = None
+    """A JSON Schema (2020-12) the input must satisfy, or the request is rejected naming the
+    field (workflow nodes declare one; any request may)."""
+    on: Actions | None = None
+    """Conditional actions after the execution ends (see :class:`Actions`)."""
+    workflow: WorkflowRef | None = None
+    """Set on the executions of a workflow's nodes."""
 
     def __post_init__(self) -> None:
         in_utc(self)
@@ -147,6 +192,52 @@ class ResourceUsage(msgspec.Struct, frozen=True, kw_only=True):
     peak_memory_bytes: int | None = None
     cpu_time_ms: float | None = None
     output_bytes: int = 0
+
+
+# --------------------------------------------------------------------------- workflows
+
+When = Literal["always", "on_success", "on_failure", "on_condition"]
+WHENS: Final[tuple[When, ...]] = ("always", "on_success", "on_failure", "on_condition")
+
+
+class Edge(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename={"source": "from"}
+):
+    """``from`` → ``to``, taken when ``when`` holds for ``from``'s outcome."""
+
+    source: Id
+    to: Id
+    when: When = "on_success"
+
+
+class Node(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One node of a workflow: a request template with a name (its input comes from its
+    predecessors; ``input_schema`` checks it)."""
+
+    name: Id
+
+
+class Definition(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A workflow: its name, its default input, its nodes and edges."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,128}$")]
+    input: Any = None
+    nodes: Annotated[tuple[Node, ...], msgspec.Meta(min_length=1)]
+    edges: tuple[Edge, ...] = ()
+
+    def predecessors(self, name: str) -> list[Edge]:
+        """Edges into ``name``, in definition order."""
+        return [e for e in self.edges if e.to == name]
+
+    @property
+    def starts(self) -> list[str]:
+        """Nodes with no incoming edge: they run at once, in parallel."""
+        targets = {e.to for e in self.edges}
+        return [n.name for n in self.nodes if n.name not in targets]
+
+    def index(self, name: str) -> int:
+        """The position of node ``name`` (its execution id's suffix)."""
+        return next(i for i, n in enumerate(self.nodes) if n.name == name)
 
 
 # --------------------------------------------------------------------------- the envelope
@@ -322,6 +413,103 @@ class VariableSet(Event, frozen=True, kw_only=True, tag="variable.set"):
     size_bytes: PositiveInt
 
 
+class ActionFired(Event, frozen=True, kw_only=True, tag="execution.action_fired"):
+    """A conditional action of this execution fired (``on.<when>[index]``): the execution it
+    requested or the notification it asked for, or why it could not."""
+
+    when: Literal["always", "success", "failure", "condition"]
+    index: Annotated[int, msgspec.Meta(ge=0, le=100)]
+    action: Literal["run", "notify"]
+    ok: bool = True
+    target_id: Id | None = None
+    detail: str = ""
+
+
+class NotificationRequested(Event, frozen=True, kw_only=True, tag="notification.requested"):
+    """A ``notify`` action's message, for the app to deliver (nothing here sends mail)."""
+
+    when: Literal["always", "success", "failure", "condition"]
+    index: Annotated[int, msgspec.Meta(ge=0, le=100)]
+    channel: str
+    to: tuple[str, ...] = ()
+    message: str
+
+
+# Workflow events: ``execution_id`` is the workflow's id; they live on its subjects
+# (``cronium.exec.<owner>.<workflow id>.workflow_<event>``) beside its nodes' executions.
+
+NodeOutcome = Literal["succeeded", "failed", "rejected", "skipped", "cancelled"]
+
+
+class WorkflowRequested(Event, frozen=True, kw_only=True, tag="workflow.requested"):
+    """Someone asks to run a workflow: its definition and input, as a request carries its
+    code (``input`` null: the definition's default input)."""
+
+    definition: Definition
+    input: Any = None
+
+
+class WorkflowRejected(Event, frozen=True, kw_only=True, tag="workflow.rejected"):
+    """The workflow cannot run (its definition or input); terminal."""
+
+    error: ErrorInfo
+
+
+class NodeRequested(Event, frozen=True, kw_only=True, tag="workflow.node_requested"):
+    """The workflow consumer requested a node's execution (``node_execution_id``)."""
+
+    node: Id
+    node_execution_id: Id
+    input_bytes: PositiveInt = 0
+
+
+class NodeSkipped(Event, frozen=True, kw_only=True, tag="workflow.node_skipped"):
+    """A node will not run, and why (the skip propagates to what depends on it)."""
+
+    node: Id
+    reason: str
+
+
+class NodeEnded(Event, frozen=True, kw_only=True, tag="workflow.node_ended"):
+    """A node's execution ended: its outcome, output and condition, as its edges see them.
+    ``status`` is the execution's own (succeeded, failed, timed_out, rejected, ...)."""
+
+    node: Id
+    node_execution_id: Id
+    status: str
+    output: Any = None
+    output_ref: PayloadRef | None = None
+    condition: bool | None = None
+    error: ErrorInfo | None = None
+
+
+class NodeSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One node's outcome in a workflow's terminal event."""
+
+    node: Id
+    status: str
+    execution_id: Id | None = None
+    reason: str = ""
+
+
+class WorkflowEnded(Event, frozen=True, kw_only=True):
+    """Fields every terminal event of a workflow carries: every node's outcome."""
+
+    nodes: tuple[NodeSummary, ...] = ()
+
+
+class WorkflowSucceeded(WorkflowEnded, frozen=True, kw_only=True, tag="workflow.succeeded"):
+    """Every node that ran succeeded."""
+
+
+class WorkflowFailed(WorkflowEnded, frozen=True, kw_only=True, tag="workflow.failed"):
+    """A node that ran did not succeed."""
+
+
+class WorkflowCancelled(WorkflowEnded, frozen=True, kw_only=True, tag="workflow.cancelled"):
+    """Cancelled on request: nothing new started, what ran was cancelled."""
+
+
 _T = TypeVar("_T", bound=Terminal)
 TerminalEvent = Succeeded | Failed | TimedOut | Cancelled | Lost | Partial
 AnyEvent = (
@@ -343,6 +531,16 @@ AnyEvent = (
     | OutputSet
     | ConditionSet
     | VariableSet
+    | ActionFired
+    | NotificationRequested
+    | WorkflowRequested
+    | WorkflowRejected
+    | NodeRequested
+    | NodeSkipped
+    | NodeEnded
+    | WorkflowSucceeded
+    | WorkflowFailed
+    | WorkflowCancelled
 )
 
 EVENT_TYPES: Final[dict[str, type[Event]]] = {
@@ -366,6 +564,16 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
         OutputSet,
         ConditionSet,
         VariableSet,
+        ActionFired,
+        NotificationRequested,
+        WorkflowRequested,
+        WorkflowRejected,
+        NodeRequested,
+        NodeSkipped,
+        NodeEnded,
+        WorkflowSucceeded,
+        WorkflowFailed,
+        WorkflowCancelled,
     )
 }
 TERMINAL_TYPES: Final = frozenset(t for t, cls in EVENT_TYPES.items() if issubclass(cls, Terminal))
@@ -446,5 +654,10 @@ def make_terminal(
 
 
 def short_type(event_type: str) -> str:
-    """The last part of a type tag, used as the subject's last token (``requested``)."""
-    return event_type.rsplit(".", 1)[-1]
+    """The subject's last token for a type tag: the tag's last part for an execution's events
+    (``execution.requested`` → ``requested``), the whole tag with ``_`` for the others
+    (``workflow.requested`` → ``workflow_requested``), so they never share a subject."""
+    kind, _, last = event_type.rpartition(".")
+    if kind in ("workflow", "notification"):
+        return f"{kind}_{last}"
+    return last

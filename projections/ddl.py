@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 DATABASE: Final = "cronium"
-TABLES: Final = ("events_raw", "executions", "log_archive", "audit")
+TABLES: Final = ("events_raw", "executions", "log_archive", "audit", "workflows")
 DEFAULT_LOG_TTL_S: Final = 90 * 86400
 
 
@@ -72,8 +72,18 @@ def statements(db: str = DATABASE, log_ttl_s: float = DEFAULT_LOG_TTL_S) -> list
             actor String, action LowCardinality(String), detail String,
             prev_hash FixedString(64), hash FixedString(64)
         ) ENGINE = MergeTree ORDER BY seq""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.workflows (
+            workflow_id String, user String, name String, status LowCardinality(String),
+            nodes UInt32, succeeded UInt32, failed UInt32, skipped UInt32, not_started UInt32,
+            data_bytes UInt64, requested_at DateTime64(6, 'UTC'),
+            ended_at Nullable(DateTime64(6, 'UTC')), node_states String CODEC(ZSTD(3)),
+            version UInt64,
+            INDEX by_user user TYPE bloom_filter GRANULARITY 4
+        ) ENGINE = ReplacingMergeTree(version) ORDER BY workflow_id""",
         # migrations of tables created by older versions
         f"ALTER TABLE {db}.executions ADD COLUMN IF NOT EXISTS event_ref String AFTER parent_id",
+        f"ALTER TABLE {db}.executions ADD COLUMN IF NOT EXISTS workflow_id String AFTER event_ref",
+        f"ALTER TABLE {db}.executions ADD COLUMN IF NOT EXISTS node String AFTER workflow_id",
         # dashboard aggregates: views over the deduplicated tables, so they never double count
         f"""CREATE OR REPLACE VIEW {db}.runs_per_hour AS
             SELECT toStartOfHour(requested_at) AS hour, status, count() AS runs

@@ -28,14 +28,22 @@ from cronium_bus.authentic import decode_on
 from cronium_bus.bus import Bus
 from cronium_bus.codec import decode
 from cronium_bus.errors import EventDecodeError
-from cronium_bus.events import AnyEvent, LogChunk, Terminal
+from cronium_bus.events import AnyEvent, LogChunk, Terminal, WorkflowRequested
 from cronium_bus.health import Heartbeat
 from cronium_bus.lifecycle import Stopper
 from cronium_bus.provision import provision
 from cronium_bus.state import fold
 from cronium_bus.subjects import EXEC_ALL, EXEC_STREAM, LOGS_ALL, LOGS_STREAM
+from cronium_bus.workflows.state import fold_workflow
 from projections.ddl import DATABASE, modify_ttl, statements, ttl_clause_matches
-from projections.rows import GENESIS, audit_row, execution_rows, log_rows, raw_row
+from projections.rows import (
+    GENESIS,
+    audit_row,
+    execution_rows,
+    log_rows,
+    raw_row,
+    workflow_row,
+)
 from projections.warehouse import Warehouse
 
 log = structlog.get_logger(__name__)
@@ -121,7 +129,13 @@ class Projector:
                 continue
             by_execution.setdefault(r["execution_id"], []).append((int(r["seq"]), event))
         out: list[dict[str, Any]] = []
+        workflows: list[dict[str, Any]] = []
         for events in by_execution.values():
+            if any(isinstance(e, WorkflowRequested) for _, e in events):
+                workflow = fold_workflow(e for _, e in events)
+                if workflow is not None:
+                    workflows.append(workflow_row(workflow, max(s for s, _ in events)))
+                continue
             state = fold(e for _, e in events)
             if state is None:
                 continue
@@ -131,6 +145,7 @@ class Projector:
                     terminals[e.attempt] = e
             out.extend(execution_rows(state, max(s for s, _ in events), terminals))
         self.wh.insert(f"{self.db}.executions", out)
+        self.wh.insert(f"{self.db}.workflows", workflows)
 
     def project_logs(self, chunks: list[LogChunk]) -> None:
         """Archive the lines of these chunks."""

@@ -8,7 +8,7 @@
    audit chain (rebuilt from the genesis hash, so it is identical when the stream is complete),
    then every execution is re-folded once.
 4. Under the projector's lock (the live projector pauses, queries wait): catch up with what
-   arrived meanwhile, then ``EXCHANGE TABLES`` for all four tables in one statement — readers
+   arrived meanwhile, then ``EXCHANGE TABLES`` for all five tables in one statement — readers
    see either the old set or the new one — and drop the staging database (the old tables).
 
 The live projector resumes after the swap; anything it fetched but had not inserted is inserted

@@ -9,6 +9,7 @@ import msgspec
 
 from cronium_bus.events import AnyEvent, LogChunk, Terminal
 from cronium_bus.state import ExecutionState
+from cronium_bus.workflows.state import WorkflowState
 
 GENESIS: Final = "0" * 64
 _AUDIT_DETAIL_FIELDS: Final = (
@@ -57,6 +58,8 @@ def execution_rows(
         "correlation_id": state.correlation_id or "",
         "parent_id": state.parent_id or "",
         "event_ref": (req.event_ref or "") if req else "",
+        "workflow_id": req.workflow.workflow_id if req and req.workflow else "",
+        "node": req.workflow.node if req and req.workflow else "",
         "runtime": req.runtime if req else "",
         "runner": req.runner if req else "",
         "targets": ",".join(req.targets) if req else "",
@@ -106,6 +109,42 @@ def execution_rows(
             }
         )
     return rows
+
+
+def workflow_row(state: WorkflowState, version: int) -> dict[str, Any]:
+    """The ``workflows`` row of a folded workflow: its status and every node's."""
+    views = list(state.nodes.values())
+    return {
+        "workflow_id": state.workflow_id,
+        "user": state.user,
+        "name": state.definition.name,
+        "status": state.status,
+        "nodes": len(views),
+        "succeeded": sum(v.status == "succeeded" for v in views),
+        "failed": sum(
+            v.status not in ("succeeded", "skipped", "pending", "running") for v in views
+        ),
+        "skipped": sum(v.status == "skipped" for v in views),
+        "not_started": sum(v.status == "pending" for v in views),
+        "data_bytes": state.data_bytes(),
+        "requested_at": _ts(state.requested_at),
+        "ended_at": _ts(state.ended_at),
+        "node_states": msgspec.json.encode(
+            [
+                {
+                    "node": v.name,
+                    "status": v.status,
+                    "execution_id": v.execution_id,
+                    "input_bytes": v.input_bytes,
+                    "reason": v.reason,
+                    "requested_at": _ts(v.requested_at),
+                    "ended_at": _ts(v.ended_at),
+                }
+                for v in views
+            ]
+        ).decode(),
+        "version": version,
+    }
 
 
 def log_rows(chunk: LogChunk) -> list[dict[str, Any]]:

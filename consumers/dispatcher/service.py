@@ -12,6 +12,7 @@ import contextlib
 import functools
 import time
 
+import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
@@ -20,18 +21,26 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from consumers.deadletter import dead_letter
-from consumers.dispatcher.validate import validate_request
+from consumers.dispatcher.validate import schema_violation, validate_request
 from consumers.retries import enqueue
 from cronium_bus import durables
 from cronium_bus.bus import Bus
 from cronium_bus.codec import decode
 from cronium_bus.errors import EventDecodeError
-from cronium_bus.events import ErrorInfo, Queued, Rejected, Requested, error_info, utcnow
+from cronium_bus.events import (
+    ErrorInfo,
+    Queued,
+    Rejected,
+    Request,
+    Requested,
+    error_info,
+    utcnow,
+)
 from cronium_bus.health import Heartbeat
 from cronium_bus.history import execution_state
 from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.lifecycle import Stopper
-from cronium_bus.payloads import PayloadError, check_payload
+from cronium_bus.payloads import PayloadError, check_payload, get_json_payload
 from cronium_bus.provision import provision
 from cronium_bus.secrets import not_usable, usable_key
 from cronium_bus.servers import not_usable as server_not_usable
@@ -118,9 +127,25 @@ class Dispatcher:
         if result.input_ref is not None:  # it must be there now: a runner may start at once
             try:
                 await check_payload(self.bus.js, result.input_ref)
+                why = await self._referenced_input_violation(result)
             except PayloadError as exc:
                 await reject(event, error_info(exc))
                 return
+            if why is not None:
+                await reject(event, why)
+                return
+        wf = result.workflow
+        if wf is not None and not event.execution_id.startswith(f"{wf.workflow_id}-"):
+            await reject(
+                event,
+                ErrorInfo(
+                    kind="validation",
+                    message=f"execution {event.execution_id} names workflow {wf.workflow_id} "
+                    "but is not one of its nodes",
+                    hint="drop workflow: the workflow consumer sets it on its nodes",
+                ),
+            )
+            return
         delay = result.not_before.timestamp() - utcnow().timestamp() if result.not_before else 0.0
         queued = Queued(
             event_id=new_id("ev"),
@@ -142,6 +167,29 @@ class Dispatcher:
             execution_id=event.execution_id,
             lane=queued.lane,
             delay_s=round(max(delay, 0.0), 3),
+        )
+
+    async def _referenced_input_violation(self, request: Request) -> ErrorInfo | None:
+        """Why an input in the payload store violates the request's input schema, if it does."""
+        if request.input_schema is None or request.input_ref is None:
+            return None
+        try:
+            value = await get_json_payload(
+                self.bus.js, request.input_ref, self.settings.limits.max_input_object
+            )
+        except msgspec.DecodeError:
+            return ErrorInfo(
+                kind="validation",
+                message="the input in the payload store is not JSON",
+                hint="upload a JSON input",
+            )
+        why = schema_violation(request.input_schema, value)
+        if why is None:
+            return None
+        return ErrorInfo(
+            kind="validation",
+            message=f"input does not match input_schema at {why}",
+            hint="send an input the schema accepts",
         )
 
     async def _already_used(self, msg: Msg, owner: str, execution_id: str) -> ErrorInfo | None:

@@ -5,20 +5,122 @@ Every rejection says what was asked, what is allowed, and what to change.
 
 from __future__ import annotations
 
+from typing import Any, Final
+
+import jsonschema
 import msgspec
 
-from cronium_bus.events import ErrorInfo, Limits, Request
+from cronium_bus.events import Action, ErrorInfo, Limits, Request
 from cronium_bus.servers import KEY_PREFIX as SERVER_KEY_PREFIX
 from cronium_bus.servers import NAME_RE as SERVER_NAME_RE
 from cronium_bus.settings import Settings
 from cronium_bus.units import format_size
+from cronium_bus.workflows import template
+
+MAX_ACTIONS: Final = 20
+"""Conditional actions in one request, counting those of the requests they run."""
+MAX_ACTION_DEPTH: Final = 3
 
 
 def _reject(message: str, hint: str) -> ErrorInfo:
     return ErrorInfo(kind="validation", message=message, hint=hint)
 
 
-def validate_request(request: Request, settings: Settings) -> Request | ErrorInfo:
+def schema_violation(schema: dict[str, Any], value: Any) -> str | None:
+    """Why ``value`` does not satisfy ``schema`` (the JSON path and the message), or ``None``."""
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is None:
+        return None
+    return f"{error.json_path}: {error.message[:300]}"
+
+
+def check_input_schema(request: Request) -> ErrorInfo | None:
+    """Refuse an invalid input schema, or an inline input that violates it."""
+    if request.input_schema is None:
+        return None
+    try:
+        jsonschema.Draft202012Validator.check_schema(request.input_schema)
+    except jsonschema.SchemaError as exc:
+        return _reject(
+            f"input_schema is not a valid JSON Schema: {exc.message[:300]}",
+            "write a JSON Schema 2020-12 document",
+        )
+    if request.input_ref is not None:
+        return None  # checked by the dispatcher once it has read the payload
+    try:
+        why = schema_violation(request.input_schema, request.input)
+    except jsonschema.exceptions.JSONSchemaError as exc:  # e.g. a $ref it cannot resolve
+        return _reject(f"input_schema cannot be applied: {exc}"[:400], "use a local schema")
+    if why is not None:
+        return _reject(
+            f"input does not match input_schema at {why}", "send an input the schema accepts"
+        )
+    return None
+
+
+def _check_action(action: Action, settings: Settings, depth: int) -> ErrorInfo | None:
+    if (action.run is None) == (action.notify is None):
+        return _reject(
+            "a conditional action is exactly one of run or notify",
+            "write `- run: {request}` or `- notify: {message: ...}`",
+        )
+    if action.notify is not None:
+        unknown = template.unknown_fields(action.notify.message)
+        if unknown:
+            return _reject(
+                f"notify message uses unknown field {{{{{unknown[0][:40]}}}}}",
+                f"use only {', '.join(template.FIELDS)}",
+            )
+        return None
+    assert action.run is not None
+    if action.run.input is not None or action.run.input_ref is not None:
+        return _reject(
+            "a run action sets its own input",
+            "a run action's input is the execution's output",
+        )
+    if action.run.workflow is not None:
+        return _reject("a run action sets workflow", "drop workflow: it is the service's")
+    result = validate_request(action.run, settings, _depth=depth + 1)
+    if isinstance(result, ErrorInfo):
+        return _reject(f"a run action is invalid: {result.message}", result.hint)
+    return None
+
+
+def check_actions(request: Request, settings: Settings, depth: int = 0) -> ErrorInfo | None:
+    """Refuse conditional actions that cannot fire: too many, too deeply chained, malformed."""
+    if request.on is None:
+        return None
+    on = request.on
+    actions = [*on.always, *on.success, *on.failure, *on.condition]
+    if depth >= MAX_ACTION_DEPTH:
+        return _reject(
+            f"conditional actions chain more than {MAX_ACTION_DEPTH} levels deep",
+            "run a workflow for longer chains",
+        )
+    if _count_actions(request) > MAX_ACTIONS:
+        return _reject(
+            f"more than {MAX_ACTIONS} conditional actions in one request",
+            "run a workflow instead",
+        )
+    for action in actions:
+        why = _check_action(action, settings, depth)
+        if why is not None:
+            return why
+    return None
+
+
+def _count_actions(request: Request) -> int:
+    if request.on is None:
+        return 0
+    on = request.on
+    actions = [*on.always, *on.success, *on.failure, *on.condition]
+    return len(actions) + sum(_count_actions(a.run) for a in actions if a.run is not None)
+
+
+def validate_request(
+    request: Request, settings: Settings, *, _depth: int = 0
+) -> Request | ErrorInfo:
     """The request with defaults filled in, or why it cannot run."""
     lim = settings.limits
     code_bytes = len(request.code.encode())
@@ -112,6 +214,9 @@ def validate_request(request: Request, settings: Settings) -> Request | ErrorInf
             "read it",
             "name the server as a target (--target) instead; only the SSH runner uses its key",
         )
+    for check in (check_input_schema(request), check_actions(request, settings, _depth)):
+        if check is not None:
+            return check
     if request.runtime not in settings.runner.images:
         return _reject(
             f"no image is configured for runtime {request.runtime!r}",

@@ -27,6 +27,7 @@ from cronium_bus.provision import stream_configs
 from cronium_bus.reading import events_of
 from cronium_bus.state import fold
 from cronium_bus.subjects import ANY_OWNER, DLQ_STREAM, EXEC_STREAM, LOGS_STREAM
+from cronium_bus.workflows.state import fold_workflow
 
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -294,12 +295,19 @@ def cancel(args: argparse.Namespace) -> int:
         return bad
 
     async def body(bus: Bus) -> int:
-        state = fold(
-            await events_of(bus, args.execution_id, max_bytes=bus.settings.streams.max_msg_size)
+        events = await events_of(
+            bus, args.execution_id, max_bytes=bus.settings.streams.max_msg_size
         )
+        workflow = fold_workflow(events)
+        state = fold(events)
         if state is None:
             return not_found(bus, args.execution_id)
-        if state.final:
+        if workflow is not None:  # a workflow: the workflow consumer cancels its nodes
+            if workflow.final:
+                print(f"workflow {args.execution_id} already ended: {workflow.status}")
+                return exitcodes.OK
+            state = msgspec.structs.replace(state, user=workflow.user)
+        elif state.final:
             print(f"{args.execution_id} already ended: {state.status}")
             return exitcodes.OK
         await bus.publish(
@@ -315,7 +323,9 @@ def cancel(args: argparse.Namespace) -> int:
             )
         )
         print(f"cancel requested for {args.execution_id}", file=sys.stderr)
-        if args.wait:
+        if args.wait and workflow is not None:
+            print("(--wait follows executions; see `cronium workflow show`)", file=sys.stderr)
+        elif args.wait:
             watch = Watch(bus, args.execution_id, out=io.StringIO(), err=io.StringIO())
             await watch.start()
             try:

@@ -66,12 +66,19 @@ def _projector(bus: Bus) -> Callable[[Stopper], Awaitable[None]]:
     return ProjectorService(bus).run
 
 
+def _workflow(bus: Bus) -> Callable[[Stopper], Awaitable[None]]:
+    from consumers.workflow.service import WorkflowService
+
+    return WorkflowService(bus).run
+
+
 CONSUMERS: Final[dict[str, Callable[[Bus], Callable[[Stopper], Awaitable[None]]]]] = {
     "dispatcher": _dispatcher,
     "container": _container,
     "ssh": _ssh,
     "projector": _projector,
     "secrets": _secrets,
+    "workflow": _workflow,
 }
 
 

@@ -9,7 +9,8 @@ every user it signs receives (nats-server expands ``{{name()}}`` to the user's n
   delete, purge, update or create streams (no rewriting the history), and writes buckets only
   through the services.
 - ``user``: runs and cancels **their own** executions and follows them: they may publish only
-  ``cronium.exec.<their name>.<id>.requested`` and ``….cancel_requested``, subscribe only to
+  ``cronium.exec.<their name>.<id>.requested``, ``….workflow_requested`` and
+  ``….cancel_requested``, subscribe only to
   ``cronium.exec.<their name>.>`` and ``cronium.logs.<their name>.>`` (live) and their inbox,
   and ask the sealing service and the query service on their own name
   (``cronium.ctl.secrets.user.<name>.*``, ``cronium.ctl.servers.user.<name>.*``,
@@ -49,6 +50,7 @@ _PUBLISH: Final[dict[Role, list[str]]] = {
     "user": [
         "cronium.exec.{{name()}}.*.requested",
         "cronium.exec.{{name()}}.*.cancel_requested",
+        "cronium.exec.{{name()}}.*.workflow_requested",
         "cronium.ctl.secrets.user.{{name()}}.*",
         "cronium.ctl.servers.user.{{name()}}.*",
         "cronium.query.user.{{name()}}.history",
@@ -67,6 +69,7 @@ _PUBLISH: Final[dict[Role, list[str]]] = {
 _PUBLISH["producer"] = [
     "cronium.exec.*.*.requested",
     "cronium.exec.*.*.cancel_requested",
+    "cronium.exec.*.*.workflow_requested",
     "cronium.query.history",
     "cronium.query.logs",
     "cronium.query.stats",
@@ -87,7 +90,8 @@ def _service_only() -> list[str]:
     """Subjects of the lifecycle events only the service publishes (and every log chunk)."""
     from cronium_bus.events import EVENT_TYPES, short_type
 
-    people = {"requested", "cancel_requested", "queued", "chunk"}  # chunks: cronium.logs.>
+    # chunks: cronium.logs.>
+    people = {"requested", "cancel_requested", "workflow_requested", "queued", "chunk"}
     kinds = sorted({short_type(t) for t in EVENT_TYPES} - people)
     history = ("CRONIUM_EXEC", "CRONIUM_LOGS")
     return [

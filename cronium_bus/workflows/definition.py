@@ -25,63 +25,27 @@ reaches, an invalid input schema, and more nodes or bytes than the limits.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final
 
 import jsonschema
 import msgspec
 
 from cronium_bus.codec import check_depth
 from cronium_bus.errors import CroniumError, ErrorKind, EventDecodeError
-from cronium_bus.events import Id, Request
+from cronium_bus.events import WHENS, Definition, Edge, Node, When
 
-When = Literal["always", "on_success", "on_failure", "on_condition"]
-WHENS: Final[tuple[When, ...]] = ("always", "on_success", "on_failure", "on_condition")
 MAX_NODES: Final = 100
 MAX_DEFINITION_BYTES: Final = 1024 * 1024
 MAX_WORKFLOW_ID: Final = 56
 """Workflow ids are at most 56 characters, so a node's execution id (``<id>-<index>``) fits."""
+
+__all__ = ["WHENS", "Definition", "Edge", "Node", "When", "WorkflowError", "check", "parse"]
 
 
 class WorkflowError(CroniumError):
     """A workflow definition or input is refused."""
 
     kind: ErrorKind = "validation"
-
-
-class Edge(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename={"source": "from"}
-):
-    """``from`` → ``to``, taken when ``when`` holds for ``from``'s outcome."""
-
-    source: Id
-    to: Id
-    when: When = "on_success"
-
-
-class Node(Request, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One node: a request template with a name and an optional input schema."""
-
-    name: Id
-    input_schema: dict[str, Any] | None = None
-
-
-class Definition(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A workflow: its name, its default input, its nodes and edges."""
-
-    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,128}$")]
-    input: Any = None
-    nodes: Annotated[tuple[Node, ...], msgspec.Meta(min_length=1)]
-    edges: tuple[Edge, ...] = ()
-
-    def predecessors(self, name: str) -> list[Edge]:
-        """Edges into ``name``, in definition order."""
-        return [e for e in self.edges if e.to == name]
-
-    @property
-    def starts(self) -> list[str]:
-        """Nodes with no incoming edge: they run at once, in parallel."""
-        targets = {e.to for e in self.edges}
-        return [n.name for n in self.nodes if n.name not in targets]
 
 
 def parse(data: Mapping[str, Any], *, max_nodes: int = MAX_NODES) -> Definition:
@@ -159,6 +123,8 @@ def check(definition: Definition, *, max_nodes: int = MAX_NODES) -> None:
                 f"node {node.name!r} sets its own input",
                 hint="a node's input is its predecessors' output (or the workflow's input)",
             )
+        if node.workflow is not None:
+            raise WorkflowError(f"node {node.name!r} sets workflow (the consumer sets it)")
         if node.input_schema is not None:
             try:
                 jsonschema.Draft202012Validator.check_schema(node.input_schema)
