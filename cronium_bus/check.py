@@ -6,7 +6,9 @@
   stream has aged out its beginning);
 - no container labelled by Cronium belongs to an execution that ended more than ``grace_s`` ago
   or that the streams do not know (runners reap within 15 s; the grace covers that), and no warm
-  (pooled) container belongs to a runner whose heartbeat is gone.
+  (pooled) container belongs to a runner whose heartbeat is gone;
+- a workflow has exactly one terminal event once it ended, every node it decided to run has an
+  execution, no node's attempt started twice, and no node still runs after the workflow ended.
 
 The pure part (:func:`find_violations`) takes events and container labels; :func:`check` reads.
 """
@@ -21,12 +23,25 @@ from typing import Any
 import msgspec
 from nats.js import JetStreamContext
 
-from cronium_bus.events import AnyEvent, LogChunk, Queued, Terminal, utcnow
+from cronium_bus.events import (
+    AnyEvent,
+    LogChunk,
+    NodeRequested,
+    Queued,
+    Requested,
+    Started,
+    Terminal,
+    WorkflowEnded,
+    WorkflowRejected,
+    WorkflowRequested,
+    utcnow,
+)
 from cronium_bus.health import read_beats
 from cronium_bus.history import read_subject
 from cronium_bus.provision import installation_id
 from cronium_bus.state import fold
 from cronium_bus.subjects import EXEC_ALL, EXEC_STREAM, LOGS_ALL, LOGS_STREAM
+from cronium_bus.workflows.state import fold_workflow
 
 
 class Violation(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,6 +56,7 @@ class Report(msgspec.Struct, kw_only=True):
     """What the checker saw and found."""
 
     executions: int = 0
+    workflows: int = 0
     final: int = 0
     open: list[str] = []
     log_streams: int = 0
@@ -71,7 +87,15 @@ def find_violations(
     for event in events:
         by_execution[event.execution_id].append(event)
     ended_at: dict[str, datetime | None] = {}
+    workflows = {
+        i for i, evs in by_execution.items() if any(isinstance(e, WorkflowRequested) for e in evs)
+    }
+    report.violations.extend(
+        _workflow_violations(by_execution, workflows, report, require_final=require_final)
+    )
     for execution_id, evs in by_execution.items():
+        if execution_id in workflows:
+            continue
         state = fold(evs)
         if state is None:
             continue
@@ -148,6 +172,74 @@ def find_violations(
                     )
                 )
     return report
+
+
+def _workflow_violations(
+    by_execution: dict[str, list[AnyEvent]],
+    workflows: set[str],
+    report: Report,
+    *,
+    require_final: bool,
+) -> list[Violation]:
+    """A workflow has exactly one terminal event once it ended (none while it runs); every node
+    it requested has an execution, started at most once per attempt; an ended workflow has no
+    node still running."""
+    out: list[Violation] = []
+    for workflow_id in sorted(workflows):
+        evs = by_execution[workflow_id]
+        report.workflows += 1
+        state = fold_workflow(evs)
+        if state is None:
+            continue
+        ends = [e.type for e in evs if isinstance(e, WorkflowEnded | WorkflowRejected)]
+        if len(ends) > 1:
+            out.append(
+                Violation(
+                    kind="workflow_terminal",
+                    execution_id=workflow_id,
+                    detail=f"{len(ends)} terminal events ({', '.join(ends)})",
+                )
+            )
+        if not ends and require_final:
+            out.append(
+                Violation(kind="workflow_not_final", execution_id=workflow_id, detail="running")
+            )
+        for request in (e for e in evs if isinstance(e, NodeRequested)):
+            node_events = by_execution.get(request.node_execution_id, [])
+            if not any(isinstance(e, Requested) for e in node_events):
+                out.append(
+                    Violation(
+                        kind="node_never_started",
+                        execution_id=workflow_id,
+                        detail=f"node {request.node} was decided but its execution "
+                        f"{request.node_execution_id} was never requested",
+                    )
+                )
+            starts: dict[int, int] = defaultdict(int)
+            for e in node_events:
+                if isinstance(e, Started):
+                    starts[e.attempt] += 1
+            for attempt, n in starts.items():
+                if n > 1:
+                    out.append(
+                        Violation(
+                            kind="node_started_twice",
+                            execution_id=workflow_id,
+                            detail=f"node {request.node} ({request.node_execution_id}) attempt "
+                            f"{attempt} started {n} times",
+                        )
+                    )
+        if state.final and state.status != "rejected":
+            running = [v.name for v in state.nodes.values() if v.status == "running"]
+            if running:
+                out.append(
+                    Violation(
+                        kind="workflow_terminal",
+                        execution_id=workflow_id,
+                        detail=f"ended {state.status} while {', '.join(running)} still ran",
+                    )
+                )
+    return out
 
 
 def _log_gaps(chunks: Iterable[LogChunk], report: Report, *, truncated: bool) -> list[Violation]:

@@ -49,6 +49,7 @@ from cronium_bus.events import (
     WorkflowFailed,
     WorkflowRef,
     WorkflowRejected,
+    WorkflowRequested,
     WorkflowSucceeded,
     utcnow,
 )
@@ -95,11 +96,48 @@ class WorkflowService:
             await dead_letter(self.bus.js, DURABLE, msg, f"not a trigger: {msg.subject!r}")
             return
         owner, subject_id, kind = tokens[2], tokens[3], tokens[4]
-        if kind in ("workflow_requested", "cancel_requested"):
+        if kind == "workflow_requested":
+            why = self._undecodable(msg)
+            if why is not None:  # answered, so the requester learns why nothing runs
+                await self._reject_raw(owner, subject_id, why)
+            else:
+                await self.advance(owner, subject_id)
+        elif kind == "cancel_requested":
             await self.advance(owner, subject_id)
         else:
             await self._ended(owner, subject_id)
         await msg.ack()
+
+    def _undecodable(self, msg: Msg) -> ErrorInfo | None:
+        """Why a message on a ``workflow_requested`` subject is no workflow request."""
+        try:
+            event = decode_on(msg.subject, msg.data, max_bytes=self.settings.limits.max_request)
+        except EventDecodeError as exc:
+            return ErrorInfo(kind="validation", message=exc.message[:1000], hint=exc.hint)
+        if not isinstance(event, WorkflowRequested):
+            return ErrorInfo(
+                kind="validation",
+                message=f"{event.type} was published on the workflow request subject",
+                hint="publish workflow.requested on cronium.exec.<owner>.<id>.workflow_requested",
+            )
+        return None
+
+    async def _reject_raw(self, owner: str, workflow_id: str, why: ErrorInfo) -> None:
+        """Reject what was published on a workflow's request subject, once (the workflow's one
+        terminal id), unless a real request of that workflow is stored."""
+        if await self._workflow(owner, workflow_id) is not None:
+            return  # a workflow request of this id exists: junk beside it changes nothing
+        rejected = WorkflowRejected(
+            event_id=new_id("ev"),
+            time=utcnow(),
+            execution_id=workflow_id,
+            correlation_id=workflow_id,
+            producer=self.bus.producer,
+            user=owner,
+            error=why,
+        )
+        await self.bus.publish(rejected)
+        log.warning("workflow request refused", workflow_id=workflow_id, reason=why.message)
 
     async def _request_of(self, owner: str, execution_id: str) -> Requested | None:
         """The stored request of an execution (one direct read), if it has one."""

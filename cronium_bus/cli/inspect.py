@@ -19,7 +19,14 @@ from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
 from cronium_bus.cli.common import add_client_options, fail, run_client, settings_from
 from cronium_bus.cli.watch import Watch
-from cronium_bus.events import CancelRequested, LogChunk, Terminal, utcnow
+from cronium_bus.events import (
+    ActionFired,
+    CancelRequested,
+    LogChunk,
+    NotificationRequested,
+    Terminal,
+    utcnow,
+)
 from cronium_bus.health import read_beats
 from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.payloads import get_json_payload
@@ -193,6 +200,12 @@ def _details(event: Any) -> str:
         )
     if event.type == "execution.started":
         parts.append(f"runner {event.runner}, image {event.image}")
+    if isinstance(event, ActionFired):
+        parts.append(f"on.{event.when}[{event.index}] {event.action}: {event.detail}")
+    if isinstance(event, NotificationRequested):
+        parts.append(f"{event.channel}: {event.message[:120]}")
+    if event.type == "helper.called":
+        parts.append(f"{event.helper}{' ' + event.key if event.key else ''}")
     if isinstance(event, Terminal):
         d = event.durations
         parts.append(

@@ -84,7 +84,7 @@ def check_cmd(args: argparse.Namespace) -> int:
         else:
             print(
                 f"{report.executions} executions ({report.final} final, {len(report.open)} in "
-                f"flight), {report.log_streams} log streams, "
+                f"flight), {report.workflows} workflows, {report.log_streams} log streams, "
                 + (
                     f"{report.containers} containers"
                     if report.containers_checked

@@ -18,6 +18,7 @@ from cronium_bus.cli.watch import Watch
 from cronium_bus.errors import ERROR_KINDS, PermissionDeniedError
 from cronium_bus.events import (
     PRIORITIES,
+    Actions,
     AnyEvent,
     Limits,
     Request,
@@ -117,6 +118,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--retry-delay", metavar="DUR", default="1s", help="first retry delay")
     p.add_argument("--delay", metavar="DUR", help="do not start before DUR from now (e.g. 10m)")
     p.add_argument("--event", metavar="NAME", help="the Cronium event this run belongs to")
+    p.add_argument(
+        "--on",
+        metavar="JSON|@FILE",
+        help="conditional actions after the run: {always|success|failure|condition: "
+        "[{run: REQUEST} | {notify: {message, channel, to}}]} (README, Conditional actions)",
+    )
+    p.add_argument(
+        "--input-schema",
+        metavar="JSON|@FILE",
+        help="a JSON Schema (2020-12) the input must satisfy, or the run is rejected",
+    )
     p.add_argument("--id", metavar="ID", help="execution id to use (idempotency key)")
     p.add_argument("--user", metavar="NAME", help="user the execution belongs to")
     p.add_argument("--detach", action="store_true", help="print the execution id and return")
@@ -179,7 +191,18 @@ def build_request(args: argparse.Namespace) -> Request:
             base_s=retry_base,
             retry_on=tuple(args.retry_on or RetryPolicy().retry_on),
         )
+    on = None
+    if args.on is not None:
+        try:
+            on = msgspec.convert(read_input(args.on, "--on"), Actions)
+        except msgspec.ValidationError as exc:
+            raise UsageError(f"--on is not a set of actions: {exc}") from exc
+    schema = read_input(args.input_schema, "--input-schema")
+    if schema is not None and not isinstance(schema, dict):
+        raise UsageError("--input-schema is a JSON object (a JSON Schema)")
     return Request(
+        on=on,
+        input_schema=schema,
         runtime=runtime,
         code=code,
         timeout_s=timeout,
@@ -195,8 +218,8 @@ def build_request(args: argparse.Namespace) -> Request:
     )
 
 
-def read_input(value: str | None) -> Any:
-    """``--input`` as JSON: inline, or ``@FILE``."""
+def read_input(value: str | None, flag: str = "--input") -> Any:
+    """``--input`` (or another JSON flag) as JSON: inline, or ``@FILE``."""
     if value is None:
         return None
     text = value
@@ -208,7 +231,7 @@ def read_input(value: str | None) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--input is not valid JSON: {exc}") from exc
+        raise UsageError(f"{flag} is not valid JSON: {exc}") from exc
 
 
 async def offload_input(bus: Bus, request: Request, execution_id: str) -> Request:

@@ -122,6 +122,20 @@ def validate(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def _start_input_refused(definition: Definition, value: Any) -> str | None:
+    """Why a start node's input schema refuses the workflow's input (the dispatcher would
+    reject the node; refused here at once, exit 2)."""
+    from consumers.dispatcher.validate import schema_violation
+
+    for name in definition.starts:
+        node = next(n for n in definition.nodes if n.name == name)
+        if node.input_schema is not None:
+            why = schema_violation(node.input_schema, value)
+            if why is not None:
+                return f"the input does not match node {name}'s input_schema at {why}"
+    return None
+
+
 class _Prefixed:
     """A text stream that prefixes every line it is given."""
 
@@ -159,6 +173,9 @@ def run(args: argparse.Namespace) -> int:
         return fail(exc.message, exc.hint, exitcodes.USAGE)
     except UsageError as exc:
         return fail(str(exc), "see `cronium workflow run --help`", exitcodes.USAGE)
+    why = _start_input_refused(definition, value if value is not None else definition.input)
+    if why is not None:
+        return fail(why, "pass an --input the start nodes' input_schema accepts", exitcodes.USAGE)
     workflow_id = args.id or new_id("wf")
     if not is_valid_id(workflow_id) or len(workflow_id) > MAX_WORKFLOW_ID:
         return fail(
@@ -295,7 +312,8 @@ def _print_state(state: WorkflowState, out: TextIO) -> None:
         took = ""
         if v.requested_at and v.ended_at:
             took = f" in {(v.ended_at - v.requested_at).total_seconds():.1f}s"
-        line = f"  {v.name:<16} {v.status:<10} {v.execution_id or '-'}{took}"
+        status = "not started" if v.status == "pending" and state.final else v.status
+        line = f"  {v.name:<16} {status:<11} {v.execution_id or '-'}{took}"
         if v.input_bytes:
             line += f" input {format_size(v.input_bytes)}"
         if v.reason:
