@@ -209,18 +209,22 @@ class WorkflowService:
             return
         if workflow.cancel_requested:
             await self._cancel_running(workflow)
-        decision = decide(
-            workflow.definition,
-            workflow.input,
-            workflow.fold_states(),
-            cancelled=workflow.cancel_requested,
-        )
-        for name, node_input in decision.start:
-            await self._start(workflow, name, node_input)
-        for name, reason in decision.skip:
-            skipped = NodeSkipped(**self._envelope(workflow), node=name, reason=reason)
-            await self.bus.publish(skipped)
-            workflow.nodes[name].status, workflow.nodes[name].reason = "skipped", reason
+        for _ in range(len(workflow.nodes) + 1):  # again while a node is refused at once
+            decision = decide(
+                workflow.definition,
+                workflow.input,
+                workflow.fold_states(),
+                cancelled=workflow.cancel_requested,
+            )
+            refused = False
+            for name, node_input in decision.start:
+                refused |= not await self._start(workflow, name, node_input)
+            for name, reason in decision.skip:
+                skipped = NodeSkipped(**self._envelope(workflow), node=name, reason=reason)
+                await self.bus.publish(skipped)
+                workflow.nodes[name].status, workflow.nodes[name].reason = "skipped", reason
+            if not refused:
+                break
         if decision.final is not None:
             summary = tuple(
                 NodeSummary(
@@ -285,8 +289,9 @@ class WorkflowService:
         ref = await put_payload(self.bus.js, f"{workflow.workflow_id}/{name}.input.json", data)
         return None, ref, len(data)
 
-    async def _start(self, workflow: WorkflowState, name: str, node_input: Any) -> None:
-        """Request one node's execution, once (see module docstring)."""
+    async def _start(self, workflow: WorkflowState, name: str, node_input: Any) -> bool:
+        """Request one node's execution, once (see module docstring); ``False`` when the node
+        was refused at once (its input too large for the workflow's data)."""
         definition = workflow.definition
         execution_id = node_execution_id(workflow.workflow_id, definition, name)
         error: ErrorInfo | None = None
@@ -318,7 +323,8 @@ class WorkflowService:
                 )
             )
             workflow.nodes[name].status = "rejected"
-            return
+            workflow.nodes[name].reason = error.message
+            return False
         await self.bus.publish(
             NodeRequested(
                 **self._envelope(workflow),
@@ -329,6 +335,7 @@ class WorkflowService:
         )
         workflow.nodes[name].status = "running"
         workflow.nodes[name].input_bytes = size
+        return True
 
     async def _publish_request(
         self,
