@@ -62,9 +62,18 @@ async def run_code(bus: Bus, code: str, runtime: str = "python", **fields: Any) 
 
 
 class RunnerProcess:
-    """``cronium consume container`` as its own process, sharing the test's NATS and dirs."""
+    """``cronium consume NAME`` (container by default) as its own process, sharing the test's
+    NATS and dirs."""
 
-    def __init__(self, cronium_bin: str, settings: Settings, slots: int, **env_extra: str) -> None:
+    def __init__(
+        self,
+        cronium_bin: str,
+        settings: Settings,
+        slots: int,
+        consumer: str = "container",
+        **env_extra: str,
+    ) -> None:
+        self.consumer = consumer
         env = {
             **os.environ,
             "CRONIUM_NATS_URL": settings.nats_url,
@@ -79,7 +88,7 @@ class RunnerProcess:
             **env_extra,
         }
         self.proc = subprocess.Popen(
-            [cronium_bin, "consume", "container"],
+            [cronium_bin, "consume", consumer],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -94,7 +103,7 @@ class RunnerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"runner process exited with {self.proc.returncode}")
             for beat in await read_beats(bus.js):
-                if beat.pid == self.proc.pid and beat.kind == "container":
+                if beat.pid == self.proc.pid and beat.kind == self.consumer:
                     return beat.instance
             await asyncio.sleep(0.1)
         raise AssertionError(f"runner process {self.proc.pid} not claiming after {timeout}s")
