@@ -267,9 +267,7 @@ class _Follow:
 
         out: Any = _Prefixed(sys.stderr if self.quiet else sys.stdout, prefix)
         err: Any = _Prefixed(sys.stderr, prefix)
-        watch = Watch(
-            self.bus, execution_id, out=out, err=err, on_event=on_event
-        )
+        watch = Watch(self.bus, execution_id, out=out, err=err, on_event=on_event)
         await watch.start()
         self.watches[node] = watch
 
