@@ -19,12 +19,39 @@ class HistoryFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     user: str | None = None
     since: str | None = None
     execution_id: str | None = None
+    workflow_id: str | None = None
+    workflows: bool = False
+    """List workflows (the ``workflows`` table) instead of executions."""
     limit: int = 50
 
 
-def history(wh: Any, f: HistoryFilter, db: str = DATABASE) -> list[dict[str, Any]]:
-    """Latest row of each (execution, attempt), newest first."""
+def workflow_history(wh: Any, f: HistoryFilter, db: str = DATABASE) -> list[dict[str, Any]]:
+    """Latest row of each workflow, newest first."""
     conditions = {
+        "wid": (f.workflow_id, "workflow_id = {wid:String}"),
+        "status": (f.status, "status = {status:String}"),
+        "user": (f.user, "user = {user:String}"),
+        "since": (f.since, "requested_at >= parseDateTime64BestEffort({since:String}, 6, 'UTC')"),
+    }
+    where = ["1", *(sql for value, sql in conditions.values() if value)]
+    params: dict[str, Any] = {name: value for name, (value, _) in conditions.items() if value}
+    params["limit"] = max(1, min(f.limit, MAX_LIMIT))
+    rows: list[dict[str, Any]] = wh.query(
+        f"SELECT * EXCEPT version FROM {db}.workflows FINAL WHERE {' AND '.join(where)} "
+        "ORDER BY requested_at DESC, workflow_id LIMIT {limit:UInt32}",
+        params,
+    )
+    for r in rows:
+        r["node_states"] = msgspec.json.decode(r["node_states"])
+    return rows
+
+
+def history(wh: Any, f: HistoryFilter, db: str = DATABASE) -> list[dict[str, Any]]:
+    """Latest row of each (execution, attempt), newest first (or workflows: ``f.workflows``)."""
+    if f.workflows:
+        return workflow_history(wh, f, db)
+    conditions = {
+        "wid": (f.workflow_id, "workflow_id = {wid:String}"),
         "eid": (f.execution_id, "execution_id = {eid:String}"),
         "status": (f.status, "status = {status:String}"),
         "user": (f.user, "user = {user:String}"),
@@ -133,7 +160,15 @@ def aggregates(wh: Any, since: str, db: str = DATABASE) -> dict[str, Any]:
     events: list[dict[str, Any]] = wh.query(
         f"SELECT * FROM {db}.durations_by_event ORDER BY runs DESC, event_ref, runtime LIMIT 1000"
     )
-    return {"runs_per_hour": hours, "durations_by_event": events}
+    workflows: list[dict[str, Any]] = wh.query(
+        f"SELECT name, status, count() AS runs, "
+        "quantile(0.5)(dateDiff('millisecond', requested_at, ended_at)) AS p50_ms "
+        f"FROM {db}.workflows FINAL "
+        "WHERE requested_at >= parseDateTime64BestEffort({since:String}, 6, 'UTC') "
+        "GROUP BY name, status ORDER BY name, status LIMIT 1000",
+        {"since": since},
+    )
+    return {"runs_per_hour": hours, "durations_by_event": events, "workflows": workflows}
 
 
 RUN_TIME_BUCKETS_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)

@@ -177,6 +177,28 @@ def test_a_diamond_runs_in_order_with_its_inputs_skips_and_status(
     rows = until(history)
     assert {r["node"] for r in rows} == set(nodes) - {"small", "after_small"}
 
+    def workflow_rows() -> list[dict[str, Any]]:
+        out = stack.cli("history", "--workflows", "--json")
+        return [r for r in json.loads(out.stdout) if r["workflow_id"] == "wf-diamond"]
+
+    (row,) = until(workflow_rows)
+    assert (row["status"], row["nodes"], row["succeeded"], row["failed"], row["skipped"]) == (
+        "failed",
+        8,
+        5,
+        1,
+        2,
+    )
+    only = json.loads(stack.cli("history", "--workflow", "wf-diamond", "--json").stdout)
+    assert {r["execution_id"] for r in only} == {r["execution_id"] for r in rows}
+    stats = json.loads(stack.cli("stats", "--json").stdout)
+    assert any(
+        (r["name"], r["status"], r["runs"]) == ("diamond", "failed", 1) for r in stats["workflows"]
+    ), stats["workflows"]
+    replayed = stack.cli("replay")  # the workflows table is rebuilt like the others
+    assert replayed.returncode == 0, replayed.stderr
+    assert workflow_rows()[0]["node_states"] == row["node_states"]
+
 
 def test_an_input_that_violates_a_nodes_schema_rejects_the_node_naming_the_field(
     stack: Stack, tmp_path: Path

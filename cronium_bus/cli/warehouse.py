@@ -64,6 +64,10 @@ def add_parsers(sub: _Sub) -> None:
     p.add_argument("--user")
     p.add_argument("--since", metavar="T", help="ISO time, or a duration ago (1h, 2d)")
     p.add_argument("--limit", type=int, default=50, metavar="N")
+    p.add_argument("--workflow", metavar="ID", help="only the node executions of workflow ID")
+    p.add_argument(
+        "--workflows", action="store_true", help="list workflows (status, nodes) instead"
+    )
     p.add_argument("--json", action="store_true")
     add_client_options(p)
     p.set_defaults(handler=history_cmd)
@@ -117,13 +121,22 @@ def history_cmd(args: argparse.Namespace) -> int:
                 f"{bus.identity} sees only their own history, not {args.user}'s",
                 hint="drop --user",
             )
+        query = {"status": args.status, "user": args.user, "since": since, "limit": args.limit}
         rows = await ask(
             bus,
             "history",
-            {"status": args.status, "user": args.user, "since": since, "limit": args.limit},
+            {**query, "workflow_id": args.workflow, "workflows": args.workflows},
         )
         if args.json:
             print(json.dumps(rows))
+            return exitcodes.OK
+        if args.workflows:
+            for r in rows:
+                print(
+                    f"{r['requested_at'] or '':<27} {r['workflow_id']:<32} {r['status']:<10} "
+                    f"{r['user']:<12} {r['name']:<20} {r['succeeded']}/{r['nodes']} succeeded, "
+                    f"{r['failed']} failed, {r['skipped']} skipped"
+                )
             return exitcodes.OK
         for r in rows:
             print(
@@ -185,6 +198,11 @@ def stats_cmd(args: argparse.Namespace) -> int:
                 f"log archive: {a['lines']:,} lines (before merges), {a['compressed_bytes']:,} "
                 f"bytes on disk, {ratio:.1f}x compressed"
             )
+        if result.get("workflows"):
+            print("workflows                      runs      p50 (ms)")
+            for r in result["workflows"]:
+                name = f"{r['name']} [{r['status']}]"
+                print(f"  {name:<26} {r['runs']:>8} {r['p50_ms'] or 0:>10.0f}")
         print("run time per event (ms)        runs      p50      p95      p99")
         for r in result["durations_by_event"]:
             name = f"{r['event_ref'] or '(ad hoc)'} [{r['runtime']}]"

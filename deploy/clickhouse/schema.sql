@@ -38,7 +38,20 @@ CREATE TABLE IF NOT EXISTS cronium.audit (
     prev_hash FixedString(64), hash FixedString(64)
     ) ENGINE = MergeTree ORDER BY seq;
 
+CREATE TABLE IF NOT EXISTS cronium.workflows (
+    workflow_id String, user String, name String, status LowCardinality(String),
+    nodes UInt32, succeeded UInt32, failed UInt32, skipped UInt32, not_started UInt32,
+    data_bytes UInt64, requested_at DateTime64(6, 'UTC'),
+    ended_at Nullable(DateTime64(6, 'UTC')), node_states String CODEC(ZSTD(3)),
+    version UInt64,
+    INDEX by_user user TYPE bloom_filter GRANULARITY 4
+    ) ENGINE = ReplacingMergeTree(version) ORDER BY workflow_id;
+
 ALTER TABLE cronium.executions ADD COLUMN IF NOT EXISTS event_ref String AFTER parent_id;
+
+ALTER TABLE cronium.executions ADD COLUMN IF NOT EXISTS workflow_id String AFTER event_ref;
+
+ALTER TABLE cronium.executions ADD COLUMN IF NOT EXISTS node String AFTER workflow_id;
 
 CREATE OR REPLACE VIEW cronium.runs_per_hour AS
     SELECT toStartOfHour(requested_at) AS hour, status, count() AS runs
