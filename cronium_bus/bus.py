@@ -42,6 +42,7 @@ from cronium_bus.events import (
     HelperCalled,
     LogChunk,
     NotificationRequested,
+    ScheduleRunEnded,
     Terminal,
     WorkflowEnded,
     WorkflowRejected,
@@ -83,6 +84,13 @@ def message_id(event: Event) -> str:
     node = getattr(event, "node", None)
     if isinstance(node, str):  # a node's event in its workflow: one of each kind per node
         return f"{event.execution_id}:{short_type(event.type)}:{node}"
+    fire_at = getattr(event, "fire_at", None)
+    if fire_at is not None:  # a schedule's fire: one event of each kind per fire
+        return f"{event.execution_id}:{short_type(event.type)}:{int(fire_at.timestamp() * 1000)}"
+    if isinstance(event, ScheduleRunEnded):
+        return f"{event.execution_id}:run_ended:{event.run_id}"
+    if event.type.startswith("schedule."):  # created, updated, paused, ...: each its own
+        return event.event_id
     if isinstance(event, ActionFired | NotificationRequested):
         return f"{event.execution_id}:{short_type(event.type)}:{event.when}:{event.index}"
     if isinstance(event, Terminal):

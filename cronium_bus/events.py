@@ -140,6 +140,20 @@ class Actions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     condition: ActionList = ()
 
 
+ScheduleName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,40}$")]
+
+
+class ScheduleRef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The schedule and fire an execution was started by (set by the scheduler)."""
+
+    name: ScheduleName
+    schedule_id: Id
+    fire_at: Time
+
+    def __post_init__(self) -> None:
+        in_utc(self)
+
+
 class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What a producer asks to run. Unknown fields are refused so a typo is never ignored."""
 
@@ -165,6 +179,8 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """Conditional actions after the execution ends (see :class:`Actions`)."""
     workflow: WorkflowRef | None = None
     """Set on the executions of a workflow's nodes."""
+    schedule: ScheduleRef | None = None
+    """Set on the executions a schedule fired."""
 
     def __post_init__(self) -> None:
         in_utc(self)
@@ -238,6 +254,35 @@ class Definition(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     def index(self, name: str) -> int:
         """The position of node ``name`` (its execution id's suffix)."""
         return next(i for i, n in enumerate(self.nodes) if n.name == name)
+
+
+# --------------------------------------------------------------------------- schedules
+
+Overlap = Literal["skip", "queue", "allow"]
+Missed = Literal["skip", "once"]
+
+
+class ScheduleSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A schedule: what to run (``request``) and when — exactly one of ``every_s`` (an interval,
+    at least 1 s), ``cron`` (five fields, or six with seconds first) or ``at`` (one shot) — with
+    an optional time zone (for ``cron``), start and end, a maximum number of runs (then the
+    schedule pauses itself), what to do with a fire while the previous run still runs
+    (``overlap``) and with fires that fell while the service was down (``missed``)."""
+
+    name: ScheduleName
+    every_s: Annotated[float, msgspec.Meta(ge=1, le=366 * 86400)] | None = None
+    cron: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    at: Time | None = None
+    tz: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    start: Time | None = None
+    end: Time | None = None
+    max_runs: Annotated[int, msgspec.Meta(ge=1, le=MAX_SAFE_INT)] | None = None
+    overlap: Overlap = "skip"
+    missed: Missed = "once"
+    request: Request
+
+    def __post_init__(self) -> None:
+        in_utc(self)
 
 
 # --------------------------------------------------------------------------- the envelope
@@ -510,6 +555,70 @@ class WorkflowCancelled(WorkflowEnded, frozen=True, kw_only=True, tag="workflow.
     """Cancelled on request: nothing new started, what ran was cancelled."""
 
 
+# Schedule events: ``execution_id`` is the schedule's id (``sch-<name>-<hash>``); they live on
+# its subjects (``cronium.exec.<owner>.<schedule id>.schedule_<event>``).
+
+
+class ScheduleCreated(Event, frozen=True, kw_only=True, tag="schedule.created"):
+    """A schedule was created (by its owner, or an admin for them)."""
+
+    spec: ScheduleSpec
+
+
+class ScheduleUpdated(Event, frozen=True, kw_only=True, tag="schedule.updated"):
+    """A schedule was replaced by a new spec (its fires so far are kept)."""
+
+    spec: ScheduleSpec
+
+
+class SchedulePaused(Event, frozen=True, kw_only=True, tag="schedule.paused"):
+    """The schedule stopped firing: on request, at ``max_runs``, or past its end."""
+
+    reason: str = ""
+
+
+class ScheduleResumed(Event, frozen=True, kw_only=True, tag="schedule.resumed"):
+    """The schedule fires again."""
+
+
+class ScheduleDeleted(Event, frozen=True, kw_only=True, tag="schedule.deleted"):
+    """The schedule was removed; its history stays."""
+
+    reason: str = ""
+
+
+class ScheduleFired(Event, frozen=True, kw_only=True, tag="schedule.fired"):
+    """A fire at ``fire_at`` started ``run_id`` (an execution id derived from the schedule and
+    the fire time); ``next_at`` is when nats-server fires next."""
+
+    fire_at: Time
+    run_id: Id
+    next_at: Time | None = None
+    queued: bool = False
+
+
+class ScheduleFireSkipped(Event, frozen=True, kw_only=True, tag="schedule.fire_skipped"):
+    """A fire that started nothing, and why (overlap, missed while down, paused, ...)."""
+
+    fire_at: Time
+    reason: str
+    next_at: Time | None = None
+
+
+class ScheduleFireQueued(Event, frozen=True, kw_only=True, tag="schedule.fire_queued"):
+    """A fire waits for the previous run to end (overlap ``queue``)."""
+
+    fire_at: Time
+    next_at: Time | None = None
+
+
+class ScheduleRunEnded(Event, frozen=True, kw_only=True, tag="schedule.run_ended"):
+    """A run the schedule started ended (the counters come from these)."""
+
+    run_id: Id
+    status: str
+
+
 _T = TypeVar("_T", bound=Terminal)
 TerminalEvent = Succeeded | Failed | TimedOut | Cancelled | Lost | Partial
 AnyEvent = (
@@ -541,6 +650,15 @@ AnyEvent = (
     | WorkflowSucceeded
     | WorkflowFailed
     | WorkflowCancelled
+    | ScheduleCreated
+    | ScheduleUpdated
+    | SchedulePaused
+    | ScheduleResumed
+    | ScheduleDeleted
+    | ScheduleFired
+    | ScheduleFireSkipped
+    | ScheduleFireQueued
+    | ScheduleRunEnded
 )
 
 EVENT_TYPES: Final[dict[str, type[Event]]] = {
@@ -574,6 +692,15 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
         WorkflowSucceeded,
         WorkflowFailed,
         WorkflowCancelled,
+        ScheduleCreated,
+        ScheduleUpdated,
+        SchedulePaused,
+        ScheduleResumed,
+        ScheduleDeleted,
+        ScheduleFired,
+        ScheduleFireSkipped,
+        ScheduleFireQueued,
+        ScheduleRunEnded,
     )
 }
 TERMINAL_TYPES: Final = frozenset(t for t, cls in EVENT_TYPES.items() if issubclass(cls, Terminal))
@@ -658,6 +785,6 @@ def short_type(event_type: str) -> str:
     (``execution.requested`` → ``requested``), the whole tag with ``_`` for the others
     (``workflow.requested`` → ``workflow_requested``), so they never share a subject."""
     kind, _, last = event_type.rpartition(".")
-    if kind in ("workflow", "notification"):
+    if kind in ("workflow", "notification", "schedule"):
         return f"{kind}_{last}"
     return last

@@ -17,6 +17,8 @@ EXEC_STREAM: Final = "CRONIUM_EXEC"
 JOBS_STREAM: Final = "CRONIUM_JOBS"
 LOGS_STREAM: Final = "CRONIUM_LOGS"
 DLQ_STREAM: Final = "CRONIUM_DLQ"
+SCHED_STREAM: Final = "CRONIUM_SCHED"
+SCHED_ALL: Final = "cronium.sched.>"
 
 EXEC_ALL: Final = "cronium.exec.>"
 JOBS_ALL: Final = "cronium.jobs.>"

@@ -84,6 +84,7 @@ def statements(db: str = DATABASE, log_ttl_s: float = DEFAULT_LOG_TTL_S) -> list
         f"ALTER TABLE {db}.executions ADD COLUMN IF NOT EXISTS event_ref String AFTER parent_id",
         f"ALTER TABLE {db}.executions ADD COLUMN IF NOT EXISTS workflow_id String AFTER event_ref",
         f"ALTER TABLE {db}.executions ADD COLUMN IF NOT EXISTS node String AFTER workflow_id",
+        f"ALTER TABLE {db}.executions ADD COLUMN IF NOT EXISTS schedule String AFTER node",
         # dashboard aggregates: views over the deduplicated tables, so they never double count
         f"""CREATE OR REPLACE VIEW {db}.runs_per_hour AS
             SELECT toStartOfHour(requested_at) AS hour, status, count() AS runs

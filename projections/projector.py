@@ -131,6 +131,8 @@ class Projector:
         out: list[dict[str, Any]] = []
         workflows: list[dict[str, Any]] = []
         for events in by_execution.values():
+            if any(e.type.startswith("schedule.") for _, e in events):
+                continue  # a schedule's own events: audit and raw events only
             if any(isinstance(e, WorkflowRequested) for _, e in events):
                 workflow = fold_workflow(e for _, e in events)
                 if workflow is not None:

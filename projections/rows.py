@@ -60,6 +60,7 @@ def execution_rows(
         "event_ref": (req.event_ref or "") if req else "",
         "workflow_id": req.workflow.workflow_id if req and req.workflow else "",
         "node": req.workflow.node if req and req.workflow else "",
+        "schedule": req.schedule.name if req and req.schedule else "",
         "runtime": req.runtime if req else "",
         "runner": req.runner if req else "",
         "targets": ",".join(req.targets) if req else "",

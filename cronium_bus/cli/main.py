@@ -14,6 +14,7 @@ from cronium_bus.cli import (
     metrics,
     ops,
     run,
+    schedule,
     secret,
     servers,
     stack,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_parser(sub)
     users.add_parsers(sub)
     workflow.add_parsers(sub)
+    schedule.add_parsers(sub)
     return parser
 
 

@@ -58,6 +58,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "  echo 'console.log(1)' | cronium run --runtime node -\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_request_options(p)
+    p.add_argument("--id", metavar="ID", help="execution id to use (idempotency key)")
+    p.add_argument("--user", metavar="NAME", help="user the execution belongs to")
+    p.add_argument("--detach", action="store_true", help="print the execution id and return")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON summary on stdout; the script's output goes to stderr",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    add_client_options(p)
+    p.set_defaults(handler=main)
+
+
+def add_request_options(p: argparse.ArgumentParser, *, delay: bool = True) -> None:
+    """The options that describe a request (``run``, ``schedule add``)."""
     p.add_argument(
         "file", nargs="?", metavar="FILE", help="script file to run ('-' reads standard input)"
     )
@@ -116,7 +132,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--backoff", choices=["exponential", "fixed"], default="exponential")
     p.add_argument("--retry-delay", metavar="DUR", default="1s", help="first retry delay")
-    p.add_argument("--delay", metavar="DUR", help="do not start before DUR from now (e.g. 10m)")
+    if delay:
+        p.add_argument("--delay", metavar="DUR", help="do not start before DUR from now (e.g. 10m)")
     p.add_argument("--event", metavar="NAME", help="the Cronium event this run belongs to")
     p.add_argument(
         "--on",
@@ -129,17 +146,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="JSON|@FILE",
         help="a JSON Schema (2020-12) the input must satisfy, or the run is rejected",
     )
-    p.add_argument("--id", metavar="ID", help="execution id to use (idempotency key)")
-    p.add_argument("--user", metavar="NAME", help="user the execution belongs to")
-    p.add_argument("--detach", action="store_true", help="print the execution id and return")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print a JSON summary on stdout; the script's output goes to stderr",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
-    add_client_options(p)
-    p.set_defaults(handler=main)
 
 
 class UsageError(Exception):
@@ -180,7 +186,7 @@ def build_request(args: argparse.Namespace) -> Request:
         raise UsageError("--retries must be between 0 and 99")
     try:
         retry_base = parse_duration(args.retry_delay)
-        delay = parse_duration(args.delay) if args.delay else None
+        delay = parse_duration(args.delay) if getattr(args, "delay", None) else None
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     retry = None

@@ -72,6 +72,12 @@ def _workflow(bus: Bus) -> Callable[[Stopper], Awaitable[None]]:
     return WorkflowService(bus).run
 
 
+def _scheduler(bus: Bus) -> Callable[[Stopper], Awaitable[None]]:
+    from consumers.scheduler.service import Scheduler
+
+    return Scheduler(bus).run
+
+
 CONSUMERS: Final[dict[str, Callable[[Bus], Callable[[Stopper], Awaitable[None]]]]] = {
     "dispatcher": _dispatcher,
     "container": _container,
@@ -79,6 +85,7 @@ CONSUMERS: Final[dict[str, Callable[[Bus], Callable[[Stopper], Awaitable[None]]]
     "projector": _projector,
     "secrets": _secrets,
     "workflow": _workflow,
+    "scheduler": _scheduler,
 }
 
 

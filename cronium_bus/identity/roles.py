@@ -12,9 +12,9 @@ every user it signs receives (nats-server expands ``{{name()}}`` to the user's n
   ``cronium.exec.<their name>.<id>.requested``, ``….workflow_requested`` and
   ``….cancel_requested``, subscribe only to
   ``cronium.exec.<their name>.>`` and ``cronium.logs.<their name>.>`` (live) and their inbox,
-  and ask the sealing service and the query service on their own name
-  (``cronium.ctl.secrets.user.<name>.*``, ``cronium.ctl.servers.user.<name>.*``,
-  ``cronium.query.user.<name>.{history,logs,events}``),
+  and ask, on their own name, the sealing service (``cronium.ctl.secrets.user.<name>.*``,
+  ``cronium.ctl.servers.user.<name>.*``), the scheduler (``cronium.ctl.schedules.user.<name>.*``)
+  and the query service (``cronium.query.user.<name>.{history,logs,events}``),
   which answer with their own only. No JetStream API, no buckets, no payload store.
 - ``auditor``: reads history, audit, logs and events of everyone (queries; live subscriptions to
   every execution); runs and cancels nothing.
@@ -53,6 +53,7 @@ _PUBLISH: Final[dict[Role, list[str]]] = {
         "cronium.exec.{{name()}}.*.workflow_requested",
         "cronium.ctl.secrets.user.{{name()}}.*",
         "cronium.ctl.servers.user.{{name()}}.*",
+        "cronium.ctl.schedules.user.{{name()}}.*",
         "cronium.query.user.{{name()}}.history",
         "cronium.query.user.{{name()}}.logs",
         "cronium.query.user.{{name()}}.events",
@@ -93,10 +94,11 @@ def _service_only() -> list[str]:
     # chunks: cronium.logs.>
     people = {"requested", "cancel_requested", "workflow_requested", "queued", "chunk"}
     kinds = sorted({short_type(t) for t in EVENT_TYPES} - people)
-    history = ("CRONIUM_EXEC", "CRONIUM_LOGS")
+    history = ("CRONIUM_EXEC", "CRONIUM_LOGS", "CRONIUM_SCHED")
     return [
         *(f"cronium.exec.*.*.{kind}" for kind in kinds),
         "cronium.logs.>",
+        "cronium.sched.>",  # schedule messages and fires: only the scheduler writes them
         # nor rewrite what was said: no deleting, purging or re-sourcing the event streams,
         # and buckets only through the services
         *(f"$JS.API.STREAM.MSG.DELETE.{s}" for s in history),

@@ -53,6 +53,8 @@ ALTER TABLE cronium.executions ADD COLUMN IF NOT EXISTS workflow_id String AFTER
 
 ALTER TABLE cronium.executions ADD COLUMN IF NOT EXISTS node String AFTER workflow_id;
 
+ALTER TABLE cronium.executions ADD COLUMN IF NOT EXISTS schedule String AFTER node;
+
 CREATE OR REPLACE VIEW cronium.runs_per_hour AS
     SELECT toStartOfHour(requested_at) AS hour, status, count() AS runs
     FROM cronium.executions FINAL WHERE requested_at IS NOT NULL
