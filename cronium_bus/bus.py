@@ -264,7 +264,12 @@ class Bus:
         return self._js
 
     async def publish(
-        self, event: Event, *, subject: str | None = None, msg_id: str | None = None
+        self,
+        event: Event,
+        *,
+        subject: str | None = None,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> PubAck:
         """Publish one event to JetStream with its deterministic message id.
 
@@ -275,7 +280,8 @@ class Bus:
         data = encode(event)
         msg_id = msg_id or message_id(event)
         ack = await self.refusable(
-            self.js.publish(target, data, headers={"Nats-Msg-Id": msg_id}), target
+            self.js.publish(target, data, headers={**(headers or {}), "Nats-Msg-Id": msg_id}),
+            target,
         )
         if not ack.duplicate or self.role is not None:
             return ack  # people have no stream API to look with; their ids are their own
@@ -283,7 +289,7 @@ class Bus:
             return ack
         log.warning("message id taken on another subject", subject=target, msg_id=msg_id)
         return await self.js.publish(
-            target, data, headers={"Nats-Msg-Id": f"{msg_id}:{uuid.uuid4().hex}"}
+            target, data, headers={**(headers or {}), "Nats-Msg-Id": f"{msg_id}:{uuid.uuid4().hex}"}
         )
 
     async def _holds_id(self, ack: PubAck, subject: str) -> bool:

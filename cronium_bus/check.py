@@ -83,9 +83,10 @@ def find_violations(
     """Check the invariants over lifecycle events, log chunks and container labels."""
     now = now or utcnow()
     report = Report()
-    by_execution: dict[str, list[AnyEvent]] = defaultdict(list)
+    # by owner and id: another owner's events under the same id are another story
+    by_execution: dict[tuple[str, str], list[AnyEvent]] = defaultdict(list)
     for event in events:
-        by_execution[event.execution_id].append(event)
+        by_execution[(event.user, event.execution_id)].append(event)
     ended_at: dict[str, datetime | None] = {}
     workflows = {
         i for i, evs in by_execution.items() if any(isinstance(e, WorkflowRequested) for e in evs)
@@ -93,9 +94,10 @@ def find_violations(
     report.violations.extend(
         _workflow_violations(by_execution, workflows, report, require_final=require_final)
     )
-    for execution_id, evs in by_execution.items():
-        if execution_id in workflows:
-            continue
+    for key, evs in by_execution.items():
+        execution_id = key[1]
+        if key in workflows or any(e.type.startswith("schedule.") for e in evs):
+            continue  # a workflow's or a schedule's own events, not an execution's
         state = fold(evs)
         if state is None:
             continue
@@ -175,8 +177,8 @@ def find_violations(
 
 
 def _workflow_violations(
-    by_execution: dict[str, list[AnyEvent]],
-    workflows: set[str],
+    by_execution: dict[tuple[str, str], list[AnyEvent]],
+    workflows: set[tuple[str, str]],
     report: Report,
     *,
     require_final: bool,
@@ -185,8 +187,8 @@ def _workflow_violations(
     it requested has an execution, started at most once per attempt; an ended workflow has no
     node still running."""
     out: list[Violation] = []
-    for workflow_id in sorted(workflows):
-        evs = by_execution[workflow_id]
+    for owner, workflow_id in sorted(workflows):
+        evs = by_execution[(owner, workflow_id)]
         report.workflows += 1
         state = fold_workflow(evs)
         if state is None:
@@ -205,7 +207,7 @@ def _workflow_violations(
                 Violation(kind="workflow_not_final", execution_id=workflow_id, detail="running")
             )
         for request in (e for e in evs if isinstance(e, NodeRequested)):
-            node_events = by_execution.get(request.node_execution_id, [])
+            node_events = by_execution.get((owner, request.node_execution_id), [])
             if not any(isinstance(e, Requested) for e in node_events):
                 out.append(
                     Violation(

@@ -7,6 +7,7 @@ NATS subject token and a file name.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -35,3 +36,17 @@ NAME_PATTERN: Final = r"^(?=.{1,128}$)[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 """Names of secrets and variables: 1-128 characters, dot-separated tokens of [A-Za-z0-9_-]
 (no leading, trailing or double dot — each name is also a NATS KV key)."""
 NAME_HINT: Final = "use 1-128 characters: words of [A-Za-z0-9_-] joined by single dots"
+
+
+def derived_id(base: str, suffix: str, secret: str) -> str:
+    """The id of an execution the service starts on an owner's behalf (a workflow's node, a
+    conditional action's run, a schedule's fire): ``<base>-<suffix>-<digest>``, the same every
+    time it is derived — so a redelivery or a second consumer never starts it twice — and
+    unguessable to anyone who has not seen ``secret`` (an event id of the owner's own), so no
+    one else can take the id first. A base too long to fit is shortened with a hash of it."""
+    digest = hashlib.sha256(f"{secret}/{suffix}".encode()).hexdigest()[:6]
+    tail = f"-{suffix}-{digest}"
+    if len(base) + len(tail) > 64:
+        short = hashlib.sha256(base.encode()).hexdigest()[:8]
+        base = f"{base[: 64 - len(tail) - 9]}-{short}"
+    return base + tail

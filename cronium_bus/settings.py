@@ -62,6 +62,8 @@ class LimitSettings(_Section):
     """Largest ``output(data)``; over 256 KiB it is kept in the payload store."""
     max_targets: int = Field(100, ge=1)
     allow_network: bool = False
+    schema_check_timeout: Seconds = Field(1.0, gt=0, le=60)
+    """Longest a request's input_schema may take to check its input (in a worker process)."""
     max_workflow_nodes: int = Field(100, ge=1, le=1000)
     max_workflow_data: Bytes = 64 * 1024**2
     """Largest sum of a workflow's node inputs (its data passed between nodes)."""

@@ -1,6 +1,7 @@
-"""Chaos for workflows: 20 workflows run while the workflow consumer (its own process) is
-SIGKILLed three times. Every workflow ends exactly once, no node is requested or started twice,
-and the checker — the same one as `cronium check` — reports nothing."""
+"""Chaos for workflows: 20 workflows run on two workflow consumers (their own processes) while
+one of them is SIGKILLed three times and four workflows are cancelled mid-flight. Every workflow
+ends exactly once, no node is requested or started twice, nothing runs on after its workflow
+ended, and the checker — the same one as `cronium check` — reports nothing."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from cronium_bus.bus import Bus
 from cronium_bus.check import Report, check
-from cronium_bus.events import Definition, WorkflowRequested, utcnow
+from cronium_bus.events import CancelRequested, Definition, WorkflowRequested, utcnow
 from cronium_bus.history import read_messages
 from cronium_bus.ids import new_id
 from cronium_bus.settings import Settings
@@ -69,6 +70,8 @@ async def test_workflows_survive_a_sigkilled_workflow_consumer(
         consumers.append(RunnerProcess(cronium_bin, settings, slots=1, consumer="workflow"))
 
     start()
+    start()  # two at once: they share the durable, and race on the same workflows
+    await consumers[-2].ready(bus)
     await consumers[-1].ready(bus)
     for i, workflow_id in enumerate(ids):
         await bus.publish(
@@ -83,9 +86,22 @@ async def test_workflows_survive_a_sigkilled_workflow_consumer(
             )
         )
     unfinished = []
-    for pause in (1.0, 2.5, 2.0):  # SIGKILL mid-work, three times
+    cancelled = rng.sample(ids, 4)
+    for round_, pause in enumerate((1.0, 2.5, 2.0)):  # SIGKILL mid-work, three times
         await asyncio.sleep(pause)
         unfinished.append(sum(n == 0 for n in (await _terminals(bus, ids)).values()))
+        for workflow_id in cancelled[round_::3]:
+            await bus.publish(
+                CancelRequested(
+                    event_id=new_id("ev"),
+                    time=utcnow(),
+                    execution_id=workflow_id,
+                    correlation_id=workflow_id,
+                    producer="test",
+                    user="tester",
+                    reason="chaos",
+                )
+            )
         consumers[-1].proc.kill()
         consumers[-1].proc.wait()
         await asyncio.sleep(0.3)
@@ -121,6 +137,7 @@ async def test_workflows_survive_a_sigkilled_workflow_consumer(
     statuses = Counter(s for s in (await _statuses(bus, ids)).values())
     print("workflow outcomes", dict(statuses), "nodes run", len(started), "in flight", unfinished)
     assert statuses["succeeded"] >= 1 and statuses["failed"] >= 1
+    assert 1 <= statuses["cancelled"] <= len(cancelled)
 
 
 async def _terminals(bus: Bus, ids: list[str]) -> dict[str, int]:

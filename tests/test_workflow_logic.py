@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from cronium_bus.ids import is_valid_id
 from cronium_bus.workflows.definition import WHENS, Definition, WorkflowError, decode, parse
 from cronium_bus.workflows.fold import NodeState, decide, node_execution_id, satisfied
 
@@ -156,9 +157,15 @@ def test_a_cancelled_workflow_starts_nothing_and_ends_when_nothing_runs() -> Non
 
 def test_node_execution_ids_are_distinct_and_valid() -> None:
     d = diamond()
-    ids = {node_execution_id("wf_" + "x" * 53, d, n.name) for n in d.nodes}
-    assert len(ids) == 5 and all(len(i) <= 64 for i in ids)
-    assert json.dumps(sorted(ids))
+    for workflow_id in ("wf_" + "x" * 45, "w" * 64):
+        ids = {node_execution_id(workflow_id, d, n.name, "ev_1") for n in d.nodes}
+        assert len(ids) == 5 and all(is_valid_id(i) for i in ids), ids
+        assert json.dumps(sorted(ids))
+    # the same every time, another for another request: nobody who has not seen the
+    # request's event id can take a node's id first
+    assert node_execution_id("wf", d, "a", "ev_1") == node_execution_id("wf", d, "a", "ev_1")
+    assert node_execution_id("wf", d, "a", "ev_1") != node_execution_id("wf", d, "a", "ev_2")
+    assert node_execution_id("wf", d, "a", "ev_1").startswith("wf-0-")
 
 
 def _validate(path: Path, *extra: str) -> tuple[int, str, str]:

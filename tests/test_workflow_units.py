@@ -4,9 +4,11 @@ rules, the notify template, the order of actions and their validation (no I/O)."
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -31,6 +33,7 @@ from cronium_bus.events import (
     utcnow,
 )
 from cronium_bus.ids import new_id
+from cronium_bus.schemacheck import SchemaChecker, SchemaCheckError, violation
 from cronium_bus.settings import load_settings
 from cronium_bus.state import ExecutionState
 from cronium_bus.workflows import template
@@ -174,12 +177,12 @@ def test_actions_fire_in_cronium_order() -> None:
     assert order == [("always", 0), ("failure", 0)]
 
 
-def test_action_ids_are_stable_and_fit() -> None:
-    assert action_execution_id("ex1", "success", 2) == "ex1-s2"
-    long = "x" * 64
-    one = action_execution_id(long, "condition", 9)
-    assert len(one) <= 64 and one == action_execution_id(long, "condition", 9)
-    assert one != action_execution_id("x" * 63 + "y", "condition", 9)
+def test_action_ids_are_stable_unguessable_and_fit() -> None:
+    one = action_execution_id("ex1", "success", 2, "ev_a")
+    assert one.startswith("ex1-s2-") and one == action_execution_id("ex1", "success", 2, "ev_a")
+    assert one != action_execution_id("ex1", "success", 2, "ev_b")
+    long = action_execution_id("x" * 64, "condition", 9, "ev_a")
+    assert len(long) <= 64 and long != action_execution_id("x" * 63 + "y", "condition", 9, "ev_a")
 
 
 def _refusal(on: Any) -> str:
@@ -212,19 +215,39 @@ def test_malformed_actions_are_refused_with_a_reason() -> None:
     assert f"more than {MAX_ACTIONS}" in _refusal(many)
 
 
-def test_an_input_schema_is_checked_and_applied() -> None:
+def test_an_input_schema_must_be_a_schema() -> None:
     bad = msgspec.convert(
         {"runtime": "bash", "code": "true", "input_schema": {"type": "nope"}}, Request
     )
     result = validate_request(bad, SETTINGS)
     assert isinstance(result, ErrorInfo) and "not a valid JSON Schema" in result.message
+
+
+def test_a_violation_names_the_path_and_refs_stay_inside_the_schema() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 3}}}
-    wrong = msgspec.convert(
-        {"runtime": "bash", "code": "true", "input_schema": schema, "input": {"n": 5}}, Request
-    )
-    result = validate_request(wrong, SETTINGS)
-    assert isinstance(result, ErrorInfo) and "$.n: 5 is greater than the maximum of 3" in (
-        result.message
-    )
-    right = msgspec.structs.replace(wrong, input={"n": 2})
-    assert isinstance(validate_request(right, SETTINGS), Request)
+    assert violation(schema, {"n": 5}) == "$.n: 5 is greater than the maximum of 3"
+    assert violation(schema, {"n": 2}) is None
+    local = {"$defs": {"n": {"type": "integer"}}, "$ref": "#/$defs/n"}
+    assert violation(local, 3) is None and violation(local, "x") is not None
+    for ref in ("#/$defs/nope", "http://127.0.0.1:9/schema.json", "file:///etc/passwd"):
+        with pytest.raises(SchemaCheckError, match="cannot be applied"):
+            violation({"$ref": ref}, 1)
+
+
+async def test_a_schema_that_backtracks_forever_is_given_up_within_the_limit() -> None:
+    """``^(a+)+$`` against 40 a's and a ! would take years in the service's own process; the
+    worker is killed at the limit and the next check works."""
+    checker = SchemaChecker(timeout=1.0)
+    try:
+        await checker.start()
+        began = time.monotonic()
+        with pytest.raises(SchemaCheckError, match="longer than 1 s"):
+            await checker.violation({"type": "string", "pattern": "^(a+)+$"}, "a" * 40 + "!")
+        assert time.monotonic() - began < 5
+        assert (
+            await checker.violation({"type": "integer"}, "x") == "$: 'x' is not of type 'integer'"
+        )
+        with pytest.raises(SchemaCheckError, match="cannot be applied"):
+            await checker.violation({"$ref": "http://127.0.0.1:9/x"}, 1)
+    finally:
+        checker.close()

@@ -148,7 +148,7 @@ def test_a_diamond_runs_in_order_with_its_inputs_skips_and_status(
         "report": "succeeded",
     }
     assert nodes["after_small"]["reason"] == "every predecessor was skipped"
-    assert nodes["fetch"]["execution_id"] == "wf-diamond-0"
+    assert nodes["fetch"]["execution_id"].startswith("wf-diamond-0-")
     assert nodes["cleanup"]["input_bytes"] == len(b'{"r":30}')
 
     states = {
@@ -321,14 +321,15 @@ def test_cancel_stops_a_workflow_and_its_running_nodes(stack: Stack, tmp_path: P
         "edges": [{"from": "a", "to": "c", "when": "always"}, {"from": "b", "to": "c"}],
     }
     follower = stack.popen("workflow", "run", str(write(tmp_path, slow)), "--id", "wf-slow")
-    until(
-        lambda: (
-            show(stack, "wf-slow")["nodes"][1]["status"] == "running"
-            if stack.cli("workflow", "show", "wf-slow").returncode == 0
-            else False
-        )
-    )
-    until(lambda: execution(stack, "wf-slow-1")["status"] == "started")
+
+    def node_b() -> str | None:
+        if stack.cli("workflow", "show", "wf-slow").returncode != 0:
+            return None
+        b = show(stack, "wf-slow")["nodes"][1]
+        return b["execution_id"] if b["status"] == "running" else None
+
+    b_id = until(node_b)
+    until(lambda: execution(stack, b_id)["status"] == "started")
     done = stack.cli("cancel", "wf-slow")
     assert done.returncode == 0, done.stderr
     _, err = follower.communicate(timeout=60)
@@ -380,9 +381,10 @@ def test_conditional_actions_fire_in_cronium_order(stack: Stack, tmp_path: Path)
     ]
     assert events[0]["message"] == "act-1 ended succeeded" and events[0]["channel"] == "ops"
     assert events[3]["message"] == 'condition of act-1: {"n":5}'
-    assert events[2]["target_id"] == "act-1-s0"
-    until(lambda: execution(stack, "act-1-s0")["status"] == "succeeded")
-    assert stack.cli("logs", "act-1-s0").stdout == "got {'n': 5}\n"
+    run_id = events[2]["target_id"]
+    assert run_id.startswith("act-1-s0-")
+    until(lambda: execution(stack, run_id)["status"] == "succeeded")
+    assert stack.cli("logs", run_id).stdout == "got {'n': 5}\n"
 
     bad = stack.cli(
         "run",
@@ -512,3 +514,60 @@ def test_a_user_runs_and_sees_only_their_own_workflows(stack: Stack, tmp_path: P
     cancel = stack.cli("cancel", "wf-alice", "--creds", str(bob))
     assert cancel.returncode != 0
     assert show(stack, "wf-alice")["status"] == "succeeded"
+
+
+def test_a_hostile_input_schema_costs_the_dispatcher_a_second_at_most(stack: Stack) -> None:
+    """A pattern that backtracks forever, and a $ref to a URL: each is rejected with the reason
+    (the check runs in a worker with a time limit; references never leave the schema), and
+    someone else's run meanwhile goes through."""
+    hostile = stack.popen(
+        "run", "--runtime", "bash", "-c", "true", "--input", json.dumps("a" * 40 + "!"),
+        "--input-schema", json.dumps({"type": "string", "pattern": "^(a+)+$"}),
+    )  # fmt: skip
+    began = time.monotonic()
+    other = stack.cli("run", "--runtime", "bash", "-c", "echo unaffected")
+    assert other.returncode == 0 and other.stdout == "unaffected\n", other.stderr
+    assert time.monotonic() - began < 30
+    _, err = hostile.communicate(timeout=60)
+    assert hostile.returncode == 2 and "took longer than 1 s to check" in err, err
+    remote = stack.cli(
+        "run", "--runtime", "bash", "-c", "true", "--input", "1",
+        "--input-schema", json.dumps({"$ref": "http://127.0.0.1:9/schema.json"}),
+    )  # fmt: skip
+    assert remote.returncode == 2 and "cannot be applied" in remote.stderr, remote.stderr
+
+
+def test_a_rejected_request_fires_none_of_its_actions(stack: Stack) -> None:
+    on = {"always": [{"notify": {"message": "never"}}], "failure": [{"notify": {"message": "x"}}]}
+    done = stack.cli(
+        "run", "--id", "act-rejected", "--runtime", "bash", "-c", "true", "--memory", "100g",
+        "--on", json.dumps(on),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    time.sleep(2)  # the workflow consumer has seen the rejection
+    events = json.loads(stack.cli("show", "act-rejected", "--json").stdout)["events"]
+    assert [e["type"] for e in events] == ["execution.requested", "execution.rejected"]
+
+
+async def test_a_taken_workflow_id_is_refused_not_lost(stack: Stack, tmp_path: Path) -> None:
+    """bob takes the message id alice's workflow request would have (on his own subject):
+    her `workflow run --id` says so and exits 2, instead of waiting for nothing."""
+    alice, bob = _user(stack, "alice"), _user(stack, "bob")
+    nc = await nats.connect(stack.url, user_credentials=str(bob), inbox_prefix=b"_INBOX_bob")
+    try:
+        await nc.publish(
+            "cronium.exec.bob.squat.requested",
+            b"{}",
+            headers={"Nats-Msg-Id": "wf-taken:1:workflow_requested"},
+        )
+        await nc.flush()
+    finally:
+        await nc.close()
+    await asyncio.sleep(0.5)
+    path = write(
+        tmp_path, {"name": "t", "nodes": [{"name": "a", "runtime": "bash", "code": "true"}]}
+    )
+    done = await asyncio.to_thread(
+        stack.cli, "workflow", "run", str(path), "--id", "wf-taken", "--creds", str(alice)
+    )
+    assert done.returncode == 2 and "already taken" in done.stderr, done.stderr

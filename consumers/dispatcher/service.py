@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from consumers.deadletter import dead_letter
-from consumers.dispatcher.validate import schema_violation, validate_request
+from consumers.dispatcher.validate import validate_request
 from consumers.retries import enqueue
 from cronium_bus import durables
 from cronium_bus.bus import Bus
@@ -42,6 +42,7 @@ from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.lifecycle import Stopper
 from cronium_bus.payloads import PayloadError, check_payload, get_json_payload
 from cronium_bus.provision import provision
+from cronium_bus.schemacheck import SchemaChecker, SchemaCheckError
 from cronium_bus.secrets import not_usable, usable_key
 from cronium_bus.servers import not_usable as server_not_usable
 from cronium_bus.servers import resolve_server
@@ -57,6 +58,7 @@ class Dispatcher:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.settings = bus.settings
+        self.schemas = SchemaChecker(bus.settings.limits.schema_check_timeout)
 
     async def handle(self, msg: Msg) -> None:
         """Process one message from the request subject; ack it when done."""
@@ -127,13 +129,13 @@ class Dispatcher:
         if result.input_ref is not None:  # it must be there now: a runner may start at once
             try:
                 await check_payload(self.bus.js, result.input_ref)
-                why = await self._referenced_input_violation(result)
             except PayloadError as exc:
                 await reject(event, error_info(exc))
                 return
-            if why is not None:
-                await reject(event, why)
-                return
+        why = await self._input_violation(result)
+        if why is not None:
+            await reject(event, why)
+            return
         wf = result.workflow
         if wf is not None and not event.execution_id.startswith(f"{wf.workflow_id}-"):
             await reject(
@@ -169,21 +171,27 @@ class Dispatcher:
             delay_s=round(max(delay, 0.0), 3),
         )
 
-    async def _referenced_input_violation(self, request: Request) -> ErrorInfo | None:
-        """Why an input in the payload store violates the request's input schema, if it does."""
-        if request.input_schema is None or request.input_ref is None:
+    async def _input_violation(self, request: Request) -> ErrorInfo | None:
+        """Why the input (inline or in the payload store) violates the request's input
+        schema, if it does; checked in a worker with a time limit."""
+        if request.input_schema is None:
             return None
+        value = request.input
+        if request.input_ref is not None:
+            try:
+                value = await get_json_payload(
+                    self.bus.js, request.input_ref, self.settings.limits.max_input_object
+                )
+            except msgspec.DecodeError:
+                return ErrorInfo(
+                    kind="validation",
+                    message="the input in the payload store is not JSON",
+                    hint="upload a JSON input",
+                )
         try:
-            value = await get_json_payload(
-                self.bus.js, request.input_ref, self.settings.limits.max_input_object
-            )
-        except msgspec.DecodeError:
-            return ErrorInfo(
-                kind="validation",
-                message="the input in the payload store is not JSON",
-                hint="upload a JSON input",
-            )
-        why = schema_violation(request.input_schema, value)
+            why = await self.schemas.violation(request.input_schema, value)
+        except SchemaCheckError as exc:
+            return error_info(exc)
         if why is None:
             return None
         return ErrorInfo(
@@ -271,6 +279,7 @@ class Dispatcher:
         sub = await self.bus.js.pull_subscribe(
             REQUESTS, durable=DURABLE, stream=EXEC_STREAM, config=config
         )
+        await self.schemas.start()
         checked = time.monotonic()
         async with Heartbeat(self.bus.js, "dispatcher", self.settings.runner.heartbeat) as hb:
             while not stopper.stopping:
@@ -293,6 +302,7 @@ class Dispatcher:
                 hb.in_flight = 0
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
+        await asyncio.to_thread(self.schemas.close)
 
     async def _ensure_durable(
         self, sub: JetStreamContext.PullSubscription, config: ConsumerConfig, hb: Heartbeat

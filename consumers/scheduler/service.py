@@ -420,7 +420,7 @@ class Scheduler:
         queued: bool,
     ) -> None:
         spec = state.spec
-        run = specs.run_id(state.schedule_id, fire_at)
+        run = specs.run_id(state.schedule_id, fire_at, state.version)
         env = self._envelope(owner, state.schedule_id)
         subject = exec_subject(owner, run, "execution.requested")
         try:

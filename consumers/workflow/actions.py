@@ -11,8 +11,7 @@ when and index), so firing again after a crash or a redelivery changes nothing.
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 import nats.js.errors
@@ -27,23 +26,18 @@ from cronium_bus.events import (
     Requested,
     utcnow,
 )
-from cronium_bus.ids import new_id
+from cronium_bus.ids import derived_id, new_id
 from cronium_bus.state import ExecutionState
 from cronium_bus.subjects import EXEC_STREAM, exec_subject
 from cronium_bus.workflows import template
 
-ID_MAX: Final = 64
-
 log = structlog.get_logger(__name__)
 
 
-def action_execution_id(execution_id: str, when: str, index: int) -> str:
-    """The execution id a ``run`` action requests (a hash of the parent when it would not fit)."""
-    suffix = f"-{when[0]}{index}"
-    if len(execution_id) + len(suffix) <= ID_MAX:
-        return execution_id + suffix
-    digest = hashlib.sha256(execution_id.encode()).hexdigest()[:12]
-    return f"{execution_id[: ID_MAX - len(suffix) - 13]}-{digest}{suffix}"
+def action_execution_id(execution_id: str, when: str, index: int, secret: str) -> str:
+    """The execution id a ``run`` action requests: ``<id>-<w><index>-<digest>`` (see
+    :func:`cronium_bus.ids.derived_id`; ``secret`` is the request's event id)."""
+    return derived_id(execution_id, f"{when[0]}{index}", secret)
 
 
 def facts(state: ExecutionState, request: Request) -> dict[str, str]:
@@ -85,8 +79,9 @@ def due(state: ExecutionState, request: Request) -> list[tuple[str, int, Action]
     return out
 
 
-async def fire_actions(bus: Bus, state: ExecutionState, request: Request) -> None:
-    """Fire every due action of an ended execution, in order (idempotent)."""
+async def fire_actions(bus: Bus, state: ExecutionState, request: Request, secret: str) -> None:
+    """Fire every due action of an ended execution, in order (idempotent); ``secret`` is the
+    request's event id (the runs' ids derive from it)."""
     owner = state.user or ""
     envelope: dict[str, Any] = {
         "time": utcnow(),
@@ -98,7 +93,7 @@ async def fire_actions(bus: Bus, state: ExecutionState, request: Request) -> Non
     }
     for when, index, action in due(state, request):
         if action.run is not None:
-            child = action_execution_id(state.execution_id, when, index)
+            child = action_execution_id(state.execution_id, when, index, secret)
             subject = exec_subject(owner, child, "execution.requested")
             try:
                 await bus.js.get_last_msg(EXEC_STREAM, subject)

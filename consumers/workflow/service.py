@@ -9,6 +9,14 @@ event have message ids of their own, so a redelivery, a second consumer or one S
 instant never starts a node twice or ends a workflow twice. Before it requests a node it looks
 whether the node's request is already stored (the duplicate window is not forever).
 
+Several consumers may work on one workflow at once (one reacts to a cancel while another sees
+a node end): every decision it publishes on the workflow's subjects is conditional on the
+workflow's last stored sequence being the one it read (``Nats-Expected-Last-Subject-Sequence``
+over ``cronium.exec.<owner>.<id>.>``), so a decision taken on a stale read is refused by the
+server, and the consumer reads again and decides again. A node is claimed (``node_requested``)
+before its execution is requested; a claim whose request is missing (a consumer stopped
+between the two) is repaired on the next step.
+
 Conditional actions (``on:`` of any request) fire from the same terminal events:
 :mod:`consumers.workflow.actions`.
 """
@@ -33,10 +41,12 @@ from consumers.workflow.actions import fire_actions
 from cronium_bus import durables
 from cronium_bus.authentic import decode_on
 from cronium_bus.bus import Bus
-from cronium_bus.errors import EventDecodeError
+from cronium_bus.errors import CroniumError, EventDecodeError
 from cronium_bus.events import (
+    AnyEvent,
     CancelRequested,
     ErrorInfo,
+    Event,
     NodeEnded,
     NodeRequested,
     NodeSkipped,
@@ -54,13 +64,13 @@ from cronium_bus.events import (
     utcnow,
 )
 from cronium_bus.health import Heartbeat
-from cronium_bus.history import execution_events, execution_state
+from cronium_bus.history import execution_state, read_messages
 from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.lifecycle import Stopper
 from cronium_bus.payloads import PayloadError, get_json_payload, put_payload
 from cronium_bus.provision import provision
 from cronium_bus.state import ExecutionState
-from cronium_bus.subjects import EXEC_STREAM, exec_subject
+from cronium_bus.subjects import EXEC_STREAM, exec_events, exec_subject
 from cronium_bus.units import format_size
 from cronium_bus.workflows.definition import MAX_WORKFLOW_ID, WorkflowError, check
 from cronium_bus.workflows.fold import decide, node_execution_id
@@ -72,6 +82,32 @@ ENDINGS: Final = ("rejected", "succeeded", "failed", "timed_out", "cancelled", "
 TRIGGERS: Final = tuple(
     f"cronium.exec.*.*.{kind}" for kind in ("workflow_requested", "cancel_requested", *ENDINGS)
 )
+_ATTEMPTS: Final = 20
+_WRONG_LAST_SEQUENCE: Final = 10071
+
+
+class _Moved(Exception):
+    """The workflow's subjects got a new event since it was read."""
+
+
+class _OverLimit(CroniumError):
+    """A node's input would take the workflow's data over its limit."""
+
+
+class _Cursor:
+    """Where a step's conditional publishes stand: the workflow's last stored sequence."""
+
+    def __init__(self, owner: str, workflow_id: str, seq: int) -> None:
+        self.filter = exec_events(workflow_id, owner)
+        self.seq = seq
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "Nats-Expected-Last-Subject-Sequence": str(self.seq),
+            "Nats-Expected-Last-Subject-Sequence-Subject": self.filter,
+        }
+
+
 _FINALS: Final[dict[str, type[WorkflowEnded]]] = {
     "succeeded": WorkflowSucceeded,
     "failed": WorkflowFailed,
@@ -136,7 +172,9 @@ class WorkflowService:
             user=owner,
             error=why,
         )
-        await self.bus.publish(rejected)
+        # under a message id of its own: a real request of this id may still come, and its
+        # one terminal id must stay free for it
+        await self.bus.publish(rejected, msg_id=rejected.event_id)
         log.warning("workflow request refused", workflow_id=workflow_id, reason=why.message)
 
     async def _request_of(self, owner: str, execution_id: str) -> Requested | None:
@@ -163,8 +201,9 @@ class WorkflowService:
         state = await execution_state(self.bus.js, execution_id, max_bytes=self._max, owner=owner)
         if state is None or not state.final:
             return  # a retry follows: its last attempt ends it
-        if request.on is not None:
-            await fire_actions(self.bus, state, request)
+        if request.on is not None and state.status != "rejected":
+            # a rejected request never ran, and its actions were not accepted either
+            await fire_actions(self.bus, state, request, requested.event_id)
         ref = request.workflow
         if ref is not None:
             workflow = await self._workflow(owner, ref.workflow_id)
@@ -172,7 +211,7 @@ class WorkflowService:
                 return
             node = workflow.nodes.get(ref.node)
             if node is None or execution_id != node_execution_id(
-                ref.workflow_id, workflow.definition, ref.node
+                ref.workflow_id, workflow.definition, ref.node, workflow.request_event_id
             ):
                 log.warning("a node of no workflow", execution_id=execution_id, node=ref.node)
                 return
@@ -183,8 +222,20 @@ class WorkflowService:
     # ------------------------------------------------------------------ workflows
 
     async def _workflow(self, owner: str, workflow_id: str) -> WorkflowState | None:
-        events = await execution_events(self.bus.js, workflow_id, max_bytes=self._max, owner=owner)
-        return fold_workflow(events)
+        return (await self._workflow_at(owner, workflow_id))[0]
+
+    async def _workflow_at(self, owner: str, workflow_id: str) -> tuple[WorkflowState | None, int]:
+        """The workflow's fold and the stream sequence of its last stored event."""
+        events: list[AnyEvent] = []
+        last = 0
+        subject = exec_events(workflow_id, owner)
+        async for msg in read_messages(self.bus.js, EXEC_STREAM, subject):
+            last = max(last, msg.metadata.sequence.stream)
+            try:
+                events.append(decode_on(msg.subject, msg.data, max_bytes=self._max))
+            except EventDecodeError:
+                continue
+        return fold_workflow(events), last
 
     def _envelope(self, workflow: WorkflowState) -> dict[str, Any]:
         return {
@@ -198,17 +249,39 @@ class WorkflowService:
         }
 
     async def advance(self, owner: str, workflow_id: str) -> None:
-        """Read a workflow back and publish its next step (idempotent)."""
-        workflow = await self._workflow(owner, workflow_id)
-        if workflow is None or workflow.final:
-            return
+        """Read a workflow back and publish its next step (idempotent; see module docstring)."""
+        for _ in range(_ATTEMPTS):
+            workflow, seq = await self._workflow_at(owner, workflow_id)
+            if workflow is None or workflow.final:
+                return
+            try:
+                await self._step(workflow, _Cursor(owner, workflow_id, seq))
+            except _Moved:
+                log.debug("workflow moved on meanwhile; reading again", workflow_id=workflow_id)
+            else:
+                return
+        raise RuntimeError(f"workflow {workflow_id} kept changing under {_ATTEMPTS} reads")
+
+    async def _publish_on(self, cursor: _Cursor, event: Event) -> None:
+        """Publish one of the workflow's own events, if nothing was stored since the read."""
+        try:
+            ack = await self.bus.publish(event, headers=cursor.headers())
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code == _WRONG_LAST_SEQUENCE:
+                raise _Moved from exc
+            raise
+        if not ack.duplicate:
+            cursor.seq = ack.seq
+
+    async def _step(self, workflow: WorkflowState, cursor: _Cursor) -> None:
         why = self._refusal(workflow)
         if why is not None:
-            await self.bus.publish(WorkflowRejected(**self._envelope(workflow), error=why))
-            log.warning("workflow rejected", workflow_id=workflow_id, reason=why.message)
+            await self._publish_on(cursor, WorkflowRejected(**self._envelope(workflow), error=why))
+            log.warning("workflow rejected", workflow_id=workflow.workflow_id, reason=why.message)
             return
         if workflow.cancel_requested:
             await self._cancel_running(workflow)
+        await self._repair(workflow)
         for _ in range(len(workflow.nodes) + 1):  # again while a node is refused at once
             decision = decide(
                 workflow.definition,
@@ -217,11 +290,11 @@ class WorkflowService:
                 cancelled=workflow.cancel_requested,
             )
             refused = False
-            for name, node_input in decision.start:
-                refused |= not await self._start(workflow, name, node_input)
+            for name, _input in decision.start:
+                refused |= not await self._start(workflow, cursor, name)
             for name, reason in decision.skip:
                 skipped = NodeSkipped(**self._envelope(workflow), node=name, reason=reason)
-                await self.bus.publish(skipped)
+                await self._publish_on(cursor, skipped)
                 workflow.nodes[name].status, workflow.nodes[name].reason = "skipped", reason
             if not refused:
                 break
@@ -236,8 +309,18 @@ class WorkflowService:
                 for v in workflow.nodes.values()
             )
             cls = _FINALS[decision.final]
-            await self.bus.publish(cls(**self._envelope(workflow), nodes=summary))
-            log.info("workflow ended", workflow_id=workflow_id, status=decision.final)
+            await self._publish_on(cursor, cls(**self._envelope(workflow), nodes=summary))
+            log.info("workflow ended", workflow_id=workflow.workflow_id, status=decision.final)
+
+    async def _repair(self, workflow: WorkflowState) -> None:
+        """Request the executions of claimed nodes whose request is missing (a consumer
+        stopped between the claim and the request)."""
+        for name, view in workflow.nodes.items():
+            if view.status != "running" or view.execution_id is None:
+                continue
+            if await self._request_of(workflow.user, view.execution_id) is None:
+                inline, ref, _size = await self._node_input(workflow, name, claimed=True)
+                await self._publish_request(workflow, name, view.execution_id, inline, ref)
 
     def _refusal(self, workflow: WorkflowState) -> ErrorInfo | None:
         """Why a requested workflow cannot run (checked again here: anyone may publish one)."""
@@ -265,14 +348,26 @@ class WorkflowService:
             await self.bus.publish(cancel, msg_id=f"{view.execution_id}:workflow-cancel")
 
     async def _node_input(
-        self, workflow: WorkflowState, name: str, node_input: Any
+        self, workflow: WorkflowState, name: str, *, claimed: bool = False
     ) -> tuple[Any, PayloadRef | None, int]:
-        """A node's input inline or by reference, and its size in bytes."""
+        """A node's input inline or by reference, and its size in bytes: the workflow's input
+        for a start node, its predecessor's output when one ran, else an object keyed by node
+        name. Refused before anything is read when it would take the workflow's data over its
+        limit (``claimed``: the claim counted it already)."""
         preds = [e.source for e in workflow.definition.predecessors(name)]
         ran = [workflow.nodes[p] for p in preds if workflow.nodes[p].status != "skipped"]
-        if len(ran) == 1 and ran[0].output_ref is not None:
-            return None, ran[0].output_ref, ran[0].output_ref.size  # passed on as it is
-        if len(ran) > 1 and any(v.output_ref is not None for v in ran):
+        node_input: Any
+        if not preds:
+            node_input = workflow.input
+        elif len(ran) == 1 and ran[0].output_ref is not None:
+            ref = ran[0].output_ref
+            self._within_limit(workflow, name, 0 if claimed else ref.size)
+            return None, ref, ref.size  # passed on as it is
+        elif len(ran) == 1:
+            node_input = ran[0].output
+        else:
+            stored = sum(v.output_ref.size for v in ran if v.output_ref is not None)
+            self._within_limit(workflow, name, 0 if claimed else stored)
             node_input = {
                 v.name: (
                     await get_json_payload(
@@ -284,57 +379,67 @@ class WorkflowService:
                 for v in ran
             }
         data = msgspec.json.encode(node_input)
+        self._within_limit(workflow, name, 0 if claimed else len(data))
         if len(data) <= self.settings.limits.max_input:
             return node_input, None, len(data)
         ref = await put_payload(self.bus.js, f"{workflow.workflow_id}/{name}.input.json", data)
         return None, ref, len(data)
 
-    async def _start(self, workflow: WorkflowState, name: str, node_input: Any) -> bool:
-        """Request one node's execution, once (see module docstring); ``False`` when the node
-        was refused at once (its input too large for the workflow's data)."""
-        definition = workflow.definition
-        execution_id = node_execution_id(workflow.workflow_id, definition, name)
-        error: ErrorInfo | None = None
-        size = 0
-        if await self._request_of(workflow.user, execution_id) is None:
-            try:
-                inline, ref, size = await self._node_input(workflow, name, node_input)
-            except PayloadError as exc:
-                error = ErrorInfo(kind="validation", message=exc.message, hint=exc.hint)
-            else:
-                limit = self.settings.limits.max_workflow_data
-                if workflow.data_bytes() + size > limit:
-                    error = ErrorInfo(
-                        kind="validation",
-                        message=f"node {name}'s input ({format_size(size)}) takes the "
-                        f"workflow's data over its limit of {format_size(limit)}",
-                        hint="pass less between nodes, or raise limits.max_workflow_data",
-                    )
-            if error is None:
-                await self._publish_request(workflow, name, execution_id, inline, ref)
-        if error is not None:
-            await self.bus.publish(
-                NodeEnded(
-                    **self._envelope(workflow),
-                    node=name,
-                    node_execution_id=execution_id,
-                    status="rejected",
-                    error=error,
-                )
+    def _within_limit(self, workflow: WorkflowState, name: str, size: int) -> None:
+        limit = self.settings.limits.max_workflow_data
+        if workflow.data_bytes() + size > limit:
+            raise _OverLimit(
+                f"node {name}'s input ({format_size(size)}) takes the workflow's data over its "
+                f"limit of {format_size(limit)}",
+                hint="pass less between nodes, or raise limits.max_workflow_data",
             )
-            workflow.nodes[name].status = "rejected"
-            workflow.nodes[name].reason = error.message
-            return False
-        await self.bus.publish(
-            NodeRequested(
+
+    async def _start(self, workflow: WorkflowState, cursor: _Cursor, name: str) -> bool:
+        """Claim a node and request its execution, once (see module docstring); ``False``
+        when the node was refused at once (its input too large, its id taken)."""
+        execution_id = node_execution_id(
+            workflow.workflow_id, workflow.definition, name, workflow.request_event_id
+        )
+        mine = WorkflowRef(workflow_id=workflow.workflow_id, node=name)
+        existing = await self._request_of(workflow.user, execution_id)
+        error: ErrorInfo | None = None
+        inline: Any = None
+        ref: PayloadRef | None = None
+        size = 0
+        if existing is not None and existing.request.workflow != mine:
+            error = ErrorInfo(
+                kind="validation",
+                message=f"execution id {execution_id} is already used by another request",
+                hint="run the workflow again under a fresh id",
+            )
+        elif existing is None:
+            try:
+                inline, ref, size = await self._node_input(workflow, name)
+            except (PayloadError, _OverLimit) as exc:
+                error = ErrorInfo(kind="validation", message=exc.message, hint=exc.hint)
+        if error is not None:
+            ended = NodeEnded(
                 **self._envelope(workflow),
                 node=name,
                 node_execution_id=execution_id,
-                input_bytes=size,
+                status="rejected",
+                error=error,
             )
+            await self._publish_on(cursor, ended)
+            workflow.nodes[name].status = "rejected"
+            workflow.nodes[name].reason = error.message
+            return False
+        claim = NodeRequested(
+            **self._envelope(workflow),
+            node=name,
+            node_execution_id=execution_id,
+            input_bytes=size,
         )
-        workflow.nodes[name].status = "running"
-        workflow.nodes[name].input_bytes = size
+        await self._publish_on(cursor, claim)
+        view = workflow.nodes[name]
+        view.status, view.input_bytes, view.execution_id = "running", size, execution_id
+        if existing is None:
+            await self._publish_request(workflow, name, execution_id, inline, ref)
         return True
 
     async def _publish_request(

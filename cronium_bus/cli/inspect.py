@@ -175,10 +175,17 @@ def show(args: argparse.Namespace) -> int:
             )
             return exitcodes.OK
         t0 = events[0].time
-        print(
-            f"execution {state.execution_id}  user {state.user}  status {state.status}"
-            f"  attempt {state.attempt}"
-        )
+        kinds = {e.type.split(".", 1)[0] for e in events}
+        if "workflow" in kinds or "schedule" in kinds:  # not an execution: its own events
+            what = "workflow" if "workflow" in kinds else "schedule"
+            print(
+                f"{what} {state.execution_id}  user {events[0].user}  (see `cronium {what} show`)"
+            )
+        else:
+            print(
+                f"execution {state.execution_id}  user {state.user}  status {state.status}"
+                f"  attempt {state.attempt}"
+            )
         for event in events:
             offset = (event.time - t0).total_seconds()
             print(f"  +{offset:8.3f}s  {event.type:<28} #{event.attempt}  {_details(event)}")

@@ -146,6 +146,8 @@ def spec_from(args: argparse.Namespace) -> ScheduleSpec:
         every = parse_duration(args.every) if args.every else None
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    if args.tz and not args.cron and not (args.at or args.start or args.end):
+        raise UsageError("--tz applies to a cron schedule (and to naive --at, --start, --end)")
     if every is not None and every < 1:
         raise UsageError(f"--every {args.every} is under 1s: schedules fire at most every second")
     if args.max_runs is not None and args.max_runs < 1:

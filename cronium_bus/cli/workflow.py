@@ -36,6 +36,7 @@ from cronium_bus.events import (
 )
 from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.reading import events_of, follow
+from cronium_bus.schemacheck import SchemaCheckError, violation
 from cronium_bus.state import ExecutionState
 from cronium_bus.units import format_size
 from cronium_bus.workflows.definition import MAX_WORKFLOW_ID, Definition, WorkflowError
@@ -125,12 +126,13 @@ def validate(args: argparse.Namespace) -> int:
 def _start_input_refused(definition: Definition, value: Any) -> str | None:
     """Why a start node's input schema refuses the workflow's input (the dispatcher would
     reject the node; refused here at once, exit 2)."""
-    from consumers.dispatcher.validate import schema_violation
-
     for name in definition.starts:
         node = next(n for n in definition.nodes if n.name == name)
         if node.input_schema is not None:
-            why = schema_violation(node.input_schema, value)
+            try:
+                why = violation(node.input_schema, value)  # the user's own schema, here
+            except SchemaCheckError as exc:
+                return f"node {name}'s {exc.message}"
             if why is not None:
                 return f"the input does not match node {name}'s input_schema at {why}"
     return None
@@ -195,13 +197,13 @@ def run(args: argparse.Namespace) -> int:
                 exitcodes.USAGE,
             )
         if args.detach:
-            await bus.publish(event)
+            await _publish(bus, event)
             print(json.dumps({"workflow_id": workflow_id}) if args.json else workflow_id)
             return exitcodes.OK
-        follower = _Follow(bus, workflow_id, quiet=args.json)
+        follower = _Follow(bus, workflow_id, event.event_id, quiet=args.json)
         await follower.start()
         try:
-            await bus.publish(event)
+            await _publish(bus, event)
             print(f"workflow {workflow_id} requested", file=sys.stderr, flush=True)
             state = await asyncio.wait_for(follower.wait(), args.timeout)
         except TimeoutError:
@@ -218,15 +220,36 @@ def run(args: argparse.Namespace) -> int:
             _print_state(state, sys.stderr)
         return EXIT.get(state.status, exitcodes.FAILURE)
 
-    return run_client(args, body)
+    try:
+        return run_client(args, body)
+    except UsageError as exc:
+        return fail(str(exc), f"`cronium workflow show {workflow_id}`", exitcodes.USAGE)
+
+
+async def _publish(bus: Bus, event: WorkflowRequested) -> None:
+    """Publish the request; refuse an id whose message id is taken (by an earlier request of
+    this id, or by anyone who guessed it), as nothing would run."""
+    ack = await bus.publish(event)
+    if not ack.duplicate:
+        return
+    known = fold_workflow(
+        await events_of(bus, event.execution_id, max_bytes=bus.settings.streams.max_msg_size)
+    )
+    if known is not None and known.request_event_id == event.event_id:
+        return
+    raise UsageError(
+        f"workflow id {event.execution_id} is already taken; this request was not stored "
+        "(use a fresh --id)"
+    )
 
 
 class _Follow:
     """Follows a workflow's events, and each node's lines and transitions as it is requested."""
 
-    def __init__(self, bus: Bus, workflow_id: str, *, quiet: bool) -> None:
+    def __init__(self, bus: Bus, workflow_id: str, request_id: str, *, quiet: bool) -> None:
         self.bus = bus
         self.workflow_id = workflow_id
+        self.request_id = request_id
         self.quiet = quiet
         self.events: list[AnyEvent] = []
         self.watches: dict[str, Watch] = {}
@@ -247,7 +270,9 @@ class _Follow:
                 why = event.error.message if event.error else ""
                 print(f"[{event.node}] rejected: {why}", file=sys.stderr, flush=True)
             if isinstance(event, WorkflowEnded | WorkflowRejected):
-                break
+                state = fold_workflow(self.events)
+                if state is not None and state.request_event_id == self.request_id:
+                    break  # (a rejection of junk published under this id earlier is not ours)
         for watch in self.watches.values():
             if watch.state is not None and watch.state.final:
                 await watch.wait_final(timeout=10)

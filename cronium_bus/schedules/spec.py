@@ -21,6 +21,7 @@ from cronsim import CronSim, CronSimError
 
 from cronium_bus.errors import CroniumError, ErrorKind
 from cronium_bus.events import ScheduleSpec
+from cronium_bus.ids import derived_id
 
 MAX_LIST: Final = 50
 _PREDEFINED: Final = {
@@ -47,10 +48,11 @@ def schedule_id(owner: str, name: str) -> str:
     return f"sch-{name[:24]}-{digest}"
 
 
-def run_id(schedule: str, fire_at: datetime) -> str:
-    """The execution id of the run a fire starts: the schedule's id and the fire's second, so
-    a redelivered fire or a second scheduler never starts it twice."""
-    return f"{schedule}-{int(fire_at.timestamp())}"
+def run_id(schedule: str, fire_at: datetime, version: str) -> str:
+    """The execution id of the run a fire starts: the schedule's id and the fire's second (so
+    a redelivered fire or a second scheduler never starts it twice) and a digest of the spec's
+    event id (so no one else can take it first: :func:`cronium_bus.ids.derived_id`)."""
+    return derived_id(schedule, str(int(fire_at.timestamp())), version)
 
 
 def def_subject(owner: str, name: str) -> str:

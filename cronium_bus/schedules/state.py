@@ -117,7 +117,7 @@ def fold_schedule(events: Iterable[Event]) -> ScheduleState | None:
                     created_at=event.time,
                 )
             continue
-        if state is None:
+        if state is None or event.user != state.user:
             continue
         if isinstance(event, ScheduleUpdated):
             state.spec, state.version, state.changed_at = event.spec, event.event_id, event.time

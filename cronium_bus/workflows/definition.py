@@ -36,8 +36,9 @@ from cronium_bus.events import WHENS, Definition, Edge, Node, When
 
 MAX_NODES: Final = 100
 MAX_DEFINITION_BYTES: Final = 1024 * 1024
-MAX_WORKFLOW_ID: Final = 56
-"""Workflow ids are at most 56 characters, so a node's execution id (``<id>-<index>``) fits."""
+MAX_WORKFLOW_ID: Final = 48
+"""Workflow ids are at most 48 characters, so a node's execution id
+(``<id>-<index>-<digest>``) fits in 64."""
 
 __all__ = ["WHENS", "Definition", "Edge", "Node", "When", "WorkflowError", "check", "parse"]
 

@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from cronium_bus.ids import derived_id
 from cronium_bus.workflows.definition import Definition, Edge
 
 NodeStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
@@ -127,8 +128,9 @@ def decide(
     return Decision(start=tuple(start), skip=tuple(skip), final=final)
 
 
-def node_execution_id(workflow_id: str, definition: Definition, node: str) -> str:
-    """The execution id of a node: the workflow's id and the node's index (never reused, so a
-    redelivery or a second consumer never starts a node twice)."""
-    index = next(i for i, n in enumerate(definition.nodes) if n.name == node)
-    return f"{workflow_id}-{index}"
+def node_execution_id(
+    workflow_id: str, definition: Definition, node: str, request_event_id: str
+) -> str:
+    """The execution id of a node: the workflow's id and the node's index, with a digest of
+    the workflow's request (see :func:`cronium_bus.ids.derived_id`)."""
+    return derived_id(workflow_id, str(definition.index(node)), request_event_id)

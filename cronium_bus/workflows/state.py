@@ -115,8 +115,8 @@ def fold_workflow(events: Iterable[Event]) -> WorkflowState | None:
                     nodes={n.name: NodeView(name=n.name) for n in event.definition.nodes},
                 )
             continue
-        if state is None:
-            continue
+        if state is None or event.user != state.user:
+            continue  # (an admin reading every owner's events of this id sees only the first's)
         if isinstance(event, CancelRequested):
             state.cancel_requested = True
         elif isinstance(event, WorkflowEnded | WorkflowRejected):
