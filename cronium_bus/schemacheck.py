@@ -58,34 +58,57 @@ def _check_in_worker(schema_json: bytes, value_json: bytes) -> tuple[str | None,
         return None, exc.message
 
 
+class SchemaCheckerUnavailable(CroniumError):
+    """The worker could not be started: retry later (not the request's fault)."""
+
+    kind: ErrorKind = "infrastructure"
+
+
 class SchemaChecker:
     """Checks in one worker process, at most ``timeout`` seconds each (then the worker is
-    killed and replaced). Call :meth:`close` when done."""
+    killed and replaced). A new worker is warmed up with a trivial check first, within
+    ``startup`` seconds (spawning it and importing jsonschema takes a few hundred milliseconds,
+    more on a loaded machine), so a real check always gets a running worker and the strict
+    limit. Call :meth:`close` when done."""
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT_S, startup: float = 60.0) -> None:
         self.timeout = timeout
+        self.startup = startup
         self._pool: multiprocessing.pool.Pool | None = None
         self._lock = asyncio.Lock()
 
-    def _worker(self) -> multiprocessing.pool.Pool:
-        if self._pool is None:
-            self._pool = multiprocessing.get_context("spawn").Pool(processes=1)
-        return self._pool
-
     async def start(self) -> None:
-        """Start the worker now (its first start takes a few hundred milliseconds)."""
-        await self.violation({"type": "null"}, None)
+        """Start the worker now instead of at the first check."""
+        async with self._lock:
+            await self._warm()
+
+    async def _warm(self) -> multiprocessing.pool.Pool:
+        if self._pool is not None:
+            return self._pool
+        pool = await asyncio.to_thread(multiprocessing.get_context("spawn").Pool, 1)
+        pending = pool.apply_async(_check_in_worker, (b'{"type":"null"}', b"null"))
+        try:
+            await asyncio.to_thread(pending.get, self.startup)
+        except multiprocessing.TimeoutError as exc:
+            await asyncio.to_thread(_stop, pool)
+            raise SchemaCheckerUnavailable(
+                f"the schema checker did not start within {self.startup:g} s",
+                hint="the machine is overloaded; the request is retried",
+            ) from exc
+        self._pool = pool
+        return pool
 
     async def violation(self, schema: dict[str, Any], value: Any) -> str | None:
         """As :func:`violation`, in the worker, within the time limit."""
         schema_json, value_json = msgspec.json.encode(schema), msgspec.json.encode(value)
         async with self._lock:  # one check at a time: the worker is one process
-            pool = await asyncio.to_thread(self._worker)
+            pool = await self._warm()
             pending = pool.apply_async(_check_in_worker, (schema_json, value_json))
             try:
                 found, broken = await asyncio.to_thread(pending.get, self.timeout)
             except multiprocessing.TimeoutError as exc:
-                await asyncio.to_thread(self._kill)
+                self._pool = None
+                await asyncio.to_thread(_stop, pool)
                 raise SchemaCheckError(
                     f"input_schema took longer than {self.timeout:g} s to check, and was given up",
                     hint="simplify the schema (e.g. a pattern that backtracks) or the input",
@@ -94,12 +117,13 @@ class SchemaChecker:
             raise SchemaCheckError(broken, hint="use a self-contained schema")
         return found
 
-    def _kill(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-
     def close(self) -> None:
         """Stop the worker."""
-        self._kill()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            _stop(pool)
+
+
+def _stop(pool: multiprocessing.pool.Pool) -> None:
+    pool.terminate()
+    pool.join()

@@ -42,7 +42,7 @@ from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.lifecycle import Stopper
 from cronium_bus.payloads import PayloadError, check_payload, get_json_payload
 from cronium_bus.provision import provision
-from cronium_bus.schemacheck import SchemaChecker, SchemaCheckError
+from cronium_bus.schemacheck import SchemaChecker, SchemaCheckError, SchemaCheckerUnavailable
 from cronium_bus.secrets import not_usable, usable_key
 from cronium_bus.servers import not_usable as server_not_usable
 from cronium_bus.servers import resolve_server
@@ -279,7 +279,10 @@ class Dispatcher:
         sub = await self.bus.js.pull_subscribe(
             REQUESTS, durable=DURABLE, stream=EXEC_STREAM, config=config
         )
-        await self.schemas.start()
+        try:
+            await self.schemas.start()
+        except SchemaCheckerUnavailable as exc:  # it is started again at the first check
+            log.warning("schema checker not started", error=exc.message)
         checked = time.monotonic()
         async with Heartbeat(self.bus.js, "dispatcher", self.settings.runner.heartbeat) as hb:
             while not stopper.stopping:
