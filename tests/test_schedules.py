@@ -254,3 +254,21 @@ async def test_raw_clients_cannot_write_schedules_or_fires(stack: Stack) -> None
 def test_status_lists_the_scheduler(stack: Stack) -> None:
     out = stack.cli("status").stdout
     assert any(line.split()[:1] == ["scheduler"] and "healthy" in line for line in out.splitlines())
+
+
+def test_overlap_queue_runs_each_fire_after_the_previous_one(stack: Stack) -> None:
+    done = stack.cli(
+        "schedule", "add", "queued", "--every", "1s", "--overlap", "queue",
+        "--runtime", "bash", "-c", "sleep 2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    time.sleep(5)
+    assert stack.cli("schedule", "pause", "queued").returncode == 0
+    state = until(lambda: (s := show(stack, "queued"))["last_outcome"] != "running" and s, 60)
+    fires = state["fires"]
+    waited = [f for f in fires if f["queued"]]
+    assert waited and any(f["run_id"] for f in waited), fires  # queued, then started
+    rows = runs_of(stack, "queued", len([f for f in fires if f["run_id"]]))
+    spans = [(_at(r["started_at"]), _at(r["ended_at"])) for r in rows]
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert end <= start, spans  # one after the other, never two at once
