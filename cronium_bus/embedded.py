@@ -69,9 +69,13 @@ class NatsServer:
         *,
         max_payload_mb: int = 16,
         authority: Authority | None = None,
+        websocket_port: int | None = None,
     ) -> None:
         self.data_dir = data_dir / "nats"
         self.port = port or free_port()
+        self.websocket_port = (
+            (websocket_port or free_port()) if websocket_port is not None else None
+        )
         self.max_payload_mb = max_payload_mb
         self.authority = authority
         self.proc: subprocess.Popen[bytes] | None = None
@@ -80,6 +84,11 @@ class NatsServer:
     def url(self) -> str:
         """The client URL."""
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def websocket_url(self) -> str | None:
+        """The WebSocket URL browsers connect to (loopback, no TLS), if one is open."""
+        return f"ws://127.0.0.1:{self.websocket_port}" if self.websocket_port else None
 
     def config_text(self) -> str:
         """The server configuration file."""
@@ -90,7 +99,13 @@ class NatsServer:
             f"listen: 127.0.0.1:{self.port}\n"
             f"max_payload: {self.max_payload_mb}MB\n"
             f"jetstream {{\n  store_dir: {str(store)!r}\n}}\n"
-            f"{auth}"
+            + (
+                # browsers on this machine: loopback only, so no TLS (deploy/ has it with TLS)
+                f"websocket {{\n  listen: 127.0.0.1:{self.websocket_port}\n  no_tls: true\n}}\n"
+                if self.websocket_port
+                else ""
+            )
+            + f"{auth}"
         )
 
     def start(self, timeout: float = 15.0) -> None:

@@ -34,6 +34,7 @@ class Stack:
         self.url = url
         self.binary = binary
         self.metrics_url = metrics_url
+        self.websocket = ""
 
     def cli(
         self,
@@ -100,7 +101,11 @@ def running_stack(cronium_bin: str, data: Path, **env: str) -> Iterator[Stack]:
             line2 := proc.stdout.readline().strip(),
         )
         assert metrics, f"no metrics line: {line2!r}"
-        yield Stack(proc, match.group(1), cronium_bin, metrics.group(1), data)
+        up = Stack(proc, match.group(1), cronium_bin, metrics.group(1), data)
+        ws = re.search(r" websocket (ws://127\.0\.0\.1:\d+)$", line.strip())
+        assert ws, f"no websocket on the ready line: {line!r}"
+        up.websocket = ws.group(1)
+        yield up
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
 

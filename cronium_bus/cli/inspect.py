@@ -30,10 +30,10 @@ from cronium_bus.events import (
 from cronium_bus.health import read_beats
 from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.payloads import get_json_payload
-from cronium_bus.provision import stream_configs
+from cronium_bus.provision import kv_value, stream_configs
 from cronium_bus.reading import events_of
 from cronium_bus.state import fold
-from cronium_bus.subjects import ANY_OWNER, DLQ_STREAM, EXEC_STREAM, LOGS_STREAM
+from cronium_bus.subjects import ANY_OWNER, DLQ_STREAM, EXEC_STREAM, LOGS_STREAM, META_BUCKET
 from cronium_bus.workflows.state import fold_workflow
 
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -267,11 +267,16 @@ def status(args: argparse.Namespace) -> int:
         dead = 0
         with contextlib.suppress(nats.js.errors.NotFoundError):
             dead = (await bus.js.stream_info(DLQ_STREAM)).state.messages
+        websocket = None
+        with contextlib.suppress(nats.js.errors.Error):
+            raw = await kv_value(bus.js, META_BUCKET, "websocket")
+            websocket = raw.decode() if raw else None
         if args.json:
             print(
                 json.dumps(
                     {
                         "nats_url": bus.settings.nats_url,
+                        "websocket": websocket,
                         "streams_missing": missing,
                         "consumers": rows,
                         "lanes": lanes,
@@ -282,6 +287,8 @@ def status(args: argparse.Namespace) -> int:
             )
         else:
             print(f"nats      {bus.settings.nats_url}  (answering)")
+            if websocket:
+                print(f"websocket {websocket}  (browsers: `cronium user token NAME`)")
             print(f"streams   {'missing: ' + ', '.join(map(str, missing)) if missing else 'ok'}")
             for runner, by_priority in lanes.items():
                 waiting = ", ".join(f"{p} {n}" for p, n in by_priority.items() if n)

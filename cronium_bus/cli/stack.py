@@ -29,6 +29,7 @@ from cronium_bus.metrics import MetricsServer
 from cronium_bus.provision import provision
 from cronium_bus.secrets import ensure_key_file
 from cronium_bus.settings import Settings
+from cronium_bus.subjects import META_BUCKET
 from cronium_bus.units import parse_listen
 
 log = structlog.get_logger(__name__)
@@ -98,7 +99,8 @@ def add_parsers(sub: _Sub) -> None:
         "server, provision streams and buckets, and run every consumer as a supervised child "
         "process (restarted if it dies). The embedded server accepts only credentials of this "
         "installation (NATS JWT auth; keys in DATA_DIR/auth, created on first start). Prints "
-        "`cronium ready: URL ...` when ready, then `credentials: PATH` naming the admin "
+        "`cronium ready: URL ...` when ready (ending with the WebSocket URL browsers use), "
+        "then `credentials: PATH` naming the admin "
         "credential, which client commands on this machine use by default. Ctrl-C or SIGTERM "
         "stops everything cleanly.",
     )
@@ -113,7 +115,8 @@ def add_parsers(sub: _Sub) -> None:
         "--nats-port",
         type=int,
         metavar="PORT",
-        help="port of the embedded nats-server on 127.0.0.1 (default 4222; 0 = any)",
+        help="port of the embedded nats-server on 127.0.0.1 (default 4222; 0 = any, and any "
+        "for its WebSocket listener too, else websocket_port, 4223)",
     )
     p.add_argument(
         "--consumers",
@@ -190,11 +193,15 @@ def up(args: argparse.Namespace) -> int:
         authority = Authority.load_or_create(settings.data_dir / "auth")
         stack_creds = authority.write_stack_creds()
         admin, service_creds = stack_creds["admin"], stack_creds[SERVICE]
+        ws_port = settings.websocket_port
+        if ws_port and args.nats_port == 0:  # a stack on any port opens any WebSocket port too
+            ws_port = 0
         server = NatsServer(
             settings.data_dir,
             settings.nats_port,
             max_payload_mb=max(1, settings.streams.max_msg_size // 1024**2),
             authority=authority,
+            websocket_port=ws_port,
         )
         try:
             server.start()
@@ -207,7 +214,8 @@ def up(args: argparse.Namespace) -> int:
         extra = ["--config", str(args.config)] if args.config else []
         supervisor.add(name, extra)
     try:
-        return asyncio.run(_run_stack(settings, supervisor, names, admin))
+        websocket = server.websocket_url if server is not None else None
+        return asyncio.run(_run_stack(settings, supervisor, names, admin, websocket))
     except BusUnavailableError as exc:
         return fail(exc.message, exc.hint, exitcodes.UNAVAILABLE)
     finally:
@@ -217,7 +225,11 @@ def up(args: argparse.Namespace) -> int:
 
 
 async def _run_stack(
-    settings: Settings, supervisor: Supervisor, names: list[str], admin: Path | None
+    settings: Settings,
+    supervisor: Supervisor,
+    names: list[str],
+    admin: Path | None,
+    websocket: str | None = None,
 ) -> int:
     stopper = Stopper()
     loop = asyncio.get_running_loop()
@@ -225,6 +237,9 @@ async def _run_stack(
         loop.add_signal_handler(sig, stopper.stop)
     async with Bus(settings, name="cronium-up") as bus, contextlib.AsyncExitStack() as stack:
         await provision(bus.js, settings)
+        if websocket is not None:  # for `cronium status` and `cronium user token --url`
+            kv = await bus.js.key_value(META_BUCKET)
+            await kv.put("websocket", websocket.encode())
         metrics: MetricsServer | None = None
         if settings.metrics_listen:
             metrics = MetricsServer(bus, *parse_listen(settings.metrics_listen))
@@ -245,8 +260,9 @@ async def _run_stack(
                 if all(n in beats for n in names):
                     ready = True
                     pids = ", ".join(f"{n} pid {beats[n].pid}" for n in names)
+                    ws = f" websocket {websocket}" if websocket else ""
                     print(
-                        f"cronium ready: {settings.nats_url} data {settings.data_dir} ({pids})",
+                        f"cronium ready: {settings.nats_url} data {settings.data_dir} ({pids}){ws}",
                         flush=True,
                     )
                     if admin is not None:

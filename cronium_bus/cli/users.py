@@ -25,6 +25,7 @@ from cronium_bus.cli.common import fail, settings_from
 from cronium_bus.identity.authority import Authority, IdentityError
 from cronium_bus.identity.roles import ROLES, Role
 from cronium_bus.settings import Settings
+from cronium_bus.units import parse_duration
 
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 _PUSH_TIMEOUT_S = 5.0
@@ -55,6 +56,15 @@ def add_parsers(sub: _Sub) -> None:
     ls.add_argument("--json", action="store_true", help="one JSON object per user")
     rm = actions.add_parser("rm", help="revoke NAME: refuse new connections, close live ones")
     rm.add_argument("name", metavar="NAME")
+    tok = actions.add_parser(
+        "token",
+        help="a short-lived bearer credential for NAME (a browser over WebSocket)",
+        description="Print a bearer JWT for NAME with exactly NAME's permissions, valid for "
+        "--ttl: it needs no private key, so treat it as a password; `user rm NAME` revokes it "
+        "with NAME's credentials. Browsers connect to the WebSocket URL `cronium up` prints.",
+    )
+    tok.add_argument("name", metavar="NAME")
+    tok.add_argument("--ttl", default="1h", metavar="DUR", help="how long it is valid (default 1h)")
     conf = actions.add_parser(
         "nats-config",
         help="write the auth part of a deployed nats-server's config (deploy/nats)",
@@ -72,7 +82,7 @@ def add_parsers(sub: _Sub) -> None:
         help="where nats-server keeps account JWTs (default: $NATS_RESOLVER_DIR, read by the "
         "server from its environment)",
     )
-    for parser in (a, ls, rm, conf):
+    for parser in (a, ls, rm, tok, conf):
         parser.add_argument(
             "--data-dir",
             type=Path,
@@ -100,6 +110,8 @@ def main(args: argparse.Namespace) -> int:
             return _add(authority, args.name, args.role, args.out)
         if args.action == "list":
             return _list(authority, as_json=args.json)
+        if args.action == "token":
+            return _token(authority, args.name, args.ttl)
         return _rm(authority, settings, args.name)
     except IdentityError as exc:
         refused = "cannot read" in exc.message
@@ -110,6 +122,18 @@ def main(args: argparse.Namespace) -> int:
             "run as the user that runs `cronium up`",
             exitcodes.PERMISSION,
         )
+
+
+def _token(authority: Authority, name: str, ttl: str) -> int:
+    try:
+        seconds = parse_duration(ttl)
+    except ValueError as exc:
+        return fail(f"--ttl: {exc}", "e.g. 15m, 1h, 1d", exitcodes.USAGE)
+    if not 1 <= seconds <= 30 * 86400:
+        return fail("--ttl is between 1s and 30d", code=exitcodes.USAGE)
+    print(authority.token(name, seconds))
+    print(f"a bearer credential for {name}, valid {ttl}: keep it secret", file=sys.stderr)
+    return exitcodes.OK
 
 
 def _add(authority: Authority, name: str, role: Role, out: Path | None) -> int:

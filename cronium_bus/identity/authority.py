@@ -80,6 +80,21 @@ class UserRecord:
     revoked_at: int | None = None
 
 
+WEB: Final = "web:"
+"""Scopes of browser tokens: a role's permissions, as a bearer token, over WebSocket only."""
+_SCOPES: Final = (*ROLES, *(f"{WEB}{role}" for role in ROLES))
+
+
+def _scope_template(key: str) -> dict[str, Any]:
+    """A scoped signing key's template: its role's permissions; a browser scope's tokens are
+    bearer tokens (no private key needed) and connect over WebSocket only."""
+    role = key.removeprefix(WEB)
+    out = template(role)  # type: ignore[arg-type]
+    if key.startswith(WEB):
+        out = {**out, "bearer_token": True, "allowed_connection_types": ["WEBSOCKET"]}
+    return out
+
+
 @dataclass
 class Authority:
     """The installation's operator, accounts, signing keys and users (see module docstring)."""
@@ -110,7 +125,7 @@ class Authority:
             operator=jwt.new_seed("operator"),
             system_account=jwt.new_seed("account"),
             account=jwt.new_seed("account"),
-            role_keys={role: jwt.new_seed("account") for role in ROLES},
+            role_keys={key: jwt.new_seed("account") for key in _SCOPES},
         )
         made.save()
         return made
@@ -137,8 +152,8 @@ class Authority:
             operator=data["operator"],
             system_account=data["system_account"],
             account=data["account"],
-            # a role added since this store was made gets its signing key now
-            role_keys={r: data["role_keys"].get(r) or jwt.new_seed("account") for r in ROLES},
+            # a role (or scope) added since this store was made gets its signing key now
+            role_keys={k: data["role_keys"].get(k) or jwt.new_seed("account") for k in _SCOPES},
             users={n: UserRecord(**u) for n, u in data["users"].items()},
             iats=data.get("iats", {}),
             revoked=data.get("revoked", {}),
@@ -192,11 +207,11 @@ class Authority:
             {
                 "kind": "user_scope",
                 "key": jwt.public_key(seed),
-                "role": role,
-                "description": f"cronium role {role}",
-                "template": template(role),  # type: ignore[arg-type]
+                "role": key,
+                "description": f"cronium role {key}",
+                "template": _scope_template(key),
             }
-            for role, seed in sorted(self.role_keys.items())
+            for key, seed in sorted(self.role_keys.items())
         ]
         revocations = dict(self.revoked)
         claims: dict[str, Any] = {
@@ -288,6 +303,29 @@ class Authority:
         )
         self.save()
         return jwt.creds_text(token, seed)
+
+    def token(self, name: str, ttl_s: float) -> str:
+        """A short-lived bearer JWT for ``name`` (for a browser over WebSocket): the same key
+        and role as their credentials, so it has exactly their permissions and ``user rm``
+        revokes it too; it needs no private key to use, and expires after ``ttl_s``."""
+        user = self.users.get(name)
+        if user is None or user.revoked_at is not None:
+            raise IdentityError(f"no user {name!r}", hint="add them with `cronium user add`")
+        now = int(time.time())
+        return jwt.encode(
+            self.role_keys[f"{WEB}{user.role}"],
+            user.public_key,
+            name,
+            {
+                "type": "user",
+                "issuer_account": self.account_key,
+                "tags": [f"role:{user.role}"],
+                # bearer and WebSocket-only come from the scope's template (a scoped user's
+                # own claims may set no limits)
+            },
+            max(now, user.issued_at),
+            exp=now + max(1, int(ttl_s)),
+        )
 
     def revoke(self, name: str) -> UserRecord:
         """Mark ``name``'s credentials revoked (call :meth:`account_jwt` and push it after)."""

@@ -52,8 +52,17 @@ def public_key(seed: str) -> str:
     return str(keypair(seed).public_key.decode())
 
 
-def encode(signer_seed: str, subject: str, name: str, nats: dict[str, Any], iat: int) -> str:
-    """A JWT for ``subject`` (a public key) named ``name``, signed by ``signer_seed``."""
+def encode(
+    signer_seed: str,
+    subject: str,
+    name: str,
+    nats: dict[str, Any],
+    iat: int,
+    *,
+    exp: int | None = None,
+) -> str:
+    """A JWT for ``subject`` (a public key) named ``name``, signed by ``signer_seed``; it
+    expires at ``exp`` (seconds since the epoch) when given."""
     signer = keypair(signer_seed)
     claims: dict[str, Any] = {
         "jti": "",
@@ -63,6 +72,8 @@ def encode(signer_seed: str, subject: str, name: str, nats: dict[str, Any], iat:
         "sub": subject,
         "nats": {**nats, "version": 2},
     }
+    if exp is not None:
+        claims["exp"] = exp
     digest = hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()
     claims["jti"] = base64.b32encode(digest).rstrip(b"=").decode()
     head = _b64(json.dumps(_HEADER, separators=(",", ":")).encode())
