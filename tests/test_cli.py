@@ -431,7 +431,15 @@ def test_metrics_of_the_running_stack(stack: Stack) -> None:
     assert succeeded >= 1
     assert found[("cronium_up", frozenset())] == 1
     kinds = {dict(k)["kind"] for (name, k) in found if name == "cronium_process_healthy"}
-    assert kinds == {"dispatcher", "container", "ssh", "projector", "secrets"}
+    assert kinds == {
+        "dispatcher",
+        "container",
+        "ssh",
+        "projector",
+        "secrets",
+        "workflow",
+        "scheduler",
+    }
     lanes = {dict(k)["consumer"] for (name, k) in found if name == "cronium_consumer_pending"}
     assert {"container-normal", "container-critical", "projector-exec"} <= lanes
 
