@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import nats
 import nats.errors
 import nats.js.errors
@@ -54,11 +55,52 @@ def cronium(binary: str, *args: str, **env: str) -> subprocess.CompletedProcess[
     )
 
 
+def self_signed(workdir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (the WebSocket listener's TLS)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = workdir / "ws-cert.pem", workdir / "ws-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
 def auth_config(binary: str, workdir: Path) -> Path:
     """deploy/nats's configs copied into ``workdir`` beside the auth.conf that
-    `cronium user nats-config` writes; the stack's data dir (its keys and credentials)."""
+    `cronium user nats-config` writes, and a TLS certificate for their WebSocket listener; the
+    stack's data dir (its keys and credentials)."""
     for conf in ("single.conf", "cluster.conf"):
         shutil.copy(DEPLOY / conf, workdir / conf)
+    self_signed(workdir)
     data = workdir / "data"
     done = cronium(
         binary, "user", "nats-config", "--data-dir", str(data), "--out", str(workdir / "auth.conf")
@@ -87,6 +129,12 @@ class Node:
         name = env.get("NATS_NODE_NAME", "single")
         self.log = workdir / f"{name}.log"
         resolver = {"NATS_RESOLVER_DIR": str(workdir / f"jwt-{name}")}
+        self.ws_port = int(env.get("NATS_WS_PORT") or free_port())
+        resolver |= {
+            "NATS_WS_PORT": str(self.ws_port),
+            "NATS_WS_CERT": str(workdir / "ws-cert.pem"),
+            "NATS_WS_KEY": str(workdir / "ws-key.pem"),
+        }
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [str(nats_server_binary()), "-c", str(workdir / config)],
@@ -183,13 +231,16 @@ def test_a_missing_variable_stops_the_server_with_its_name(workdir: Path, croniu
     bare = subprocess.run(
         [str(nats_server_binary()), "-c", str(DEPLOY / "single.conf"), "-t"],
         env={"PATH": os.environ["PATH"], "NATS_HOST": "127.0.0.1", "NATS_PORT": "0",
-             "NATS_STORE_DIR": str(workdir)},
+             "NATS_STORE_DIR": str(workdir), "NATS_WS_PORT": "0", "NATS_WS_CERT": "c",
+             "NATS_WS_KEY": "k"},
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert bare.returncode != 0 and "auth.conf" in bare.stderr + bare.stdout
     auth_config(cronium_bin, workdir)
     env = {"PATH": os.environ["PATH"], "NATS_HOST": "127.0.0.1", "NATS_PORT": "0"}
     env["NATS_STORE_DIR"] = str(workdir)
+    env |= {"NATS_WS_PORT": "0", "NATS_WS_CERT": str(workdir / "ws-cert.pem")}
+    env["NATS_WS_KEY"] = str(workdir / "ws-key.pem")
     result = subprocess.run(
         [str(nats_server_binary()), "-c", str(workdir / "single.conf"), "-t"],
         env=env,
@@ -363,6 +414,60 @@ async def test_the_producer_runs_scripts_but_cannot_forge_or_reach_further(
             **{**env, "CRONIUM_CREDS": bob.stdout.strip()},
         )  # fmt: skip
         assert (mine.returncode, mine.stdout) == (0, "bob-ran\n"), mine.stderr
+
+
+async def _frames(ws: aiohttp.ClientWebSocketResponse, until: str) -> str:
+    """What the server sent, up to and including a frame with ``until`` (bounded: 10 s)."""
+    text = ""
+    while until not in text:
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        assert msg.type == aiohttp.WSMsgType.BINARY, msg
+        text += msg.data.decode()
+    return text
+
+
+async def test_browsers_connect_over_websocket_with_tls_and_a_bearer_token(
+    workdir: Path, cronium_bin: str
+) -> None:
+    """single.conf's WebSocket listener speaks TLS only; a `cronium user token` of alice signs
+    in over wss:// with alice's permissions."""
+    import ssl
+
+    data = auth_config(cronium_bin, workdir)
+    port = free_port()
+    node = Node(
+        "single.conf",
+        {"NATS_HOST": "127.0.0.1", "NATS_PORT": str(port), "NATS_STORE_DIR": str(workdir)},
+        workdir,
+    )
+    try:
+        added = cronium(cronium_bin, "user", "add", "alice", "--data-dir", str(data))
+        assert added.returncode == 0, added.stderr
+        done = cronium(cronium_bin, "user", "token", "alice", "--data-dir", str(data))
+        assert done.returncode == 0, done.stderr
+        token = done.stdout.strip()
+        tls = ssl.create_default_context(cafile=str(workdir / "ws-cert.pem"))
+        # the NATS protocol over wss:// as a browser speaks it (nats-py 2.16 upgrades a wss
+        # connection to TLS a second time when the server says tls_required, and hangs)
+        async with aiohttp.ClientSession() as http:
+            url = f"wss://127.0.0.1:{node.ws_port}"
+            async with http.ws_connect(url, ssl=tls, timeout=aiohttp.ClientWSTimeout(10)) as ws:
+                info = await _frames(ws, "INFO")
+                assert '"tls_required":true' in info.replace(" ", "")
+                connect = {"jwt": token, "sig": "", "protocol": 1, "verbose": False}
+                await ws.send_bytes(f"CONNECT {json.dumps(connect)}\r\nPING\r\n".encode())
+                assert "PONG" in await _frames(ws, "PONG")
+                await ws.send_bytes(b"SUB cronium.exec.alice.> 1\r\nPING\r\n")
+                assert "-ERR" not in await _frames(ws, "PONG")
+                await ws.send_bytes(b"SUB cronium.exec.bob.> 2\r\nPING\r\n")
+                refused = await _frames(ws, "PONG")
+                assert 'Permissions Violation for Subscription to "cronium.exec.bob.>"' in refused
+            with pytest.raises(aiohttp.ClientError):  # no plain WebSocket at all
+                await http.ws_connect(
+                    f"ws://127.0.0.1:{node.ws_port}", timeout=aiohttp.ClientWSTimeout(5)
+                )
+    finally:
+        node.stop()
 
 
 def test_the_clickhouse_ddl_file_is_current_and_creates_the_warehouse(tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from consumers.scheduler.service import Scheduler
 from consumers.secrets.service import SecretsService
+from consumers.workflow.service import WorkflowService
 from cronium_bus.bus import Bus
 from cronium_bus.codec import encode
 from cronium_bus.health import read_beats
@@ -28,16 +30,18 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 NORMAL = 4  # normal executions per example
 HOSTILE = 40  # hostile messages per example
 EXAMPLES = 3
-KINDS = ("dispatcher", "container", "projector", "secrets")
+KINDS = ("dispatcher", "container", "projector", "secrets", "workflow", "scheduler")
 
 
 @pytest.fixture
 async def consumers(bus: Bus, runner: Embedded) -> AsyncIterator[Embedded]:
     """Besides the dispatcher and the container runner: the projector with the query service,
-    and the sealing service."""
+    the sealing service, the workflow consumer and the scheduler."""
     emb = Embedded()
     emb.tasks.append(asyncio.create_task(ProjectorService(bus).run(emb.stopper)))
     emb.tasks.append(asyncio.create_task(SecretsService(bus).run(emb.stopper)))
+    emb.tasks.append(asyncio.create_task(WorkflowService(bus).run(emb.stopper)))
+    emb.tasks.append(asyncio.create_task(Scheduler(bus).run(emb.stopper)))
     await sealer_ready(bus)
     emb.tasks += runner.tasks
     yield emb
@@ -54,7 +58,18 @@ _SUBJECT = st.one_of(
         lambda o, i, k: f"cronium.exec.{o}.{i}.{k}",
         _TOKEN,
         _TOKEN,
-        st.sampled_from(["cancel_requested", "succeeded", "started", "queued", "junk"]),
+        st.sampled_from(
+            [
+                "cancel_requested",
+                "succeeded",
+                "started",
+                "queued",
+                "junk",
+                "workflow_requested",
+                "schedule_created",
+                "failed",
+            ]
+        ),
     ),
     st.builds(lambda o, i: f"cronium.logs.{o}.{i}", _TOKEN, _TOKEN),
     st.sampled_from(
@@ -67,6 +82,10 @@ _SUBJECT = st.one_of(
             "cronium.ctl.secrets.user.mallory.set",
             "cronium.ctl.servers.user.mallory.add",
             "cronium.ctl.secrets.admin.root.rm",
+            "cronium.ctl.schedules.user.mallory.add",
+            "cronium.ctl.schedules.admin.root.pause",
+            "cronium.sched.fire.tester.nightly",
+            "cronium.sched.fire.a.b.c",
         ]
     ),
 )
