@@ -155,6 +155,8 @@ class Settings(BaseSettings):
     nats_port: int = Field(4222, ge=0, le=65535)
     websocket_port: int = Field(4223, ge=0, le=65535)
     """The embedded server's WebSocket listener for browsers (127.0.0.1; 0 = any free port)."""
+    console_port: int = Field(4280, ge=0, le=65535)
+    """Where ``cronium up`` serves the web console's files (127.0.0.1; 0 = any free port)."""
     data_dir: Path = Field(default_factory=_default_data_dir)
     user: str = Field(default_factory=_login_name, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     """Whom the stack's own identities act for in requests (a ``user`` credential always acts as

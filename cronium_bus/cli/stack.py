@@ -31,6 +31,7 @@ from cronium_bus.secrets import ensure_key_file
 from cronium_bus.settings import Settings
 from cronium_bus.subjects import META_BUCKET
 from cronium_bus.units import parse_listen
+from cronium_bus.web import ConsoleServer
 
 log = structlog.get_logger(__name__)
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -128,6 +129,19 @@ def add_parsers(sub: _Sub) -> None:
     p.set_defaults(handler=up)
 
     p = sub.add_parser(
+        "web",
+        help="serve the web console's files (cronium up does this too)",
+        description="Serve the web console on 127.0.0.1:PORT. It talks NATS over WebSocket "
+        "straight to nats-server as the signed-in user: sign in with the link from "
+        "`cronium user token NAME --url`.",
+    )
+    p.add_argument("--port", type=int, default=4280, metavar="PORT", help="default 4280")
+    p.add_argument(
+        "--websocket", metavar="URL", help="the nats-server WebSocket the console may reach"
+    )
+    p.set_defaults(handler=web_cmd)
+
+    p = sub.add_parser(
         "consume",
         help="run one consumer in the foreground (how the service scales out)",
         description="Run one consumer against the stack's NATS. Start as many as you like, on "
@@ -141,6 +155,25 @@ def add_parsers(sub: _Sub) -> None:
     )
     add_client_options(p)
     p.set_defaults(handler=consume)
+
+
+def web_cmd(args: argparse.Namespace) -> int:
+    """``cronium web``: serve the console's files alone (for a stack elsewhere)."""
+
+    async def main() -> None:
+        async with ConsoleServer("127.0.0.1", args.port, args.websocket) as console:
+            print(f"cronium console: {console.url}", flush=True)
+            stopper = Stopper()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stopper.stop)
+            await stopper.wait()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        return fail(f"cannot serve the console: {exc}", "pick a free --port", exitcodes.USAGE)
+    return exitcodes.OK
 
 
 def consume(args: argparse.Namespace) -> int:
@@ -250,6 +283,19 @@ async def _run_stack(
                     f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror or exc}",
                     "set metrics_listen to a free HOST:PORT",
                 )
+        console: ConsoleServer | None = None
+        if websocket is not None:
+            port = 0 if settings.nats_port == 0 else settings.console_port
+            console = ConsoleServer("127.0.0.1", port, websocket)
+            try:
+                await stack.enter_async_context(console)
+            except OSError as exc:
+                return fail(
+                    f"cannot serve the console on 127.0.0.1:{port}: {exc.strerror or exc}",
+                    "set console_port to a free port",
+                )
+            kv = await bus.js.key_value(META_BUCKET)
+            await kv.put("console", console.url.encode())
         supervisor.tick()
         ready = False
         deadline = time.monotonic() + _READY_TIMEOUT_S
@@ -269,6 +315,12 @@ async def _run_stack(
                         print(f"credentials: {admin}", flush=True)
                     if metrics is not None:
                         print(f"cronium metrics: serving {metrics.url}", flush=True)
+                    if console is not None:
+                        print(
+                            f"cronium console: {console.url} (sign in: `cronium user token "
+                            "NAME --url`)",
+                            flush=True,
+                        )
                 elif time.monotonic() > deadline:
                     missing = [n for n in names if n not in beats]
                     print(

@@ -15,16 +15,22 @@ import sys
 import time
 from pathlib import Path
 from typing import TypeAlias
+from urllib.parse import urlencode
 
 import nats
 import nats.errors
 from pydantic import ValidationError
 
+from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
 from cronium_bus.cli.common import fail, settings_from
+from cronium_bus.errors import BusUnavailableError
 from cronium_bus.identity.authority import Authority, IdentityError
 from cronium_bus.identity.roles import ROLES, Role
+from cronium_bus.ids import is_valid_id
+from cronium_bus.provision import kv_value
 from cronium_bus.settings import Settings
+from cronium_bus.subjects import META_BUCKET
 from cronium_bus.units import parse_duration
 
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -65,6 +71,15 @@ def add_parsers(sub: _Sub) -> None:
     )
     tok.add_argument("name", metavar="NAME")
     tok.add_argument("--ttl", default="1h", metavar="DUR", help="how long it is valid (default 1h)")
+    tok.add_argument(
+        "--url",
+        action="store_true",
+        help="print a link to the running stack's web console that signs in as NAME (the "
+        "credential is in the link's fragment, which browsers never send to a server)",
+    )
+    tok.add_argument(
+        "--execution", metavar="ID", help="with --url: open this execution's live view"
+    )
     conf = actions.add_parser(
         "nats-config",
         help="write the auth part of a deployed nats-server's config (deploy/nats)",
@@ -111,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
         if args.action == "list":
             return _list(authority, as_json=args.json)
         if args.action == "token":
-            return _token(authority, args.name, args.ttl)
+            return _token(authority, args, settings)
         return _rm(authority, settings, args.name)
     except IdentityError as exc:
         refused = "cannot read" in exc.message
@@ -124,16 +139,46 @@ def main(args: argparse.Namespace) -> int:
         )
 
 
-def _token(authority: Authority, name: str, ttl: str) -> int:
+def _token(authority: Authority, args: argparse.Namespace, settings: Settings) -> int:
+    name, ttl = args.name, args.ttl
     try:
         seconds = parse_duration(ttl)
     except ValueError as exc:
         return fail(f"--ttl: {exc}", "e.g. 15m, 1h, 1d", exitcodes.USAGE)
     if not 1 <= seconds <= 30 * 86400:
         return fail("--ttl is between 1s and 30d", code=exitcodes.USAGE)
-    print(authority.token(name, seconds))
-    print(f"a bearer credential for {name}, valid {ttl}: keep it secret", file=sys.stderr)
+    if args.execution is not None and (not args.url or not is_valid_id(args.execution)):
+        return fail("--execution takes an execution id, with --url", code=exitcodes.USAGE)
+    token = authority.token(name, seconds)
+    if not args.url:
+        print(token)
+        print(f"a bearer credential for {name}, valid {ttl}: keep it secret", file=sys.stderr)
+        return exitcodes.OK
+    try:
+        console, websocket = asyncio.run(_console_of(settings))
+    except BusUnavailableError as exc:
+        return fail(exc.message, exc.hint, exitcodes.UNAVAILABLE)
+    if console is None or websocket is None:
+        return fail(
+            "the stack serves no web console", "start it with `cronium up`", exitcodes.FAILURE
+        )
+    fragment = urlencode(
+        {"ws": websocket, "user": name, "token": token}
+        | ({"execution": args.execution} if args.execution else {})
+    )
+    print(f"{console}#{fragment}")
+    print(f"signs in as {name} for {ttl}: share it only with {name}", file=sys.stderr)
     return exitcodes.OK
+
+
+async def _console_of(settings: Settings) -> tuple[str | None, str | None]:
+    """The running stack's console and WebSocket URLs (as `cronium up` recorded them)."""
+    async with Bus(settings, name="cli-user") as bus:
+        values = []
+        for key in ("console", "websocket"):
+            raw = await kv_value(bus.js, META_BUCKET, key)
+            values.append(raw.decode() if raw else None)
+        return values[0], values[1]
 
 
 def _add(authority: Authority, name: str, role: Role, out: Path | None) -> int:

@@ -1,0 +1,132 @@
+"""The web console in a real browser: Debian's chromium, headless, driven by Playwright,
+against a real `cronium up`. As alice, a running execution's first line appears before it
+ends and the timeline turns to succeeded; cancel works; as bob, alice's execution is neither
+listed nor opened by URL. Screenshots of each view are kept in test-artifacts/."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.test_cli import Stack, running_stack
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def stack(cronium_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(
+        cronium_bin, tmp_path_factory.mktemp("console"), CRONIUM_RUNNER__WARM_RUNTIMES='["bash"]'
+    ) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.exists(), "Debian's chromium is missing: make setup installs it"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield b
+        b.close()
+
+
+def _creds(stack: Stack, name: str) -> Path:
+    path = stack.data / "auth" / "users" / f"{name}.creds"
+    if not path.exists():
+        done = stack.cli("user", "add", name)
+        assert done.returncode == 0, done.stderr
+    return path
+
+
+def _link(stack: Stack, name: str, execution: str | None = None) -> str:
+    _creds(stack, name)
+    extra = ["--execution", execution] if execution else []
+    done = stack.cli("user", "token", name, "--url", "--ttl", "10m", *extra)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _detach(stack: Stack, name: str, code: str) -> str:
+    done = stack.cli(
+        "run", "--detach", "--runtime", "bash", "-c", code, "--creds", str(_creds(stack, name))
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _status(stack: Stack, execution_id: str) -> str:
+    done = stack.cli("show", execution_id, "--json")
+    return str(json.loads(done.stdout)["state"]["status"]) if done.returncode == 0 else "?"
+
+
+def _shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"console-{name}.png"), full_page=True)
+
+
+def test_the_console_is_served_with_a_strict_policy_and_no_credential(stack: Stack) -> None:
+    console = _link(stack, "alice").split("#", 1)[0]
+    with urllib.request.urlopen(console, timeout=10) as page:
+        policy = page.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in policy and stack.websocket in policy
+        assert page.headers["Referrer-Policy"] == "no-referrer"
+        assert b"console.js" in page.read()
+
+
+def test_alice_follows_her_run_live_to_its_end(stack: Stack, browser: Browser) -> None:
+    execution_id = _detach(stack, "alice", "echo first line; sleep 6; echo last line")
+    page = browser.new_page()
+    page.goto(_link(stack, "alice", execution_id))
+    expect(page.locator("#log")).to_contain_text("first line", timeout=30_000)
+    assert _status(stack, execution_id) in ("queued", "started")  # it still runs
+    assert "last line" not in page.locator("#log").inner_text()
+    assert "token=" not in page.url  # the credential left the address bar at once
+    _shot(page, "live")
+    expect(page.locator("#outcome")).to_have_text("succeeded", timeout=30_000)
+    expect(page.locator("#log")).to_contain_text("last line")
+    expect(page.locator("#timeline")).to_contain_text("execution.started")
+    _shot(page, "succeeded")
+    page.locator("#back").click()
+    expect(page.locator("#runs")).to_contain_text(execution_id, timeout=30_000)
+    _shot(page, "list")
+    page.close()
+
+
+def test_alice_cancels_from_the_console(stack: Stack, browser: Browser) -> None:
+    execution_id = _detach(stack, "alice", "echo waiting; sleep 60")
+    page = browser.new_page()
+    page.goto(_link(stack, "alice", execution_id))
+    expect(page.locator("#log")).to_contain_text("waiting", timeout=30_000)
+    page.locator("#cancel").click()
+    expect(page.locator("#outcome")).to_have_text("cancelled", timeout=30_000)
+    assert _status(stack, execution_id) == "cancelled"
+    _shot(page, "cancelled")
+    page.close()
+
+
+def test_bob_sees_none_of_alices(stack: Stack, browser: Browser) -> None:
+    hers = _detach(stack, "alice", "echo alice secret")
+    deadline = time.monotonic() + 60
+    while _status(stack, hers) != "succeeded" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    page = browser.new_page()
+    page.goto(_link(stack, "bob", hers))  # her id, in his link
+    expect(page.locator("#outcome")).to_have_text("not found", timeout=30_000)
+    assert "alice secret" not in page.locator("body").inner_text()
+    _shot(page, "bob-by-url")
+    page.close()
+    page = browser.new_page()
+    page.goto(_link(stack, "bob"))
+    expect(page.locator("#status")).to_contain_text("signed in as bob", timeout=30_000)
+    page.wait_for_timeout(1000)
+    assert hers not in page.locator("body").inner_text()
+    _shot(page, "bob-list")
+    page.close()

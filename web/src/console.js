@@ -1,0 +1,269 @@
+// Cronium's web console: talks only NATS over WebSocket, as the signed-in user.
+//
+// The link from `cronium user token NAME --url` carries, in its fragment (never sent to a
+// server, never in a log): ws (the WebSocket URL), user, token (a short-lived bearer JWT) and,
+// optionally, execution. The fragment is cleared from the address bar at once.
+//
+// What is stored comes from the query service under the user's own name
+// (cronium.query.user.<name>.{history,events}); what comes next from plain subscriptions to
+// the user's own subjects (cronium.exec.<name>.<id>.> and cronium.logs.<name>.<id>). The
+// server enforces both: another user's executions are neither listed nor readable.
+import { jwtAuthenticator, wsconnect } from "@nats-io/nats-core";
+
+const ROW = 18; // px per log line (the view is virtualized: only visible lines are in the DOM)
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+const $ = (id) => document.getElementById(id);
+
+const params = new URLSearchParams(location.hash.slice(1));
+const session = {
+  ws: params.get("ws") || sessionStorage.getItem("cronium.ws"),
+  user: params.get("user") || sessionStorage.getItem("cronium.user"),
+  token: params.get("token") || sessionStorage.getItem("cronium.token"),
+};
+if (params.get("token")) {
+  for (const [k, v] of Object.entries(session)) sessionStorage.setItem(`cronium.${k}`, v);
+}
+const wanted = params.get("execution");
+history.replaceState(null, "", location.pathname + (wanted ? `#execution=${wanted}` : ""));
+
+let nc = null;
+let current = null; // the execution being watched
+
+function status(text, kind = "") {
+  const el = $("status");
+  el.textContent = text;
+  el.className = kind;
+}
+
+async function ask(query, body) {
+  const msg = await nc.request(`cronium.query.user.${session.user}.${query}`, enc.encode(JSON.stringify(body)), {
+    timeout: 15000,
+  });
+  const reply = JSON.parse(dec.decode(msg.data));
+  if (!reply.ok) throw new Error(reply.error || "refused");
+  return reply.result;
+}
+
+function decodeStored(result) {
+  return result.messages.map((m) => ({
+    subject: m.subject,
+    event: JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(m.data), (c) => c.charCodeAt(0)))),
+  }));
+}
+
+// ------------------------------------------------------------------ the list
+
+async function showList() {
+  $("list-view").hidden = false;
+  $("exec-view").hidden = true;
+  const rows = await ask("history", { limit: 50 });
+  const body = $("runs");
+  body.replaceChildren();
+  for (const r of rows) {
+    const tr = document.createElement("tr");
+    tr.dataset.id = r.execution_id;
+    for (const v of [r.requested_at || "", r.execution_id, r.status, r.runtime, r.schedule || r.workflow_id || ""]) {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.append(td);
+    }
+    tr.onclick = () => {
+      location.hash = `execution=${r.execution_id}`;
+    };
+    body.append(tr);
+  }
+  $("empty").hidden = rows.length > 0;
+}
+
+// ------------------------------------------------------------------ an execution
+
+class LogView {
+  constructor(el) {
+    this.el = el;
+    this.lines = []; // {stream, text}
+    this.seen = new Map(); // attempt/stream -> next sequence number
+    this.filter = "all";
+    this.follow = true;
+    this.spacer = document.createElement("div");
+    this.window = document.createElement("div");
+    this.window.className = "window";
+    el.replaceChildren(this.spacer, this.window);
+    el.onscroll = () => {
+      this.follow = el.scrollTop + el.clientHeight >= el.scrollHeight - ROW;
+      this.render();
+    };
+    this.pending = false;
+  }
+  visible() {
+    return this.filter === "all" ? this.lines : this.lines.filter((l) => l.stream === this.filter);
+  }
+  add(chunk) {
+    const key = `${chunk.attempt}/${chunk.stream}`;
+    const next = this.seen.get(key) || 0;
+    const skip = Math.max(0, next - chunk.first_seq); // a chunk seen twice (stored and live)
+    const fresh = chunk.lines.slice(skip);
+    if (!fresh.length) return;
+    for (const text of fresh) this.lines.push({ stream: chunk.stream, text });
+    this.seen.set(key, chunk.first_seq + chunk.lines.length);
+    this.schedule();
+  }
+  schedule() {
+    if (this.pending) return;
+    this.pending = true;
+    requestAnimationFrame(() => {
+      this.pending = false;
+      this.render();
+    });
+  }
+  render() {
+    const lines = this.visible();
+    this.spacer.style.height = `${lines.length * ROW}px`;
+    if (this.follow) this.el.scrollTop = this.el.scrollHeight;
+    const first = Math.max(0, Math.floor(this.el.scrollTop / ROW) - 20);
+    const last = Math.min(lines.length, first + Math.ceil(this.el.clientHeight / ROW) + 40);
+    this.window.style.transform = `translateY(${first * ROW}px)`;
+    const nodes = [];
+    for (let i = first; i < last; i++) {
+      const div = document.createElement("div");
+      div.className = `line ${lines[i].stream}`;
+      div.textContent = lines[i].text;
+      nodes.push(div);
+    }
+    this.window.replaceChildren(...nodes);
+    $("line-count").textContent = `${lines.length.toLocaleString()} lines`;
+  }
+}
+
+function timelineAdd(event) {
+  if (event.type === "log.chunk") return;
+  const li = document.createElement("li");
+  li.textContent = `${event.time.slice(11, 23)}  ${event.type}`;
+  if (event.error) li.textContent += `: ${event.error.message}`;
+  $("timeline").append(li);
+  const terminal = /^execution\.(succeeded|failed|timed_out|cancelled|lost|partial|rejected)$/.exec(event.type);
+  if (terminal) {
+    $("outcome").textContent = terminal[1];
+    $("outcome").className = `outcome ${terminal[1]}`;
+    $("cancel").disabled = true;
+  }
+}
+
+async function showExecution(id) {
+  $("list-view").hidden = true;
+  $("exec-view").hidden = false;
+  $("exec-id").textContent = id;
+  $("timeline").replaceChildren();
+  $("outcome").textContent = "running";
+  $("outcome").className = "outcome running";
+  $("cancel").disabled = false;
+  if (current) for (const sub of current.subs) sub.unsubscribe();
+  const view = new LogView($("log"));
+  current = { id, view, subs: [], events: [] };
+  const mine = current;
+  // live first, then what is stored: nothing falls between the two
+  const lifecycle = nc.subscribe(`cronium.exec.${session.user}.${id}.>`);
+  const logs = nc.subscribe(`cronium.logs.${session.user}.${id}`);
+  mine.subs.push(lifecycle, logs);
+  const ids = new Set();
+  const onEvent = (event) => {
+    if (ids.has(event.event_id)) return;
+    ids.add(event.event_id);
+    mine.events.push(event);
+    timelineAdd(event);
+  };
+  (async () => {
+    for await (const m of logs) view.add(JSON.parse(dec.decode(m.data)));
+  })();
+  (async () => {
+    for await (const m of lifecycle) onEvent(JSON.parse(dec.decode(m.data)));
+  })();
+  const [stored, storedLogs] = await Promise.all([
+    ask("events", { execution_id: id, kind: "exec" }),
+    ask("events", { execution_id: id, kind: "logs" }),
+  ]);
+  if (current !== mine) return;
+  const events = decodeStored(stored).map((s) => s.event);
+  if (!events.length) {
+    status(`no execution ${id} of yours`, "error");
+    $("outcome").textContent = "not found";
+    $("outcome").className = "outcome not-found";
+    $("cancel").disabled = true;
+    return;
+  }
+  status(`signed in as ${session.user}`);
+  for (const e of events) onEvent(e);
+  for (const s of decodeStored(storedLogs)) view.add(s.event);
+  if (!storedLogs.complete) status(`showing the first part of a long log, then live lines`);
+}
+
+async function cancel() {
+  if (!current) return;
+  const id = current.id;
+  const first = current.events[0] || {};
+  const now = new Date().toISOString();
+  const event = {
+    type: "execution.cancel_requested",
+    event_id: `ev_web${Date.now().toString(36)}${Math.random().toString(36).slice(2, 10)}`,
+    schema_version: 1,
+    time: now,
+    execution_id: id,
+    attempt: Math.max(1, ...current.events.map((e) => e.attempt || 1)),
+    correlation_id: first.correlation_id || id,
+    producer: "cronium-web",
+    user: session.user,
+    reason: "cancelled from the web console",
+  };
+  nc.publish(`cronium.exec.${session.user}.${id}.cancel_requested`, enc.encode(JSON.stringify(event)), {
+    headers: undefined,
+  });
+  status(`cancel requested for ${id}`);
+}
+
+// ------------------------------------------------------------------ start
+
+async function route() {
+  const id = new URLSearchParams(location.hash.slice(1)).get("execution");
+  status(`signed in as ${session.user}`);
+  try {
+    if (id) await showExecution(id);
+    else await showList();
+  } catch (err) {
+    status(String(err.message || err), "error");
+  }
+}
+
+async function main() {
+  if (!session.ws || !session.user || !session.token) {
+    status("open the link from `cronium user token NAME --url` to sign in", "error");
+    return;
+  }
+  try {
+    nc = await wsconnect({
+      servers: session.ws,
+      authenticator: jwtAuthenticator(session.token),
+      inboxPrefix: `_INBOX_${session.user}`,
+      name: `cronium-web-${session.user}`,
+    });
+  } catch (err) {
+    status(`cannot sign in as ${session.user}: ${err.message || err} (the link may have expired)`, "error");
+    return;
+  }
+  status(`signed in as ${session.user}`);
+  $("who").textContent = session.user;
+  $("back").onclick = () => {
+    location.hash = "";
+  };
+  $("cancel").onclick = cancel;
+  for (const f of ["all", "stdout", "stderr"]) {
+    $(`show-${f}`).onclick = () => {
+      if (!current) return;
+      current.view.filter = f;
+      current.view.render();
+    };
+  }
+  window.addEventListener("hashchange", route);
+  await route();
+}
+
+main();
