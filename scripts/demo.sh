@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 DATA=${CRONIUM_DEMO_DIR:-.cronium/demo}
 PORT=$($BIN/python -c 'from cronium_bus.embedded import free_port; print(free_port())')
+export CRONIUM_WEBSOCKET_PORT=$($BIN/python -c 'from cronium_bus.embedded import free_port; print(free_port())')
+export CRONIUM_CONSOLE_PORT=$($BIN/python -c 'from cronium_bus.embedded import free_port; print(free_port())')
 mkdir -p "$DATA"
 : > "$DATA/up.out"
 $BIN/cronium up --data-dir "$DATA" --nats-port "$PORT" >"$DATA/up.out" 2>"$DATA/up.log" &
@@ -18,6 +20,7 @@ if ! grep -q "cronium ready" "$DATA/up.out"; then
 fi
 cat "$DATA/up.out"
 export CRONIUM_NATS_URL="nats://127.0.0.1:$PORT"
+export CRONIUM_DATA_DIR="$DATA"  # clients use the admin credential `cronium up` wrote there
 step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "$2"; }
 
 step "1. the main job: a python script in a fresh, isolated container, output live" \
@@ -52,4 +55,15 @@ step "7. its metrics, as Prometheus scrapes them (a few of them)" \
 $BIN/cronium metrics \
   | grep -E '^cronium_(up|attempts|docker_up|run_time_seconds_count)|^cronium_lane_jobs.*"normal",runner="container"' \
   || true
+step "8. the web console: live logs in a browser, signed in as a user of their own" \
+     "cronium user add demo; cronium user token demo --url --execution <id>"
+$BIN/cronium user add demo --data-dir "$DATA" >/dev/null 2>&1 || true
+CREDS="$DATA/auth/users/demo.creds"
+WEB_ID=$($BIN/cronium run --detach --creds "$CREDS" --runtime bash \
+  -c 'for i in $(seq 1 120); do echo "line $i"; sleep 1; done')
+LINK=$($BIN/cronium user token demo --data-dir "$DATA" --url --ttl 1h --execution "$WEB_ID")
+printf 'open this link in a browser on this machine (it signs in as demo for an hour):\n  %s\n' "$LINK"
+if [ -t 0 ] && [ -z "${CI:-}" ]; then
+  read -r -p "press Enter to stop the stack... " _ || true
+fi
 printf '\nDone. Stopping the stack (data kept in %s).\n' "$DATA"
