@@ -217,3 +217,24 @@ def archive_size(wh: Any, db: str = DATABASE) -> dict[str, Any]:
         {"db": db},
     )
     return rows[0]
+
+
+def user_aggregates(wh: Any, since: str, user: str, db: str = DATABASE) -> dict[str, Any]:
+    """The dashboard figures of one user's own executions: runs per status per hour since
+    ``since``, and run-time percentiles per event (``cronium.query.user.<name>.stats``)."""
+    params = {"since": since, "user": user}
+    hours: list[dict[str, Any]] = wh.query(
+        f"SELECT toStartOfHour(requested_at) AS hour, status, count() AS runs "
+        f"FROM {db}.executions FINAL WHERE user = {{user:String}} AND requested_at IS NOT NULL "
+        "AND requested_at >= toStartOfHour(parseDateTime64BestEffort({since:String}, 6, 'UTC')) "
+        "GROUP BY hour, status ORDER BY hour, status",
+        params,
+    )
+    events: list[dict[str, Any]] = wh.query(
+        f"SELECT event_ref, runtime, count() AS runs, quantile(0.5)(run_ms) AS p50_ms, "
+        "quantile(0.95)(run_ms) AS p95_ms, max(run_ms) AS max_ms "
+        f"FROM {db}.executions FINAL WHERE user = {{user:String}} AND ended_at IS NOT NULL "
+        "GROUP BY event_ref, runtime ORDER BY runs DESC, event_ref, runtime LIMIT 100",
+        params,
+    )
+    return {"runs_per_hour": hours, "durations_by_event": events}

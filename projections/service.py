@@ -36,6 +36,7 @@ from projections.queries import (
     audit_rows,
     history,
     run_time_histogram,
+    user_aggregates,
     verify_audit,
 )
 from projections.reads import EventsQuery, stored_events
@@ -138,9 +139,20 @@ class ProjectorService:
             q = msgspec.json.decode(data, type=EventsQuery)
             return await stored_events(self.bus, q, owner or ANY_OWNER)
 
+        async def own_stats(data: bytes) -> Any:
+            q = msgspec.json.decode(data or b"{}", type=_StatsQuery)
+            if owner is None:  # an auditor or producer: everyone's, as cronium.query.stats
+                return await self._run(lambda: aggregates(self.wh, q.since))
+            return await self._run(lambda: user_aggregates(self.wh, q.since, owner))
+
         if not is_valid_id(name):
             return None
-        handlers = {"history": own_history, "logs": own_logs, "events": own_events}
+        handlers = {
+            "history": own_history,
+            "logs": own_logs,
+            "events": own_events,
+            "stats": own_stats,
+        }
         return handlers.get(query)
 
     async def _answer(self, msg: Msg, handler: Callable[[bytes], Awaitable[Any]] | None) -> None:

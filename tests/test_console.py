@@ -96,6 +96,9 @@ def test_alice_follows_her_run_live_to_its_end(stack: Stack, browser: Browser) -
     _shot(page, "succeeded")
     page.locator("#back").click()
     expect(page.locator("#runs")).to_contain_text(execution_id, timeout=30_000)
+    # the charts: her runs per hour and run time per event, from her own stats query
+    expect(page.locator("#runs-chart rect").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#durations")).to_contain_text("(ad hoc) [bash]")
     _shot(page, "list")
     page.close()
 

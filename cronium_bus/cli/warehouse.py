@@ -191,7 +191,7 @@ def stats_cmd(args: argparse.Namespace) -> int:
         print("runs per hour")
         for r in result["runs_per_hour"]:
             print(f"  {r['hour']:<20} {r['status']:<16} {r['runs']:>8}")
-        a = result["archive"]
+        a = result.get("archive") or {"lines": 0}  # (a user's own figures have no archive)
         if a["lines"]:
             ratio = a["uncompressed_bytes"] / a["compressed_bytes"] if a["compressed_bytes"] else 0
             print(

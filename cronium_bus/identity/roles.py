@@ -14,7 +14,7 @@ every user it signs receives (nats-server expands ``{{name()}}`` to the user's n
   ``cronium.exec.<their name>.>`` and ``cronium.logs.<their name>.>`` (live) and their inbox,
   and ask, on their own name, the sealing service (``cronium.ctl.secrets.user.<name>.*``,
   ``cronium.ctl.servers.user.<name>.*``), the scheduler (``cronium.ctl.schedules.user.<name>.*``)
-  and the query service (``cronium.query.user.<name>.{history,logs,events}``),
+  and the query service (``cronium.query.user.<name>.{history,logs,events,stats}``),
   which answer with their own only. No JetStream API, no buckets, no payload store.
 - ``auditor``: reads history, audit, logs and events of everyone (queries; live subscriptions to
   every execution); runs and cancels nothing.
@@ -57,6 +57,7 @@ _PUBLISH: Final[dict[Role, list[str]]] = {
         "cronium.query.user.{{name()}}.history",
         "cronium.query.user.{{name()}}.logs",
         "cronium.query.user.{{name()}}.events",
+        "cronium.query.user.{{name()}}.stats",
     ],
     "auditor": [
         "cronium.query.history",

@@ -74,6 +74,59 @@ async function showList() {
     body.append(tr);
   }
   $("empty").hidden = rows.length > 0;
+  showStats().catch((err) => status(`charts: ${err.message || err}`, "error"));
+}
+
+// ------------------------------------------------------------------ charts
+
+const COLORS = { succeeded: "#3aa55d", failed: "#d9534f", timed_out: "#e8903c", cancelled: "#c9a227" };
+
+function svg(tag, attrs, text) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+async function showStats() {
+  const since = new Date(Date.now() - 24 * 3600 * 1000).toISOString();
+  const stats = await ask("stats", { since });
+  // runs per hour, stacked by status
+  const hours = new Map();
+  for (const r of stats.runs_per_hour) {
+    const h = hours.get(r.hour) || {};
+    h[r.status] = (h[r.status] || 0) + Number(r.runs);
+    hours.set(r.hour, h);
+  }
+  const chart = $("runs-chart");
+  chart.replaceChildren();
+  const entries = [...hours.entries()];
+  const most = Math.max(1, ...entries.map(([, h]) => Object.values(h).reduce((a, b) => a + b, 0)));
+  const W = 24, H = 120;
+  chart.setAttribute("viewBox", `0 0 ${Math.max(1, entries.length) * (W + 4) + 4} ${H + 20}`);
+  entries.forEach(([hour, h], i) => {
+    let y = H;
+    for (const [status, n] of Object.entries(h)) {
+      const height = (n / most) * H;
+      y -= height;
+      const rect = svg("rect", { x: 4 + i * (W + 4), y, width: W, height, fill: COLORS[status] || "#8a94a6" });
+      rect.append(svg("title", {}, `${hour} ${status}: ${n}`));
+      chart.append(rect);
+    }
+    chart.append(svg("text", { x: 4 + i * (W + 4), y: H + 14, "font-size": 9 }, String(hour).slice(11, 13)));
+  });
+  // run time per event
+  const table = $("durations");
+  table.replaceChildren();
+  for (const r of stats.durations_by_event) {
+    const tr = document.createElement("tr");
+    for (const v of [`${r.event_ref || "(ad hoc)"} [${r.runtime}]`, r.runs, Math.round(r.p50_ms), Math.round(r.p95_ms)]) {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.append(td);
+    }
+    table.append(tr);
+  }
 }
 
 // ------------------------------------------------------------------ an execution
