@@ -24,16 +24,24 @@ _BATCH = 256
 
 
 async def read_messages(
-    js: JetStreamContext, stream: str, subject: str, *, limit: int | None = None
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    *,
+    limit: int | None = None,
+    start_seq: int | None = None,
 ) -> AsyncIterator[Msg]:
-    """Every message stored on ``subject`` now (at most ``limit``), in stream order, then stops.
+    """Every message stored on ``subject`` now (at most ``limit``; from stream sequence
+    ``start_seq`` on, when given), in stream order, then stops.
 
     Uses an ephemeral pull consumer: its pending count at creation says how many to fetch, so an
     empty subject answers at once instead of waiting for a timeout.
     """
+    late = start_seq is not None and start_seq > 1
     config = ConsumerConfig(
         ack_policy=AckPolicy.NONE,
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if late else DeliverPolicy.ALL,
+        opt_start_seq=start_seq if late else None,
         inactive_threshold=30.0,
         mem_storage=True,
     )

@@ -11,7 +11,7 @@ a plain subscription to their own subjects.
 from __future__ import annotations
 
 import base64
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -29,11 +29,14 @@ class EventsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     execution_id: str
     kind: Literal["exec", "logs"] = "exec"
+    after: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+    """Only messages after this stream sequence: the next page (``last`` of the previous)."""
 
 
 async def stored_events(bus: Bus, q: EventsQuery, owner: str) -> dict[str, Any]:
     """The stored messages of one execution under ``owner`` (``*``: anyone's), oldest first,
-    bounded in count and bytes; ``complete`` is false when the bound cut them short."""
+    bounded in count and bytes; ``complete`` is false when the bound cut them short, and the
+    next page starts after ``last`` (ask again with ``after``)."""
     if not is_valid_id(q.execution_id):
         raise ValueError(f"{q.execution_id!r} is not an execution id")
     if q.kind == "exec":
@@ -42,9 +45,13 @@ async def stored_events(bus: Bus, q: EventsQuery, owner: str) -> dict[str, Any]:
         stream, subject = LOGS_STREAM, log_subject(owner, q.execution_id)
     out: list[dict[str, str]] = []
     size = 0
-    async for msg in read_messages(bus.js, stream, subject, limit=MAX_MESSAGES + 1):
+    last = q.after
+    async for msg in read_messages(
+        bus.js, stream, subject, limit=MAX_MESSAGES + 1, start_seq=q.after + 1
+    ):
         size += len(msg.data) * 4 // 3 + len(msg.subject) + 32
         if len(out) >= MAX_MESSAGES or size > MAX_REPLY_BYTES:
-            return {"messages": out, "complete": False}
+            return {"messages": out, "complete": False, "last": last}
         out.append({"subject": msg.subject, "data": base64.b64encode(msg.data).decode()})
-    return {"messages": out, "complete": True}
+        last = msg.metadata.sequence.stream
+    return {"messages": out, "complete": True, "last": last}

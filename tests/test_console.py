@@ -133,3 +133,30 @@ def test_bob_sees_none_of_alices(stack: Stack, browser: Browser) -> None:
     assert hers not in page.locator("body").inner_text()
     _shot(page, "bob-list")
     page.close()
+
+
+def test_a_million_line_execution_opens_and_reaches_its_last_line(
+    stack: Stack, browser: Browser
+) -> None:
+    """1,000,000 lines: the page loads them page after page into the virtualized view, follows
+    to the last one, answers a click and scrolls back to the first (the times are printed;
+    bench/ is where speed is measured)."""
+    execution_id = _detach(stack, "alice", "seq 1 1000000")
+    deadline = time.monotonic() + 120
+    while _status(stack, execution_id) != "succeeded" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    page = browser.new_page()
+    began = time.monotonic()
+    page.goto(_link(stack, "alice", execution_id))
+    expect(page.locator("#line-count")).to_have_text("1,000,000 lines", timeout=120_000)
+    loaded = time.monotonic() - began
+    expect(page.locator("#log")).to_contain_text("1000000")  # the end is on screen
+    responsive = time.monotonic()
+    page.locator("#show-stdout").click()
+    page.evaluate("() => new Promise((r) => requestAnimationFrame(() => r(0)))")
+    answered = time.monotonic() - responsive
+    page.locator("#log").evaluate("el => { el.scrollTop = 0; }")
+    expect(page.locator("#log .line").first).to_have_text("1")  # and back to the top
+    _shot(page, "million")
+    print(f"1,000,000 lines loaded in {loaded:.1f} s; a click answered in {answered:.2f} s")
+    page.close()

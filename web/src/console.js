@@ -231,10 +231,7 @@ async function showExecution(id) {
   (async () => {
     for await (const m of lifecycle) onEvent(JSON.parse(dec.decode(m.data)));
   })();
-  const [stored, storedLogs] = await Promise.all([
-    ask("events", { execution_id: id, kind: "exec" }),
-    ask("events", { execution_id: id, kind: "logs" }),
-  ]);
+  const stored = await ask("events", { execution_id: id, kind: "exec" });
   if (current !== mine) return;
   const events = decodeStored(stored).map((s) => s.event);
   if (!events.length) {
@@ -246,8 +243,17 @@ async function showExecution(id) {
   }
   status(`signed in as ${session.user}`);
   for (const e of events) onEvent(e);
-  for (const s of decodeStored(storedLogs)) view.add(s.event);
-  if (!storedLogs.complete) status(`showing the first part of a long log, then live lines`);
+  // the stored log, page after page (a long one keeps its live lines meanwhile)
+  let after = 0;
+  for (let page = 0; page < 100000; page++) {
+    const part = await ask("events", { execution_id: id, kind: "logs", after });
+    if (current !== mine) return;
+    for (const s of decodeStored(part)) view.add(s.event);
+    if (part.complete || part.last <= after) break;
+    after = part.last;
+    status(`loading the log: ${view.lines.length.toLocaleString()} lines…`);
+  }
+  status(`signed in as ${session.user}`);
 }
 
 async function cancel() {
