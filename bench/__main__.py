@@ -5,7 +5,8 @@
     python -m bench --only containers,ssh
 
 Sections: containers (bench/containers.py), ssh (bench/ssh.py), logs (bench/logs.py),
-queries (bench/history_query.py), archive (bench/archive_compression.py, full only).
+queries (bench/history_query.py), console (bench/console.py), archive
+(bench/archive_compression.py, full only).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import archive_compression, containers, history_query, logs, ssh
+from bench import archive_compression, console, containers, history_query, logs, ssh
 
 
 def _queries(quick: bool) -> None:
@@ -28,6 +29,7 @@ SECTIONS: dict[str, Callable[[bool], None]] = {
     "ssh": lambda quick: ssh.main(["--quick"] if quick else []),
     "logs": lambda quick: logs.main(["--quick"] if quick else []),
     "queries": _queries,
+    "console": lambda quick: console.main(["--lines", "30" if quick else "100"]),
     "archive": lambda quick: None if quick else archive_compression.main([]),
 }
 
