@@ -83,6 +83,11 @@ def test_every_2s_with_max_runs_3_runs_three_times_then_pauses(stack: Stack) -> 
     assert [r["name"] for r in listed if r["name"] == "tick"] == ["tick"]
     resumed = stack.cli("schedule", "resume", "tick")
     assert resumed.returncode == 2 and "ran its 3 runs" in resumed.stderr
+    again = stack.cli(
+        "schedule", "add", "tick", "--replace", "--every", "2s", "--max-runs", "3",
+        "--runtime", "bash", "-c", "echo tick",
+    )  # fmt: skip
+    assert again.returncode == 2 and "ran 3 runs already" in again.stderr, again.stderr
 
 
 def test_overlap_skip_never_overlaps_and_shows_the_skipped_fires(stack: Stack) -> None:
@@ -163,6 +168,11 @@ def test_schedules_refuse_what_cannot_fire_with_a_reason(stack: Stack) -> None:
         (["--every", "5s", "--start", "2h", "--end", "1h"], "--end is not after --start"),
         (["--every", "5s", "--max-runs", "0"], "--max-runs is at least 1"),
         (["--every", "5s", "--memory", "100g"], "the maximum is"),
+        (["--cron", "0 0 L * *"], "names an unknown value"),  # cronsim reads it, nats does not
+        (["--cron", "0 0 * * 1#2"], "is not supported"),
+        (["--cron", "0 0 * * 7"], "weekdays are 0-6"),
+        (["--at", "2263-01-01T00:00:00Z"], "too far ahead"),  # nats-server would fire it at once
+        (["--every", "5s", "--start", "2300-01-01T00:00:00Z"], "too far ahead"),
     ]
     for flags, reason in cases:
         done = stack.cli("schedule", "add", "bad", *flags, "--runtime", "bash", "-c", "true")
@@ -272,3 +282,24 @@ def test_overlap_queue_runs_each_fire_after_the_previous_one(stack: Stack) -> No
     spans = [(_at(r["started_at"]), _at(r["ended_at"])) for r in rows]
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start, spans  # one after the other, never two at once
+
+
+def test_a_one_shot_fires_once_and_a_removed_users_schedules_stop(stack: Stack) -> None:
+    at = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    done = stack.cli("schedule", "add", "once", "--at", at, "--runtime", "bash", "-c", "true")
+    assert done.returncode == 0, done.stderr
+    runs_of(stack, "once", 1)
+    state = until(lambda: (s := show(stack, "once"))["state"] == "paused" and s)
+    assert (state["runs"], state["reason"]) == (1, "fired once (--at)")
+    resumed = stack.cli("schedule", "resume", "once")
+    assert resumed.returncode == 2 and "that is past" in resumed.stderr
+
+    erin = _user(stack, "erin")
+    add = stack.cli(
+        "schedule", "add", "hers", "--every", "1h", "--runtime", "bash", "-c", "true",
+        "--creds", str(erin),
+    )  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    removed = stack.cli("user", "rm", "erin")
+    assert removed.returncode == 0 and "paused erin's schedules: hers" in removed.stderr
+    assert show(stack, "hers", "--user", "erin")["state"] == "paused"

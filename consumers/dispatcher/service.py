@@ -42,6 +42,7 @@ from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.lifecycle import Stopper
 from cronium_bus.payloads import PayloadError, check_payload, get_json_payload
 from cronium_bus.provision import provision
+from cronium_bus.schedules.spec import schedule_id
 from cronium_bus.schemacheck import SchemaChecker, SchemaCheckError, SchemaCheckerUnavailable
 from cronium_bus.secrets import not_usable, usable_key
 from cronium_bus.servers import not_usable as server_not_usable
@@ -135,6 +136,21 @@ class Dispatcher:
         why = await self._input_violation(result)
         if why is not None:
             await reject(event, why)
+            return
+        sched = result.schedule
+        if sched is not None and (
+            sched.schedule_id != schedule_id(owner, sched.name)
+            or not event.execution_id.startswith(f"{sched.schedule_id}-")
+        ):
+            await reject(
+                event,
+                ErrorInfo(
+                    kind="validation",
+                    message=f"execution {event.execution_id} names schedule {sched.name} but "
+                    "is not one of its runs",
+                    hint="drop schedule: the scheduler sets it on the runs it starts",
+                ),
+            )
             return
         wf = result.workflow
         if wf is not None and not event.execution_id.startswith(f"{wf.workflow_id}-"):

@@ -42,6 +42,7 @@ from consumers.deadletter import dead_letter
 from consumers.dispatcher.validate import validate_request
 from cronium_bus.authentic import decode_on
 from cronium_bus.bus import Bus
+from cronium_bus.codec import check_depth
 from cronium_bus.errors import CroniumError, EventDecodeError
 from cronium_bus.events import (
     ErrorInfo,
@@ -153,6 +154,10 @@ class Scheduler:
         role, requester, action = tokens[3], tokens[4], tokens[5]
         if len(data) > MAX_BODY:
             raise ScheduleError(f"request is {len(data):,} bytes, over {MAX_BODY:,}")
+        try:
+            check_depth(data)
+        except EventDecodeError as exc:
+            raise ScheduleError(exc.message, hint=exc.hint) from exc
 
         def owner_of(asked: str | None) -> str:
             if asked is None or asked == requester:
@@ -210,12 +215,25 @@ class Scheduler:
                     f"schedule {spec.name} exists",
                     hint="pass --replace to change it, or `cronium schedule rm` it first",
                 )
+            ran = current.runs if live and current is not None else 0
+            if spec.max_runs is not None and ran >= spec.max_runs:
+                raise ScheduleError(
+                    f"schedule {spec.name} ran {ran} runs already, max_runs is {spec.max_runs}",
+                    hint="ask for a higher --max-runs, or `cronium schedule rm` it first",
+                )
             env = self._envelope(owner, sid)
             event: Event = (
                 ScheduleUpdated(**env, spec=spec) if live else ScheduleCreated(**env, spec=spec)
             )
+            # the schedule message first: if nats-server refuses it, nothing was recorded
+            try:
+                await self._arm(owner, spec, event.event_id, start_now=False)
+            except nats.js.errors.BadRequestError as exc:
+                raise ScheduleError(
+                    f"nats-server refused the schedule: {exc.description}",
+                    hint="see `cronium schedule add --help` for the forms it takes",
+                ) from exc
             await self.bus.publish(event)
-            await self._arm(owner, spec, event.event_id, start_now=False)
         log.info("schedule saved", owner=owner, name=spec.name, replaced=live)
         return {"schedule_id": sid, "name": spec.name, "owner": owner, "replaced": live}
 
@@ -266,6 +284,11 @@ class Scheduler:
                 )
             if spec.end is not None and spec.end <= utcnow():
                 raise ScheduleError(f"schedule {name} ended at {spec.end.isoformat()}")
+            if spec.at is not None and (state.runs > 0 or spec.at <= utcnow()):
+                raise ScheduleError(
+                    f"schedule {name} fires once, at {spec.at.isoformat()}, and that is past",
+                    hint="add it again with a new --at (`schedule add --replace`)",
+                )
             await self.bus.publish(ScheduleResumed(**self._envelope(owner, state.schedule_id)))
             await self._arm(owner, spec, state.version, start_now=False)
         return "resumed"
@@ -441,7 +464,13 @@ class Scheduler:
             ScheduleFired(**env, fire_at=fire_at, run_id=run, next_at=next_at, queued=queued)
         )
         log.info("fired", schedule=spec.name, owner=owner, run_id=run)
-        if spec.max_runs is not None and state.runs + 1 >= spec.max_runs:
+        if spec.at is not None:  # a one-shot: done once it fired
+            await self._disarm(owner, spec.name)
+            await self.bus.publish(
+                SchedulePaused(**env, reason="fired once (--at)"),
+                msg_id=f"{state.schedule_id}:at-done:{state.version}",
+            )
+        elif spec.max_runs is not None and state.runs + 1 >= spec.max_runs:
             await self._disarm(owner, spec.name)
             await self.bus.publish(
                 SchedulePaused(**env, reason=f"max_runs {spec.max_runs} reached"),
@@ -473,12 +502,18 @@ class Scheduler:
             await msg.ack()  # a retry follows
             return
         async with self._lock(owner, ref.name):
+            state = await self.state(owner, ref.name)
+            started = state is not None and any(
+                f.run_id == execution_id for f in state.fires.values()
+            )
+            if not started or state is None or state.schedule_id != ref.schedule_id:
+                await msg.ack()  # a request that names a schedule which did not start it
+                return
             await self.bus.publish(
                 ScheduleRunEnded(
                     **self._envelope(owner, ref.schedule_id), run_id=execution_id, status=run.status
                 )
             )
-            state = await self.state(owner, ref.name)
             if (
                 state is not None
                 and state.status == "active"

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
 from cronium_bus.cli.common import fail, settings_from
-from cronium_bus.errors import BusUnavailableError
+from cronium_bus.errors import BusUnavailableError, CroniumError
 from cronium_bus.identity.authority import Authority, IdentityError
 from cronium_bus.identity.roles import ROLES, Role
 from cronium_bus.ids import is_valid_id
@@ -236,7 +236,31 @@ def _rm(authority: Authority, settings: Settings, name: str) -> int:
     if '"code":200' not in reply.replace(" ", ""):
         return fail(f"the server did not take the update: {reply}", "see its log")
     print(f"user {name} revoked: new connections refused, live ones closed", file=sys.stderr)
+    try:  # what runs as them without a connection of theirs: their schedules
+        paused = asyncio.run(_pause_schedules(settings, name))
+    except (CroniumError, OSError, TimeoutError, nats.errors.Error) as exc:
+        print(
+            f"their schedules could not be paused ({exc}): `cronium schedule list --user {name}`",
+            file=sys.stderr,
+        )
+        return exitcodes.FAILURE
+    if paused:
+        print(f"paused {name}'s schedules: {', '.join(paused)}", file=sys.stderr)
     return exitcodes.OK
+
+
+async def _pause_schedules(settings: Settings, name: str) -> list[str]:
+    """Pause every active schedule of a removed user (they fire as that user)."""
+    from cronium_bus.cli.schedule import ask
+
+    async with Bus(settings, name="cli-user") as bus:
+        rows = await ask(bus, "list", {"owner": name})
+        out = []
+        for row in rows:
+            if row["state"] == "active":
+                await ask(bus, "pause", {"name": row["name"], "owner": name})
+                out.append(row["name"])
+        return out
 
 
 async def _push(url: str, sys_creds: Path, account_jwt: str) -> str:

@@ -13,6 +13,7 @@ applies.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -24,6 +25,15 @@ from cronium_bus.events import ScheduleSpec
 from cronium_bus.ids import derived_id
 
 MAX_LIST: Final = 50
+LATEST: Final = datetime(2200, 1, 1, tzinfo=UTC)
+"""Times a schedule may name end before this (nats-server counts nanoseconds since 1970 and
+overflows in 2262: an ``@at`` past that fired at once)."""
+_CRON_FIELD: Final = re.compile(r"^[0-9A-Za-z*/,-]{1,80}$")
+_NAMES: Final = re.compile(r"[A-Za-z]+")
+_DAY_NAMES: Final = {"sun", "mon", "tue", "wed", "thu", "fri", "sat"}
+_MONTH_NAMES: Final = {
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+}  # fmt: skip
 _PREDEFINED: Final = {
     "@yearly": "0 0 0 1 1 *",
     "@annually": "0 0 0 1 1 *",
@@ -100,8 +110,15 @@ def check(spec: ScheduleSpec, now: datetime) -> None:
             raise ScheduleError(
                 "--tz applies to a cron schedule", hint="write --at and --start with an offset"
             )
+    for name in ("at", "start", "end"):
+        value = getattr(spec, name)
+        if value is not None and value >= LATEST:
+            raise ScheduleError(
+                f"--{name} {value.isoformat()} is too far ahead", hint="before 2200"
+            )
     if spec.cron is not None:
         expr = six_fields(spec.cron)
+        _nats_grammar(spec.cron, expr)
         if len(expr.split(" ")) != 6:
             raise ScheduleError(
                 f"cron {spec.cron[:80]!r} has {len(spec.cron.split())} fields",
@@ -121,6 +138,26 @@ def check(spec: ScheduleSpec, now: datetime) -> None:
         raise ScheduleError("--end is not after --start")
     if spec.end is not None and spec.end <= now:
         raise ScheduleError(f"--end {spec.end.isoformat()} is in the past")
+
+
+def _nats_grammar(original: str, expr: str) -> None:
+    """Refuse what cronsim reads but nats-server does not (L, W, #, ?, weekday 7): a schedule
+    it refuses would never fire."""
+    fields = expr.split(" ")
+    for i, field in enumerate(fields):
+        if not _CRON_FIELD.fullmatch(field):
+            raise ScheduleError(
+                f"cron {original[:80]!r}: field {field[:40]!r} is not supported",
+                hint="use numbers, *, ranges a-b, lists a,b and steps /n (no L, W, # or ?)",
+            )
+        names = {n.lower() for n in _NAMES.findall(field)}
+        allowed = _DAY_NAMES if i == 5 else _MONTH_NAMES if i == 4 else set()
+        if names - allowed:
+            raise ScheduleError(f"cron {original[:80]!r}: {field[:40]!r} names an unknown value")
+        if i == 5 and any(int(d) > 6 for d in re.findall(r"\d+", field)):
+            raise ScheduleError(
+                f"cron {original[:80]!r}: weekdays are 0-6 (0 is Sunday)", hint="write 0, not 7"
+            )
 
 
 def nats_headers(spec: ScheduleSpec, target: str, *, start_now: bool) -> dict[str, str]:
@@ -158,17 +195,20 @@ def next_fires(
     elif spec.every_s is not None:
         step = timedelta(seconds=spec.every_s)
         t = anchor or spec.start or after
-        if t <= begin:
-            t += step * (int((begin - t) / step) + 1)
-        for _ in range(count):
-            out.append(t)
-            t += step
+        try:
+            if t <= begin:
+                t += step * (int((begin - t) / step) + 1)
+            for _ in range(count):
+                out.append(t)
+                t += step
+        except OverflowError:
+            pass  # past the last date a calendar can hold
     else:
         assert spec.cron is not None
-        it = iter(CronSim(six_fields(spec.cron), begin.astimezone(zone(spec))))
-        for _ in range(count):
-            try:
+        try:
+            it = iter(CronSim(six_fields(spec.cron), begin.astimezone(zone(spec))))
+            for _ in range(count):
                 out.append(next(it).astimezone(UTC))
-            except StopIteration:
-                break
+        except (StopIteration, OverflowError, CronSimError, ValueError):
+            pass  # no more fires a calendar can hold
     return [t for t in out if spec.end is None or t <= spec.end][:count]
