@@ -74,6 +74,12 @@ def test_five_fields_get_seconds_and_names_are_expanded() -> None:
     ]
 
 
+def test_next_fires_stop_at_the_end_of_the_calendar() -> None:
+    late = spec(every_s=60, start=datetime(9999, 12, 31, 23, 0, tzinfo=UTC))
+    assert len(next_fires(late, NOW, 5)) <= 5  # no OverflowError: fewer fires
+    assert next_fires(spec(cron="0 0 29 2 *"), datetime(9999, 3, 1, tzinfo=UTC), 3) == []
+
+
 def test_intervals_start_and_end() -> None:
     every = spec(every_s=10, start=NOW + timedelta(seconds=25), end=NOW + timedelta(seconds=60))
     # armed at the start, an interval fires one interval after it (as nats-server does)
@@ -102,6 +108,10 @@ def test_intervals_start_and_end() -> None:
         ({"at": NOW - timedelta(seconds=1)}, "in the past"),
         ({"every_s": 5, "start": NOW, "end": NOW}, "not after --start"),
         ({"every_s": 5, "end": NOW - timedelta(days=1)}, "in the past"),
+        ({"cron": "0 0 LW * *"}, "not supported|unknown value"),
+        ({"cron": "0 0 * * 0-7"}, "weekdays are 0-6"),
+        ({"cron": "0 0 * foo *"}, "unknown value"),
+        ({"at": datetime(2263, 1, 1, tzinfo=UTC)}, "too far ahead"),
     ],
 )
 def test_specs_that_cannot_fire_are_refused_naming_why(fields: dict[str, Any], reason: str) -> None:
