@@ -9,13 +9,18 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import nats
-import nats.errors
 import pytest
 
 from tests.test_cli import Stack, running_stack
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.timeout(180),
+    # nats-py 2.16's WebSocket transport passes aiohttp a deprecated float timeout
+    pytest.mark.filterwarnings("ignore:parameter 'timeout' of type 'float':DeprecationWarning"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -73,26 +78,52 @@ async def test_a_token_over_websocket_has_exactly_its_users_permissions(stack: S
     assert "cronium.logs.alice" not in refused
 
 
+async def _answer_ws(url: str, token: str) -> str:
+    """What nats-server answers a CONNECT with ``token`` over WebSocket (PONG, or -ERR)."""
+    connect = json.dumps({"jwt": token, "sig": "", "protocol": 1, "verbose": False})
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url, timeout=aiohttp.ClientWSTimeout(10)) as ws,
+    ):
+        text = ""
+        await ws.send_bytes(f"CONNECT {connect}\r\nPING\r\n".encode())
+        while "PONG" not in text and "-ERR" not in text:
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                break
+            text += msg.data.decode()
+        return text
+
+
+async def _answer_tcp(url: str, token: str) -> str:
+    """The same over a plain TCP connection."""
+    host, port = url.removeprefix("nats://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        await reader.readline()  # INFO
+        connect = json.dumps({"jwt": token, "sig": "", "protocol": 1, "verbose": False})
+        writer.write(f"CONNECT {connect}\r\nPING\r\n".encode())
+        await writer.drain()
+        return (await asyncio.wait_for(reader.readline(), 10)).decode()
+    finally:
+        writer.close()
+
+
 async def test_a_token_is_refused_over_tcp_after_it_expires_and_once_the_user_is_removed(
     stack: Stack,
 ) -> None:
     token = _token(stack, "carl", ttl="3s")
-    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        await _connect(stack.url, token, "carl", [])  # a bearer token is for WebSocket only
-    nc = await _connect(stack.websocket, token, "carl", [])
-    await nc.close()
+    assert "Authorization Violation" in await _answer_tcp(stack.url, token)  # WebSocket only
+    assert "PONG" in await _answer_ws(stack.websocket, token)
     await asyncio.sleep(4)
-    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        await _connect(stack.websocket, token, "carl", [])
+    assert "Authorization Violation" in await _answer_ws(stack.websocket, token)  # expired
 
     fresh = _token(stack, "dora")
-    nc = await _connect(stack.websocket, fresh, "dora", [])
-    await nc.close()
+    assert "PONG" in await _answer_ws(stack.websocket, fresh)
     removed = await asyncio.to_thread(stack.cli, "user", "rm", "dora")
     assert removed.returncode == 0, removed.stderr
     await asyncio.sleep(1)
-    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        await _connect(stack.websocket, fresh, "dora", [])
+    assert "Authorization Violation" in await _answer_ws(stack.websocket, fresh)  # revoked
 
 
 def test_token_refusals(stack: Stack) -> None:
