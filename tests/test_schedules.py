@@ -105,8 +105,10 @@ def test_overlap_skip_never_overlaps_and_shows_the_skipped_fires(stack: Stack) -
         assert end <= start, spans  # never two at once
     fires = show(stack, "slow")["fires"]
     skipped = [f for f in fires if f["skipped"]]
-    assert len(skipped) >= 3, fires
-    assert all("is still running" in f["skipped"] for f in skipped)
+    running = [f for f in skipped if "is still running" in f["skipped"]]
+    assert len(running) >= 3, fires
+    # the rest: fires nats-server had made before the pause reached it
+    assert all(f in running or f["skipped"].startswith("paused") for f in skipped), fires
     out = stack.cli("schedule", "show", "slow").stdout
     assert "skipped: the previous run sch-slow-" in out
 
