@@ -19,7 +19,7 @@ from cronium_bus.bus import Bus
 from cronium_bus.cli import exitcodes
 from cronium_bus.cli.common import add_client_options, fail, run_client
 from cronium_bus.cli.run import UsageError, add_request_options, build_request
-from cronium_bus.errors import CroniumError, PermissionDeniedError
+from cronium_bus.cli.secret import result_of
 from cronium_bus.events import ScheduleSpec
 from cronium_bus.schedules.spec import ScheduleError
 from cronium_bus.units import parse_duration
@@ -107,14 +107,7 @@ async def ask(bus: Bus, action: str, body: dict[str, Any]) -> Any:
     reply = await bus.ask(
         subject, msgspec.json.encode(body), timeout=_TIMEOUT_S, service="scheduler"
     )
-    if reply.get("ok"):
-        return reply.get("result")
-    message, hint = str(reply.get("error", "refused")), str(reply.get("hint", ""))
-    if reply.get("kind") == "permission":
-        raise PermissionDeniedError(message, hint=hint)
-    if reply.get("kind") == "validation":
-        raise ScheduleError(message, hint=hint)
-    raise CroniumError(message, hint=hint)
+    return result_of(reply, ScheduleError)
 
 
 def _time(value: str | None, tz: str | None, flag: str) -> datetime | None:

@@ -100,11 +100,17 @@ async def seal(bus: Bus, action: str, body: dict[str, Any], *, family: str = "se
     reply = await bus.ask(
         subject, msgspec.json.encode(body), timeout=_SEAL_TIMEOUT_S, service="secrets service"
     )
+    return result_of(reply, SecretError)
+
+
+def result_of(reply: dict[str, Any], invalid: type[CroniumError]) -> Any:
+    """A service's ``{"ok": …}`` reply: its result, or its refusal raised (permission: exit
+    77, validation: ``invalid``, exit 2; anything else a plain :class:`CroniumError`)."""
     if reply.get("ok"):
         return reply.get("result")
     message, hint = str(reply.get("error", "refused")), str(reply.get("hint", ""))
     if reply.get("kind") == "permission":
         raise PermissionDeniedError(message, hint=hint)
     if reply.get("kind") == "validation":
-        raise SecretError(message, hint=hint)
+        raise invalid(message, hint=hint)
     raise CroniumError(message, hint=hint)
