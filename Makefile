@@ -15,7 +15,7 @@ UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 UV_COMPILE := $(UV) pip compile --universal --generate-hashes --python-version 3.11 --quiet
 
-.PHONY: setup host venv images demo test unit lint typecheck schemas schemas-check lock lock-check bench bench-quick bench-deps clean
+.PHONY: setup host venv images web web-check demo test unit lint typecheck schemas schemas-check lock lock-check bench bench-quick bench-deps clean
 
 setup: host venv images ## everything: Debian packages, Docker engine, venv, runtime images
 
@@ -57,6 +57,26 @@ lock: $(UV) ## re-resolve requirements/*.txt from pyproject.toml's ranges (keeps
 images: host ## build the runtime images locally (no registry)
 	@bash images/build.sh
 
+# The web console: web/src built with esbuild (versions from web/package-lock.json, npm ci) into
+# web/dist, which is committed, so running needs no Node; web-check rebuilds it aside and fails
+# when the committed files differ from what web/src builds to.
+WEB_MODULES := web/node_modules/.package-lock.json
+$(WEB_MODULES): web/package-lock.json web/package.json
+	@command -v npm >/dev/null || bash scripts/setup-host.sh
+	@cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+web: $(WEB_MODULES) ## rebuild the web console's web/dist from web/src (commit the result)
+	@rm -rf web/dist && mkdir -p web/dist
+	@cd web && npm run --silent build
+
+web-check: $(WEB_MODULES) ## fail when web/dist is not what web/src builds to
+	@rm -rf web/.check && mkdir -p web/.check
+	@cd web && OUT=.check npm run --silent build
+	@diff -r web/dist web/.check >/dev/null \
+	  || { rm -rf web/.check; echo "web/dist is stale: run make web and commit web/dist"; exit 1; }
+	@rm -rf web/.check
+
 demo: setup ## run the main job on the embedded stack and show live logs
 	@bash scripts/demo.sh
 
@@ -75,7 +95,7 @@ schemas-check: venv
 	$(BIN)/python -m cronium_bus.schemagen check
 	$(BIN)/python -m projections.ddl check
 
-test: setup lock-check lint typecheck schemas-check ## the whole suite against real NATS and Docker (exit 5, no tests, fails)
+test: setup lock-check lint typecheck schemas-check web-check ## the whole suite against real NATS and Docker (exit 5, no tests, fails)
 	$(BIN)/pytest
 
 unit: venv ## only the tests that need no services

@@ -11,6 +11,7 @@ command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
 [ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || need_pkgs+=(openssh-client)
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)  # browser tests of the web console (Playwright)
+command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)  # make web / web-check build the console with esbuild
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

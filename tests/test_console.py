@@ -103,6 +103,45 @@ def test_alice_follows_her_run_live_to_its_end(stack: Stack, browser: Browser) -
     page.close()
 
 
+def _all_lines(page: Page) -> dict[int, str]:
+    """Every line of the virtualized log, by its number, read screen after screen."""
+    log = page.locator("#log")
+    height = int(log.evaluate("el => el.scrollHeight"))
+    step = max(1, int(log.evaluate("el => el.clientHeight")) // 2)
+    seen: dict[int, str] = {}
+    for top in range(0, height + step, step):  # bounded: the log's height in half screens
+        log.evaluate(f"el => {{ el.scrollTop = {top}; }}")
+        page.evaluate("() => new Promise((r) => requestAnimationFrame(() => r(0)))")
+        for n, text in page.locator("#log .line").evaluate_all(
+            "els => els.map((e) => [Number(e.dataset.n), e.textContent])"
+        ):
+            seen[int(n)] = str(text)
+    return seen
+
+
+def test_a_page_opened_mid_run_shows_every_line_once_in_order(
+    stack: Stack, browser: Browser
+) -> None:
+    """The page opens while lines are still being printed: what was stored before and what
+    comes live meet with none lost, none twice, in the order printed."""
+    lines = 600
+    execution_id = _detach(
+        stack, "alice", f"for i in $(seq 1 {lines}); do echo $i; sleep 0.01; done"
+    )
+    deadline = time.monotonic() + 60
+    while _status(stack, execution_id) != "started" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    page = browser.new_page()
+    page.goto(_link(stack, "alice", execution_id))
+    expect(page.locator("#log .line").first).to_be_visible(timeout=30_000)
+    assert _status(stack, execution_id) == "started"  # opened while it still printed
+    expect(page.locator("#outcome")).to_have_text("succeeded", timeout=60_000)
+    expect(page.locator("#line-count")).to_have_text(f"{lines} lines", timeout=10_000)
+    assert _all_lines(page) == {n: str(n) for n in range(1, lines + 1)}
+    _shot(page, "mid-run")
+    page.close()
+
+
 def test_alice_cancels_from_the_console(stack: Stack, browser: Browser) -> None:
     execution_id = _detach(stack, "alice", "echo waiting; sleep 60")
     page = browser.new_page()

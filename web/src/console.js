@@ -131,11 +131,20 @@ async function showStats() {
 
 // ------------------------------------------------------------------ an execution
 
+// The log of one execution, virtualized: only the lines on screen are in the DOM. Lines are
+// kept per stream too, so showing stdout or stderr alone costs nothing at a million lines.
+// Until the stored log has been read (page after page), live chunks are held back, then added
+// in order: a running execution shows every line from its first, each once.
+const MAX_PX = 8_000_000; // taller than this, the spacer is scaled (browsers cap element height)
+
 class LogView {
   constructor(el) {
     this.el = el;
-    this.lines = []; // {stream, text}
-    this.seen = new Map(); // attempt/stream -> next sequence number
+    this.all = []; // {stream, text}
+    this.streams = { stdout: [], stderr: [] };
+    this.next = new Map(); // attempt/stream -> the sequence number of the next unseen line
+    this.held = []; // live chunks that came while the stored log was being read
+    this.loading = true;
     this.filter = "all";
     this.follow = true;
     this.spacer = document.createElement("div");
@@ -144,22 +153,42 @@ class LogView {
     el.replaceChildren(this.spacer, this.window);
     el.onscroll = () => {
       this.follow = el.scrollTop + el.clientHeight >= el.scrollHeight - ROW;
-      this.render();
+      this.schedule();
     };
     this.pending = false;
   }
   visible() {
-    return this.filter === "all" ? this.lines : this.lines.filter((l) => l.stream === this.filter);
+    return this.filter === "all" ? this.all : this.streams[this.filter] || [];
+  }
+  live(chunk) {
+    if (this.loading) this.held.push(chunk);
+    else this.add(chunk);
+  }
+  loaded() {
+    this.loading = false;
+    const held = this.held.sort((a, b) => a.attempt - b.attempt || a.first_seq - b.first_seq);
+    this.held = [];
+    for (const chunk of held) this.add(chunk);
+    this.schedule();
   }
   add(chunk) {
     const key = `${chunk.attempt}/${chunk.stream}`;
-    const next = this.seen.get(key) || 0;
-    const skip = Math.max(0, next - chunk.first_seq); // a chunk seen twice (stored and live)
-    const fresh = chunk.lines.slice(skip);
-    if (!fresh.length) return;
-    for (const text of fresh) this.lines.push({ stream: chunk.stream, text });
-    this.seen.set(key, chunk.first_seq + chunk.lines.length);
+    const next = this.next.get(key) || 0;
+    const skip = Math.max(0, next - chunk.first_seq); // lines seen already (stored and live)
+    if (skip >= chunk.lines.length) return;
+    const mine = this.streams[chunk.stream] || (this.streams[chunk.stream] = []);
+    for (let i = skip; i < chunk.lines.length; i++) {
+      const line = { stream: chunk.stream, text: chunk.lines[i] };
+      this.all.push(line);
+      mine.push(line);
+    }
+    this.next.set(key, chunk.first_seq + chunk.lines.length);
     this.schedule();
+  }
+  show(filter) {
+    this.filter = filter;
+    this.follow = true;
+    this.render();
   }
   schedule() {
     if (this.pending) return;
@@ -171,21 +200,40 @@ class LogView {
   }
   render() {
     const lines = this.visible();
-    this.spacer.style.height = `${lines.length * ROW}px`;
+    const total = lines.length;
+    const height = Math.min(total * ROW, MAX_PX);
+    this.spacer.style.height = `${height}px`;
     if (this.follow) this.el.scrollTop = this.el.scrollHeight;
-    const first = Math.max(0, Math.floor(this.el.scrollTop / ROW) - 20);
-    const last = Math.min(lines.length, first + Math.ceil(this.el.clientHeight / ROW) + 40);
-    this.window.style.transform = `translateY(${first * ROW}px)`;
+    const top = this.el.scrollTop;
+    const rows = Math.ceil(this.el.clientHeight / ROW) + 1;
+    let first, offset;
+    if (height < MAX_PX) {
+      first = Math.max(0, Math.floor(top / ROW) - 20); // a margin above and below
+      offset = first * ROW;
+    } else {
+      // scaled: the scroll position is a fraction of the log, the window sits on screen
+      const fraction = Math.min(1, top / Math.max(1, height - this.el.clientHeight));
+      first = Math.max(0, Math.round(fraction * Math.max(0, total - rows)));
+      offset = top;
+    }
+    const last = Math.min(total, first + rows + 40);
+    this.window.style.transform = `translateY(${offset}px)`;
     const nodes = [];
     for (let i = first; i < last; i++) {
       const div = document.createElement("div");
       div.className = `line ${lines[i].stream}`;
+      div.dataset.n = i + 1; // shown by the stylesheet, never copied with the text
       div.textContent = lines[i].text;
       nodes.push(div);
     }
     this.window.replaceChildren(...nodes);
-    $("line-count").textContent = `${lines.length.toLocaleString()} lines`;
+    $("line-count").textContent = `${total.toLocaleString()} lines`;
   }
+}
+
+function setOutcome(text) {
+  $("outcome").textContent = text;
+  $("outcome").className = `outcome ${text.replace(" ", "-")}`;
 }
 
 function timelineAdd(event) {
@@ -196,8 +244,7 @@ function timelineAdd(event) {
   $("timeline").append(li);
   const terminal = /^execution\.(succeeded|failed|timed_out|cancelled|lost|partial|rejected)$/.exec(event.type);
   if (terminal) {
-    $("outcome").textContent = terminal[1];
-    $("outcome").className = `outcome ${terminal[1]}`;
+    setOutcome(terminal[1]);
     $("cancel").disabled = true;
   }
 }
@@ -207,8 +254,7 @@ async function showExecution(id) {
   $("exec-view").hidden = false;
   $("exec-id").textContent = id;
   $("timeline").replaceChildren();
-  $("outcome").textContent = "running";
-  $("outcome").className = "outcome running";
+  setOutcome("running");
   $("cancel").disabled = false;
   if (current) for (const sub of current.subs) sub.unsubscribe();
   const view = new LogView($("log"));
@@ -223,10 +269,16 @@ async function showExecution(id) {
     if (ids.has(event.event_id)) return;
     ids.add(event.event_id);
     mine.events.push(event);
+    if ($("outcome").classList.contains("not-found")) {
+      // an id not (yet) of this user's: it began after the page opened
+      status(`signed in as ${session.user}`);
+      setOutcome("running");
+      $("cancel").disabled = false;
+    }
     timelineAdd(event);
   };
   (async () => {
-    for await (const m of logs) view.add(JSON.parse(dec.decode(m.data)));
+    for await (const m of logs) view.live(JSON.parse(dec.decode(m.data)));
   })();
   (async () => {
     for await (const m of lifecycle) onEvent(JSON.parse(dec.decode(m.data)));
@@ -234,24 +286,28 @@ async function showExecution(id) {
   const stored = await ask("events", { execution_id: id, kind: "exec" });
   if (current !== mine) return;
   const events = decodeStored(stored).map((s) => s.event);
-  if (!events.length) {
+  if (!events.length && !mine.events.length) {
     status(`no execution ${id} of yours`, "error");
-    $("outcome").textContent = "not found";
-    $("outcome").className = "outcome not-found";
+    setOutcome("not found");
     $("cancel").disabled = true;
+    view.loaded(); // nothing stored: what comes live is shown as it comes
     return;
   }
   status(`signed in as ${session.user}`);
   for (const e of events) onEvent(e);
-  // the stored log, page after page (a long one keeps its live lines meanwhile)
-  let after = 0;
-  for (let page = 0; page < 100000; page++) {
-    const part = await ask("events", { execution_id: id, kind: "logs", after });
-    if (current !== mine) return;
-    for (const s of decodeStored(part)) view.add(s.event);
-    if (part.complete || part.last <= after) break;
-    after = part.last;
-    status(`loading the log: ${view.lines.length.toLocaleString()} lines…`);
+  // the stored log, page after page (live lines meanwhile are held, then added in order)
+  try {
+    let after = 0;
+    for (let page = 0; page < 100000; page++) {
+      const part = await ask("events", { execution_id: id, kind: "logs", after });
+      if (current !== mine) return;
+      for (const s of decodeStored(part)) view.add(s.event);
+      if (part.complete || part.last <= after) break;
+      after = part.last;
+      status(`loading the log: ${view.all.length.toLocaleString()} lines…`);
+    }
+  } finally {
+    view.loaded();
   }
   status(`signed in as ${session.user}`);
 }
@@ -317,8 +373,7 @@ async function main() {
   for (const f of ["all", "stdout", "stderr"]) {
     $(`show-${f}`).onclick = () => {
       if (!current) return;
-      current.view.filter = f;
-      current.view.render();
+      current.view.show(f);
     };
   }
   window.addEventListener("hashchange", route);
