@@ -29,7 +29,9 @@ SECTIONS: dict[str, Callable[[bool], None]] = {
     "ssh": lambda quick: ssh.main(["--quick"] if quick else []),
     "logs": lambda quick: logs.main(["--quick"] if quick else []),
     "queries": _queries,
-    "console": lambda quick: console.main(["--lines", "30" if quick else "100"]),
+    "console": lambda quick: console.main(
+        ["--lines", "30", "--big", "100000"] if quick else ["--lines", "100"]
+    ),
     "archive": lambda quick: None if quick else archive_compression.main([]),
 }
 

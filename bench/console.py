@@ -6,7 +6,14 @@ MutationObserver stamps each line as it enters the page. The baseline, in the sa
 NATS subscriber on the same WebSocket with the same token (what the bus itself takes). Printed:
 p50 / p99 of arrival − print for both, and their ratio.
 
-Run: .venv/bin/python -m bench.console [--lines N]
+Large logs (--big N, 1,000,000 by default): the same page opens an execution of N stored lines
+and, separately, follows one printing N lines at ≈50,000 a second. Printed: seconds until the
+page holds the last line, its longest main-thread task (PerformanceObserver 'longtask') and
+longest gap between two frames (requestAnimationFrame) — how long the page froze at most —
+against the terminal client in the same run (`cronium logs ID` and `cronium logs --follow`,
+output to /dev/null) reading the same log from the same query service.
+
+Run: .venv/bin/python -m bench.console [--lines N] [--big N]
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 
@@ -133,11 +141,134 @@ def run(lines: int) -> str:
     )
 
 
+FRAMES = """
+window.__tasks = [];
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) window.__tasks.push(e.duration);
+}).observe({type: 'longtask', buffered: true});
+window.__gap = 0;
+let last = 0;
+(function tick(t) {
+  if (last) window.__gap = Math.max(window.__gap, t - last);
+  last = t;
+  requestAnimationFrame(tick);
+})(0);
+"""
+FOLLOWED = (
+    "import sys, time\n"
+    "for b in range({batches}):\n"
+    "    sys.stdout.write(''.join(f'{{b * 1000 + i + 1}}\\n' for i in range(1000)))\n"
+    "    sys.stdout.flush()\n"
+    "    time.sleep(0.02)\n"
+)
+
+
+def _status(data: Path, url: str, execution_id: str) -> str:
+    shown = json.loads(_cli(data, url, "show", execution_id, "--json"))
+    return str(shown["state"]["status"])
+
+
+def _count(page: Any) -> int:
+    text = str(page.evaluate("document.getElementById('line-count').textContent || ''"))
+    digits = text.split(" ", 1)[0].replace(",", "")
+    return int(digits) if digits.isdigit() else 0
+
+
+def _until_count(page: Any, lines: int, began: float, limit_s: float) -> float:
+    """Seconds from ``began`` until the page holds ``lines`` lines (NaN past the limit)."""
+    while time.monotonic() - began < limit_s:
+        if _count(page) >= lines:
+            return time.monotonic() - began
+        time.sleep(0.1)
+    return float("nan")
+
+
+def _page_stats(page: Any) -> tuple[float, float]:
+    """The page's longest task and longest frame gap (ms) since it loaded."""
+    tasks = [float(t) for t in page.evaluate("window.__tasks")]
+    return (max(tasks) if tasks else 0.0), float(page.evaluate("window.__gap"))
+
+
+def _timed_cli(data: Path, url: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [cronium_bin(), *args, "--nats-url", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={"PATH": "/usr/bin:/bin", "CRONIUM_DATA_DIR": str(data)},
+    )
+
+
+def run_big(lines: int) -> str:
+    from playwright.sync_api import sync_playwright
+
+    limit_s = 60 + lines / 5000
+    rows: list[list[object]] = []
+    with stack(env={"CRONIUM_RUNNER__WARM_RUNTIMES": '["bash","python"]'}) as st:
+        data, url = st.data_dir, st.url
+        _cli(data, url, "user", "add", "alice")
+        creds = str(data / "auth" / "users" / "alice.creds")
+        stored = _cli(data, url, "run", "--detach", "--creds", creds, "--runtime", "bash",
+                      "-c", f"seq 1 {lines}")  # fmt: skip
+        deadline = time.monotonic() + limit_s
+        while _status(data, url, stored) != "succeeded" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+            # 1. a stored log: open, reach the last line, scroll back to the first
+            page = browser.new_page()
+            page.add_init_script(FRAMES)
+            began = time.monotonic()
+            page.goto(_cli(data, url, "user", "token", "alice", "--url", "--execution", stored))
+            opened = _until_count(page, lines, began, limit_s)
+            task, gap = _page_stats(page)
+            t = time.monotonic()
+            page.locator("#log").evaluate("el => { el.scrollTop = 0; }")
+            page.wait_for_selector('#log .line[data-n="1"]', timeout=30_000)
+            to_top = (time.monotonic() - t) * 1000
+            page.close()
+            t = time.monotonic()
+            baseline = _timed_cli(data, url, "logs", stored, "--creds", creds)
+            baseline.wait(timeout=limit_s)
+            cli_s = time.monotonic() - t
+            rows.append([f"open {lines:,} stored lines", opened, task, gap, cli_s,
+                         opened / cli_s])  # fmt: skip
+            # 2. a running one: follow it from its first line to its last
+            page = browser.new_page()
+            page.add_init_script(FRAMES)
+            followed = new_id("ex")
+            page.goto(_cli(data, url, "user", "token", "alice", "--url", "--execution", followed))
+            page.wait_for_selector("#exec-view:not([hidden])", timeout=30_000)
+            script = FOLLOWED.format(batches=max(1, lines // 1000))
+            began = time.monotonic()
+            follower = _timed_cli(data, url, "logs", followed, "--follow", "--creds", creds)
+            _cli(data, url, "run", "--detach", "--id", followed, "--creds", creds,
+                 "--runtime", "python", "-c", script)  # fmt: skip
+            reached = _until_count(page, (lines // 1000) * 1000, began, limit_s)
+            task2, gap2 = _page_stats(page)
+            follower.wait(timeout=limit_s)
+            cli_follow_s = time.monotonic() - began
+            rows.append([f"follow {lines:,} lines printed at ~50k/s", reached, task2, gap2,
+                         cli_follow_s, reached / cli_follow_s])  # fmt: skip
+            browser.close()
+    header = ["case", "page: last line (s)", "longest task (ms)", "longest frame gap (ms)",
+              "cronium logs (s)", "page / cli"]  # fmt: skip
+    title = "large logs in the console (chromium, headless) vs the terminal client"
+    return (
+        table(title, header, rows)
+        + f"\nscroll from the last line back to the first: {to_top:.0f} ms"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.console", description=__doc__)
-    parser.add_argument("--lines", type=int, default=100)
+    parser.add_argument("--lines", type=int, default=100, help="live lines timed (default 100)")
+    parser.add_argument(
+        "--big", type=int, default=1_000_000, help="lines of the large log (0: skip; 1,000,000)"
+    )
     args = parser.parse_args(argv)
     print(run(args.lines), flush=True)
+    if args.big:
+        print(run_big(args.big), flush=True)
 
 
 if __name__ == "__main__":

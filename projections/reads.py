@@ -31,6 +31,8 @@ class EventsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     kind: Literal["exec", "logs"] = "exec"
     after: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
     """Only messages after this stream sequence: the next page (``last`` of the previous)."""
+    max_bytes: Annotated[int, msgspec.Meta(ge=64 * 1024, le=MAX_REPLY_BYTES)] = MAX_REPLY_BYTES
+    """A smaller page than the largest reply (a browser decodes a 1 MiB page between frames)."""
 
 
 async def stored_events(bus: Bus, q: EventsQuery, owner: str) -> dict[str, Any]:
@@ -50,7 +52,7 @@ async def stored_events(bus: Bus, q: EventsQuery, owner: str) -> dict[str, Any]:
         bus.js, stream, subject, limit=MAX_MESSAGES + 1, start_seq=q.after + 1
     ):
         size += len(msg.data) * 4 // 3 + len(msg.subject) + 32
-        if len(out) >= MAX_MESSAGES or size > MAX_REPLY_BYTES:
+        if len(out) >= MAX_MESSAGES or size > MAX_REPLY_BYTES or (size > q.max_bytes and out):
             return {"messages": out, "complete": False, "last": last}
         out.append({"subject": msg.subject, "data": base64.b64encode(msg.data).decode()})
         last = msg.metadata.sequence.stream

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import random
 from collections.abc import AsyncIterator
@@ -470,3 +471,41 @@ async def test_audit_completeness_names_an_event_missing_at_the_tail(
     missing, complete = await unaudited(bus.js, gaps, max_bytes=1 << 20)
     assert complete and [seq for seq, _ in missing] == [int(last)]
     assert missing[0][1] == ids[-1]
+
+
+async def test_stored_events_come_in_pages_as_small_as_asked(bus: Bus) -> None:
+    """A reader asks for pages of at most max_bytes (a browser decodes each between frames):
+    page after page, every chunk exactly once, in order; a bound outside 64 KiB..8 MiB is
+    refused by the query's type."""
+    from projections.reads import MAX_REPLY_BYTES, EventsQuery, stored_events
+
+    execution_id = new_id("ex")
+    await publish_logs(bus, execution_id, 20_000, chunk=200)
+    small = 64 * 1024
+    firsts: list[int] = []
+    after, pages = 0, 0
+    while pages < 1000:  # bounded: 100 chunks need far fewer pages
+        pages += 1
+        page = await stored_events(
+            bus,
+            EventsQuery(execution_id=execution_id, kind="logs", after=after, max_bytes=small),
+            "*",
+        )
+        sizes = [len(m["data"]) for m in page["messages"]]
+        assert sum(sizes[:-1]) <= small  # the last message may cross the bound, never two
+        firsts += [
+            msgspec.json.decode(base64.b64decode(m["data"]))["first_seq"] for m in page["messages"]
+        ]
+        if page["complete"]:
+            break
+        assert page["last"] > after
+        after = page["last"]
+    assert firsts == list(range(0, 20_000, 200)) and pages > 3
+    whole = await stored_events(bus, EventsQuery(execution_id=execution_id, kind="logs"), "*")
+    assert whole["complete"] and len(whole["messages"]) == 100
+    for bound in (0, small - 1, MAX_REPLY_BYTES + 1, "1 MiB"):
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.json.decode(
+                msgspec.json.encode({"execution_id": execution_id, "max_bytes": bound}),
+                type=EventsQuery,
+            )

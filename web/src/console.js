@@ -10,6 +10,7 @@
 // server enforces both: another user's executions are neither listed nor readable.
 import { jwtAuthenticator, wsconnect } from "@nats-io/nats-core";
 
+const PAGE_BYTES = 1 << 20; // a stored log is read in pages of this size
 const ROW = 18; // px per log line (the view is virtualized: only visible lines are in the DOM)
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -45,12 +46,20 @@ async function ask(query, body) {
   return reply.result;
 }
 
-function decodeStored(result) {
-  return result.messages.map((m) => ({
-    subject: m.subject,
-    event: JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(m.data), (c) => c.charCodeAt(0)))),
-  }));
+function decodeOne(m) {
+  const raw = atob(m.data);
+  const bytes = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+  return JSON.parse(dec.decode(bytes));
 }
+
+function decodeStored(result) {
+  return result.messages.map((m) => ({ subject: m.subject, event: decodeOne(m) }));
+}
+
+// Long work gives the page back every few milliseconds, so it keeps drawing and answering.
+const SLICE_MS = 12;
+const breathe = () => new Promise((resolve) => setTimeout(resolve, 0));
 
 // ------------------------------------------------------------------ the list
 
@@ -295,15 +304,30 @@ async function showExecution(id) {
   }
   status(`signed in as ${session.user}`);
   for (const e of events) onEvent(e);
-  // the stored log, page after page (live lines meanwhile are held, then added in order)
+  // the stored log, page after page of 1 MiB (the next one is asked for while this one is
+  // added, a few milliseconds at a time); live lines meanwhile are held, then added in order
   try {
+    const page = (after) => ask("events", { execution_id: id, kind: "logs", after, max_bytes: PAGE_BYTES });
     let after = 0;
-    for (let page = 0; page < 100000; page++) {
-      const part = await ask("events", { execution_id: id, kind: "logs", after });
+    let next = page(after);
+    for (let n = 0; n < 100000; n++) {
+      const part = await next;
       if (current !== mine) return;
-      for (const s of decodeStored(part)) view.add(s.event);
-      if (part.complete || part.last <= after) break;
-      after = part.last;
+      const more = !part.complete && part.last > after;
+      if (more) {
+        after = part.last;
+        next = page(after);
+      }
+      let began = performance.now();
+      for (const m of part.messages) {
+        view.add(decodeOne(m));
+        if (performance.now() - began > SLICE_MS) {
+          await breathe();
+          if (current !== mine) return;
+          began = performance.now();
+        }
+      }
+      if (!more) break;
       status(`loading the log: ${view.all.length.toLocaleString()} lines…`);
     }
   } finally {
