@@ -28,6 +28,7 @@ class ConsoleServer:
         self.port = port
         self.websocket = websocket
         self._runner: web.AppRunner | None = None
+        self._files: dict[str, Path] = {}
 
     @property
     def url(self) -> str:
@@ -36,6 +37,10 @@ class ConsoleServer:
     async def __aenter__(self) -> ConsoleServer:
         if not (DIST / "index.html").is_file():
             raise OSError(f"the console is not built: {DIST} has no index.html (make web)")
+        # what is served is fixed here: the built files by name, nothing a request path can reach
+        self._files = {
+            p.name: p for p in DIST.iterdir() if p.is_file() and not p.name.startswith(".")
+        }
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -57,9 +62,8 @@ class ConsoleServer:
             await runner.cleanup()
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
-        name = request.match_info.get("name", "index.html")
-        path = DIST / name
-        if "/" in name or name.startswith(".") or not path.is_file():
+        path = self._files.get(request.match_info.get("name", "index.html"))
+        if path is None:
             raise web.HTTPNotFound()
         ws = self.websocket or ""
         return web.FileResponse(
