@@ -59,7 +59,8 @@ function decodeStored(result) {
 
 // Long work gives the page back every few milliseconds, so it keeps drawing and answering.
 const SLICE_MS = 12;
-const breathe = () => new Promise((resolve) => setTimeout(resolve, 0));
+// (after the next frame is drawn: yielding faster can starve drawing, slower wastes time)
+const breathe = () => new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0)));
 
 // ------------------------------------------------------------------ the list
 
