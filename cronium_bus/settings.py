@@ -67,6 +67,8 @@ class LimitSettings(_Section):
     max_workflow_nodes: int = Field(100, ge=1, le=1000)
     max_workflow_data: Bytes = 64 * 1024**2
     """Largest sum of a workflow's node inputs (its data passed between nodes)."""
+    max_schedules_per_user: int = Field(1000, ge=1, le=1_000_000)
+    """Most schedules one user may have at once (a new one past it is refused)."""
 
 
 class StreamSettings(_Section):

@@ -305,3 +305,33 @@ def test_a_one_shot_fires_once_and_a_removed_users_schedules_stop(stack: Stack) 
     removed = stack.cli("user", "rm", "erin")
     assert removed.returncode == 0 and "paused erin's schedules: hers" in removed.stderr
     assert show(stack, "hers", "--user", "erin")["state"] == "paused"
+
+
+def test_a_user_past_the_schedule_cap_is_refused_and_others_are_not(
+    cronium_bin: str, tmp_path: Path
+) -> None:
+    """With limits.max_schedules_per_user 3: carol's fourth is refused with the fix; replacing
+    one of hers still works; removing one makes room; dave is not counted against her."""
+    with running_stack(
+        cronium_bin, tmp_path / "capped", CRONIUM_LIMITS__MAX_SCHEDULES_PER_USER="3"
+    ) as capped:
+        carol, dave = _user(capped, "carol"), _user(capped, "dave")
+
+        def add(name: str, creds: Path, *extra: str) -> Any:
+            return capped.cli(
+                "schedule", "add", name, "--every", "1h", "--runtime", "bash", "-c", "true",
+                "--creds", str(creds), *extra,
+            )  # fmt: skip
+
+        for name in ("c1", "c2", "c3"):
+            assert add(name, carol).returncode == 0
+        over = add("c4", carol)
+        assert over.returncode == 2 and "3 schedules" in over.stderr, over.stderr
+        assert "schedule rm" in over.stderr
+        assert add("c3", carol, "--replace").returncode == 0  # a change is not a new one
+        assert add("d1", dave).returncode == 0  # his own count
+        assert capped.cli("schedule", "rm", "c1", "--creds", str(carol)).returncode == 0
+        assert add("c4", carol).returncode == 0
+        assert add("c1", carol).returncode == 2  # full again: c2, c3, c4
+        listed = json.loads(capped.cli("schedule", "list", "--json", "--creds", str(carol)).stdout)
+        assert sorted(r["name"] for r in listed) == ["c2", "c3", "c4"]

@@ -215,6 +215,8 @@ class Scheduler:
                     f"schedule {spec.name} exists",
                     hint="pass --replace to change it, or `cronium schedule rm` it first",
                 )
+            if not live:
+                await self._below_cap(owner)
             ran = current.runs if live and current is not None else 0
             if spec.max_runs is not None and ran >= spec.max_runs:
                 raise ScheduleError(
@@ -236,6 +238,32 @@ class Scheduler:
             await self.bus.publish(event)
         log.info("schedule saved", owner=owner, name=spec.name, replaced=live)
         return {"schedule_id": sid, "name": spec.name, "owner": owner, "replaced": live}
+
+    async def _below_cap(self, owner: str) -> None:
+        """Refuse a new schedule past ``limits.max_schedules_per_user`` for its owner."""
+        cap = self.settings.limits.max_schedules_per_user
+        live = await self._live_count(owner)
+        if live >= cap:
+            raise ScheduleError(
+                f"{owner} has {live} schedules, the most a user may have",
+                hint="remove one first (`cronium schedule rm`); the cap is "
+                "limits.max_schedules_per_user",
+            )
+
+    async def _live_count(self, owner: str) -> int:
+        """How many of ``owner``'s schedules exist: a schedule id is live while it was created
+        more often than deleted (two look-ups of the stream's subject counts, no folding)."""
+        created = await self._subject_counts(f"cronium.exec.{owner}.*.schedule_created")
+        deleted = await self._subject_counts(f"cronium.exec.{owner}.*.schedule_deleted")
+        return sum(
+            1
+            for subject, n in created.items()
+            if n > deleted.get(subject.removesuffix("created") + "deleted", 0)
+        )
+
+    async def _subject_counts(self, subjects: str) -> dict[str, int]:
+        info = await self.bus.js.stream_info(EXEC_STREAM, subjects_filter=subjects)
+        return dict(info.state.subjects or {})
 
     async def _arm(self, owner: str, spec: ScheduleSpec, version: str, *, start_now: bool) -> None:
         """Write the schedule message nats-server fires from (replacing the previous one)."""
