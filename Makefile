@@ -68,7 +68,7 @@ $(WEB_MODULES): web/package-lock.json web/package.json
 
 web: $(WEB_MODULES) ## rebuild the web console's web/dist from web/src (commit the result)
 	@rm -rf web/dist && mkdir -p web/dist
-	@cd web && npm run --silent build
+	@cd web && OUT=dist npm run --silent build
 
 web-check: $(WEB_MODULES) ## fail when web/dist is not what web/src builds to
 	@rm -rf web/.check && mkdir -p web/.check

@@ -17,16 +17,25 @@ const dec = new TextDecoder();
 const $ = (id) => document.getElementById(id);
 
 const params = new URLSearchParams(location.hash.slice(1));
-const session = {
-  ws: params.get("ws") || sessionStorage.getItem("cronium.ws"),
-  user: params.get("user") || sessionStorage.getItem("cronium.user"),
-  token: params.get("token") || sessionStorage.getItem("cronium.token"),
-};
-if (params.get("token")) {
+// a link's ws, user and token come together, or not at all (no link can aim a stored token
+// at another server)
+const fresh = params.get("token") && params.get("ws") && params.get("user");
+const session = fresh
+  ? { ws: params.get("ws"), user: params.get("user"), token: params.get("token") }
+  : {
+      ws: sessionStorage.getItem("cronium.ws"),
+      user: sessionStorage.getItem("cronium.user"),
+      token: sessionStorage.getItem("cronium.token"),
+    };
+if (fresh) {
   for (const [k, v] of Object.entries(session)) sessionStorage.setItem(`cronium.${k}`, v);
 }
 const wanted = params.get("execution");
-history.replaceState(null, "", location.pathname + (wanted ? `#execution=${wanted}` : ""));
+history.replaceState(
+  null,
+  "",
+  location.pathname + (wanted ? `#execution=${encodeURIComponent(wanted)}` : ""),
+);
 
 let nc = null;
 let current = null; // the execution being watched
@@ -53,10 +62,6 @@ function decodeOne(m) {
   return JSON.parse(dec.decode(bytes));
 }
 
-function decodeStored(result) {
-  return result.messages.map((m) => ({ subject: m.subject, event: decodeOne(m) }));
-}
-
 // Long work gives the page back every few milliseconds, so it keeps drawing and answering.
 const SLICE_MS = 12;
 // (after the next frame is drawn: yielding faster can starve drawing, slower wastes time)
@@ -64,7 +69,15 @@ const breathe = () => new Promise((resolve) => requestAnimationFrame(() => setTi
 
 // ------------------------------------------------------------------ the list
 
+function leave() {
+  if (!current) return;
+  current.view.dispose();
+  for (const sub of current.subs) sub.unsubscribe();
+  current = null;
+}
+
 async function showList() {
+  leave();
   $("list-view").hidden = false;
   $("exec-view").hidden = true;
   const rows = await ask("history", { limit: 50 });
@@ -175,11 +188,23 @@ class LogView {
     else this.add(chunk);
   }
   loaded() {
+    // in the order they came: one publisher's chunks arrive in order, and the sequence
+    // numbers count each stream apart (sorting by them would interleave stdout and stderr)
     this.loading = false;
-    const held = this.held.sort((a, b) => a.attempt - b.attempt || a.first_seq - b.first_seq);
+    const held = this.held;
     this.held = [];
     for (const chunk of held) this.add(chunk);
     this.schedule();
+  }
+  note(text) {
+    // a line of the console's own (a part of the log it could not load), never the script's
+    const line = { stream: "note", text };
+    this.all.push(line);
+    this.schedule();
+  }
+  dispose() {
+    this.disposed = true;
+    this.held = [];
   }
   add(chunk) {
     const key = `${chunk.attempt}/${chunk.stream}`;
@@ -201,7 +226,7 @@ class LogView {
     this.render();
   }
   schedule() {
-    if (this.pending) return;
+    if (this.pending || this.disposed) return;
     this.pending = true;
     requestAnimationFrame(() => {
       this.pending = false;
@@ -209,25 +234,30 @@ class LogView {
     });
   }
   render() {
+    if (this.disposed) return;
     const lines = this.visible();
     const total = lines.length;
     const height = Math.min(total * ROW, MAX_PX);
     this.spacer.style.height = `${height}px`;
     if (this.follow) this.el.scrollTop = this.el.scrollHeight;
     const top = this.el.scrollTop;
-    const rows = Math.ceil(this.el.clientHeight / ROW) + 1;
-    let first, offset;
+    const screen = this.el.clientHeight;
+    let first, last, offset;
     if (height < MAX_PX) {
       first = Math.max(0, Math.floor(top / ROW) - 20); // a margin above and below
+      last = Math.min(total, Math.ceil((top + screen) / ROW) + 20);
       offset = first * ROW;
     } else {
-      // scaled: the scroll position is a fraction of the log, the window sits on screen
-      const fraction = Math.min(1, top / Math.max(1, height - this.el.clientHeight));
-      first = Math.max(0, Math.round(fraction * Math.max(0, total - rows)));
-      offset = top;
+      // scaled: the scroll position is a fraction of the log; the window is placed so that,
+      // at the bottom, the last line is the screen's last (and it never outgrows the spacer)
+      const fraction = Math.min(1, top / Math.max(1, height - screen));
+      const at = fraction * Math.max(0, total - screen / ROW);
+      first = Math.floor(at);
+      offset = top - (at - first) * ROW;
+      last = Math.min(total, first + Math.ceil((height - offset) / ROW), first + Math.ceil(screen / ROW) + 1);
     }
-    const last = Math.min(total, first + rows + 40);
     this.window.style.transform = `translateY(${offset}px)`;
+    this.window.style.maxHeight = `${Math.max(0, height - offset)}px`;
     const nodes = [];
     for (let i = first; i < last; i++) {
       const div = document.createElement("div");
@@ -259,14 +289,55 @@ function timelineAdd(event) {
   }
 }
 
+// Every stored message of one execution ("exec" or "logs"), page after page of 1 MiB: the next
+// page is asked for while this one is handed to `each`, a few milliseconds at a time. A page
+// that fails is asked for again (three times), then the error is thrown with what was read.
+async function readStored(id, kind, mine, each) {
+  const page = async (after) => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await ask("events", { execution_id: id, kind, after, max_bytes: PAGE_BYTES });
+      } catch (err) {
+        if (attempt >= 3 || current !== mine) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 500 * attempt));
+      }
+    }
+  };
+  let after = 0;
+  let next = page(after);
+  for (let n = 0; n < 100000; n++) {
+    const part = await next;
+    if (current !== mine) return false;
+    const more = !part.complete;
+    if (more && part.last <= after) throw new Error(`the query service made no progress after ${after}`);
+    if (more) {
+      after = part.last;
+      next = page(after);
+      next.catch(() => {}); // handled when awaited (or dropped when the view is left)
+    }
+    let began = performance.now();
+    for (const m of part.messages) {
+      each(decodeOne(m));
+      if (performance.now() - began > SLICE_MS) {
+        await breathe();
+        if (current !== mine) return false;
+        began = performance.now();
+      }
+    }
+    if (!more) return true;
+    if (kind === "logs") status(`loading the log: ${mine.view.all.length.toLocaleString()} lines…`);
+  }
+  return true;
+}
+
 async function showExecution(id) {
+  leave();
   $("list-view").hidden = true;
   $("exec-view").hidden = false;
   $("exec-id").textContent = id;
   $("timeline").replaceChildren();
   setOutcome("running");
   $("cancel").disabled = false;
-  if (current) for (const sub of current.subs) sub.unsubscribe();
   const view = new LogView($("log"));
   current = { id, view, subs: [], events: [] };
   const mine = current;
@@ -276,7 +347,7 @@ async function showExecution(id) {
   mine.subs.push(lifecycle, logs);
   const ids = new Set();
   const onEvent = (event) => {
-    if (ids.has(event.event_id)) return;
+    if (current !== mine || ids.has(event.event_id)) return;
     ids.add(event.event_id);
     mine.events.push(event);
     if ($("outcome").classList.contains("not-found")) {
@@ -293,48 +364,27 @@ async function showExecution(id) {
   (async () => {
     for await (const m of lifecycle) onEvent(JSON.parse(dec.decode(m.data)));
   })();
-  const stored = await ask("events", { execution_id: id, kind: "exec" });
-  if (current !== mine) return;
-  const events = decodeStored(stored).map((s) => s.event);
-  if (!events.length && !mine.events.length) {
-    status(`no execution ${id} of yours`, "error");
-    setOutcome("not found");
-    $("cancel").disabled = true;
-    view.loaded(); // nothing stored: what comes live is shown as it comes
-    return;
-  }
-  status(`signed in as ${session.user}`);
-  for (const e of events) onEvent(e);
-  // the stored log, page after page of 1 MiB (the next one is asked for while this one is
-  // added, a few milliseconds at a time); live lines meanwhile are held, then added in order
   try {
-    const page = (after) => ask("events", { execution_id: id, kind: "logs", after, max_bytes: PAGE_BYTES });
-    let after = 0;
-    let next = page(after);
-    for (let n = 0; n < 100000; n++) {
-      const part = await next;
-      if (current !== mine) return;
-      const more = !part.complete && part.last > after;
-      if (more) {
-        after = part.last;
-        next = page(after);
-      }
-      let began = performance.now();
-      for (const m of part.messages) {
-        view.add(decodeOne(m));
-        if (performance.now() - began > SLICE_MS) {
-          await breathe();
-          if (current !== mine) return;
-          began = performance.now();
-        }
-      }
-      if (!more) break;
-      status(`loading the log: ${view.all.length.toLocaleString()} lines…`);
+    const stored = [];
+    if (!(await readStored(id, "exec", mine, (e) => stored.push(e)))) return;
+    if (!stored.length && !mine.events.length) {
+      status(`no execution ${id} of yours`, "error");
+      setOutcome("not found");
+      $("cancel").disabled = true;
+      return; // nothing stored: what comes live is shown as it comes
     }
+    status(`signed in as ${session.user}`);
+    for (const e of stored) onEvent(e);
+    // the stored log; live lines meanwhile are held, then added in order
+    if (!(await readStored(id, "logs", mine, (chunk) => view.add(chunk)))) return;
+    status(`signed in as ${session.user}`);
+  } catch (err) {
+    if (current !== mine) return;
+    view.note(`— the rest of the stored log could not be read: ${err.message || err} —`);
+    status(`part of ${id} could not be loaded: ${err.message || err} (reload to try again)`, "error");
   } finally {
-    view.loaded();
+    if (current === mine) view.loaded();
   }
-  status(`signed in as ${session.user}`);
 }
 
 async function cancel() {
