@@ -39,6 +39,7 @@ from cronium_bus.subjects import (
     META_BUCKET,
     SCHED_ALL,
     SCHED_STREAM,
+    SCHEDULES_BUCKET,
     SECRETS_BUCKET,
     SERVERS_BUCKET,
     VARIABLES_BUCKET,
@@ -168,6 +169,7 @@ def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
             ttl=86400.0,
         ),
         bucket(META_BUCKET, "Facts of this installation (its id)", max_value_size=1024),
+        bucket(SCHEDULES_BUCKET, "Schedules' folded state: snapshots of their events"),
     ]
 
 

@@ -36,6 +36,7 @@ META_BUCKET: Final = "cronium_meta"
 CIRCUITS_BUCKET: Final = "cronium_circuits"
 LIMITS_BUCKET: Final = "cronium_limits"
 PAYLOADS_BUCKET: Final = "cronium_payloads"  # Object Store
+SCHEDULES_BUCKET: Final = "cronium_schedules"  # schedules' folded state (the scheduler's)
 PAYLOADS_STREAM: Final = f"OBJ_{PAYLOADS_BUCKET}"  # the stream behind it
 
 

@@ -20,10 +20,12 @@ from cronium_bus.bus import Bus
 from cronium_bus.events import (
     Request,
     ScheduleCreated,
+    ScheduleDeleted,
     ScheduleFired,
     ScheduleFireQueued,
     ScheduleFireSkipped,
     SchedulePaused,
+    ScheduleResumed,
     ScheduleRunEnded,
     ScheduleSpec,
     utcnow,
@@ -162,6 +164,95 @@ def test_the_fold_counts_from_the_events_once_per_fire() -> None:
     assert [f.run_id for f in state.fires.values()] == ["r0", None, "r2"]
     assert state.last_outcome() == "failed" and state.queued() == []
     assert fold_schedule(events[1:]) is None  # nothing before it was created
+
+
+def _event_strategy() -> st.SearchStrategy[Any]:
+    """Schedule events over a few fire times and runs, in any order and repeated."""
+    at = st.integers(0, 400).map(lambda i: NOW + timedelta(seconds=i))
+    run = st.integers(0, 30).map(lambda i: f"r{i}")
+    user = st.sampled_from(["alice", "alice", "alice", "mallory"])
+    return st.one_of(
+        st.builds(
+            lambda a, r, u: ScheduleFired(**_env(user=u), fire_at=a, run_id=r), at, run, user
+        ),
+        st.builds(lambda a: ScheduleFireSkipped(**_env(), fire_at=a, reason="x"), at),
+        st.builds(lambda a: ScheduleFireQueued(**_env(), fire_at=a), at),
+        st.builds(
+            lambda r, ok: ScheduleRunEnded(
+                **_env(), run_id=r, status="succeeded" if ok else "failed"
+            ),
+            run,
+            st.booleans(),
+        ),
+        st.just(SchedulePaused(**_env(), reason="p")),
+        st.just(ScheduleResumed(**_env())),
+        st.just(ScheduleDeleted(**_env(), reason="rm")),
+        st.just(ScheduleCreated(**_env(), spec=spec(every_s=1))),
+    )
+
+
+def _snapshot(state: Any) -> Any:
+    """What the scheduler stores and reads back (a deep copy through JSON)."""
+    if state is None:
+        return None
+    return msgspec.json.decode(msgspec.json.encode(state), type=type(state))
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.lists(_event_strategy(), max_size=60), st.data())
+def test_the_fold_resumes_from_any_snapshot_to_the_same_state(events: list[Any], data: Any) -> None:
+    """fold(later, start=snapshot(fold(earlier))) is fold(earlier + later), for any split."""
+    events = [ScheduleCreated(**_env(), spec=spec(every_s=1, overlap="queue")), *events]
+    whole = fold_schedule(events)
+    split = data.draw(st.integers(0, len(events)))
+    resumed = fold_schedule(events[split:], start=_snapshot(fold_schedule(events[:split])))
+    assert msgspec.to_builtins(resumed) == msgspec.to_builtins(whole)
+
+
+def test_a_long_lived_schedule_keeps_its_counters_and_a_bounded_state() -> None:
+    """2,000 fires, each run ending, folded 100 events at a time from snapshots: the counters
+    count all of them, the state keeps the latest 200 fires, and a late duplicate of a fire
+    let go long ago is still known as decided (and counted once)."""
+    from cronium_bus.schedules.state import MAX_FIRES
+
+    times = [NOW + timedelta(seconds=i) for i in range(2000)]
+    events: list[Any] = [ScheduleCreated(**_env(), spec=spec(every_s=1))]
+    for i, t in enumerate(times):
+        events.append(ScheduleFired(**_env(), fire_at=t, run_id=f"r{i}"))
+        events.append(
+            ScheduleRunEnded(**_env(), run_id=f"r{i}", status="failed" if i % 10 else "succeeded")
+        )
+    events.append(ScheduleFired(**_env(), fire_at=times[5], run_id="r5-again"))
+    events.append(ScheduleRunEnded(**_env(), run_id="r5", status="succeeded"))
+    state = None
+    for first in range(0, len(events), 100):
+        state = fold_schedule(events[first : first + 100], start=_snapshot(state))
+    assert state is not None
+    assert (state.runs, state.successes, state.failures) == (2000, 200, 1800)
+    assert len(state.fires) == MAX_FIRES and len(msgspec.json.encode(state)) < 64 * 1024
+    assert state.decided(int(times[5].timestamp() * 1000))
+    assert msgspec.to_builtins(state) == msgspec.to_builtins(fold_schedule(events))  # at once
+    assert state.last_run() is not None and state.last_run().run_id == "r1999"  # type: ignore[union-attr]
+
+
+def test_queued_and_running_fires_are_kept_past_the_bound() -> None:
+    """A run that goes on while 300 fires are skipped, with a queued fire waiting: neither the
+    running fire nor the queued one is let go, so the run's end is counted and the queued fire
+    can still start."""
+    events: list[Any] = [
+        ScheduleCreated(**_env(), spec=spec(every_s=1, overlap="queue")),
+        ScheduleFired(**_env(), fire_at=NOW, run_id="long"),
+        ScheduleFireQueued(**_env(), fire_at=NOW + timedelta(seconds=1)),
+    ]
+    events += [
+        ScheduleFireSkipped(**_env(), fire_at=NOW + timedelta(seconds=2 + i), reason="busy")
+        for i in range(300)
+    ]
+    events.append(ScheduleRunEnded(**_env(), run_id="long", status="succeeded"))
+    state = fold_schedule(events)
+    assert state is not None
+    assert (state.runs, state.successes, state.skipped) == (1, 1, 300)
+    assert [f.fire_at for f in state.queued()] == [NOW + timedelta(seconds=1)]
 
 
 # --------------------------------------------------------------------------- the endpoint

@@ -335,3 +335,48 @@ def test_a_user_past_the_schedule_cap_is_refused_and_others_are_not(
         assert add("c1", carol).returncode == 2  # full again: c2, c3, c4
         listed = json.loads(capped.cli("schedule", "list", "--json", "--creds", str(carol)).stdout)
         assert sorted(r["name"] for r in listed) == ["c2", "c3", "c4"]
+
+
+async def test_a_schedule_outlives_its_events_in_the_stream(stack: Stack) -> None:
+    """CRONIUM_EXEC ages events out (30 days): simulated by purging every event the schedule
+    had. It is still listed and shown with its counters (kept in its snapshot), it fires on,
+    a person admin's raw write to the snapshot bucket is refused, and once removed it is gone."""
+    add = stack.cli("schedule", "add", "aged", "--every", "2s", "--runtime", "bash", "-c", "true")
+    assert add.returncode == 0, add.stderr
+
+    def ran_once() -> dict[str, Any] | None:
+        shown = show(stack, "aged")
+        return shown if shown["successes"] >= 1 else None
+
+    before = until(ran_once)
+    sid, owner = before["schedule_id"], before["owner"]
+    service = await nats.connect(
+        stack.url, user_credentials=str(stack.data / "auth" / "service.creds")
+    )
+    try:
+        js = service.jetstream()
+        await js.purge_stream("CRONIUM_EXEC", subject=f"cronium.exec.{owner}.{sid}.>")
+        gone = await js.stream_info("CRONIUM_EXEC", subjects_filter=f"cronium.exec.{owner}.{sid}.>")
+        assert not gone.state.subjects  # nothing of it is left in the stream
+    finally:
+        await service.close()
+    after = show(stack, "aged")
+    assert after["state"] == "active" and after["runs"] >= before["runs"]
+    assert after["successes"] >= before["successes"]
+    listed = json.loads(stack.cli("schedule", "list", "--json").stdout)
+    assert "aged" in {r["name"] for r in listed}
+    until(lambda: show(stack, "aged")["runs"] > after["runs"])  # it fires on
+    made = stack.cli("user", "add", "boss", "--role", "admin")
+    assert made.returncode == 0 or "exists" in made.stderr, made.stderr
+    boss = stack.data / "auth" / "users" / "boss.creds"
+    admin = await nats.connect(stack.url, user_credentials=str(boss), inbox_prefix=b"_INBOX_boss")
+    try:
+        kv = await admin.jetstream().key_value("cronium_schedules")
+        with pytest.raises(nats.errors.Error):
+            await kv.put(f"{owner}.{sid}", b'{"forged": true}')
+    finally:
+        await admin.close()
+    assert stack.cli("schedule", "rm", "aged").returncode == 0
+    listed = json.loads(stack.cli("schedule", "list", "--json").stdout)
+    assert "aged" not in {r["name"] for r in listed}
+    assert stack.cli("schedule", "show", "aged").returncode == 2

@@ -40,6 +40,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from consumers.deadletter import dead_letter
 from consumers.dispatcher.validate import validate_request
+from consumers.scheduler.snapshots import ScheduleStore
 from cronium_bus.authentic import decode_on
 from cronium_bus.bus import Bus
 from cronium_bus.codec import check_depth
@@ -62,13 +63,13 @@ from cronium_bus.events import (
     utcnow,
 )
 from cronium_bus.health import Heartbeat
-from cronium_bus.history import execution_events, execution_state
+from cronium_bus.history import execution_state
 from cronium_bus.ids import is_valid_id, new_id
 from cronium_bus.lifecycle import Stopper
 from cronium_bus.provision import provision
 from cronium_bus.schedules import spec as specs
 from cronium_bus.schedules.spec import ScheduleError
-from cronium_bus.schedules.state import Fire, ScheduleState, fold_schedule
+from cronium_bus.schedules.state import Fire, ScheduleState
 from cronium_bus.subjects import EXEC_STREAM, SCHED_STREAM, exec_subject
 
 log = structlog.get_logger(__name__)
@@ -123,14 +124,14 @@ class Scheduler:
         self.settings = bus.settings
         self._max = bus.settings.streams.max_msg_size
         self._locks: dict[str, asyncio.Lock] = {}
+        self.store = ScheduleStore(bus.js, max_bytes=self._max)
 
     # ------------------------------------------------------------------ reading
 
     async def state(self, owner: str, name: str) -> ScheduleState | None:
-        """The schedule's fold (``None`` when it never existed)."""
-        sid = specs.schedule_id(owner, name)
-        events = await execution_events(self.bus.js, sid, max_bytes=self._max, owner=owner)
-        return fold_schedule(events)
+        """The schedule's state (``None`` when it never existed): its snapshot and the events
+        after it (:mod:`consumers.scheduler.snapshots`)."""
+        return await self.store.state(owner, specs.schedule_id(owner, name))
 
     def _envelope(self, owner: str, sid: str) -> dict[str, Any]:
         return {
@@ -251,15 +252,23 @@ class Scheduler:
             )
 
     async def _live_count(self, owner: str) -> int:
-        """How many of ``owner``'s schedules exist: a schedule id is live while it was created
-        more often than deleted (two look-ups of the stream's subject counts, no folding)."""
-        created = await self._subject_counts(f"cronium.exec.{owner}.*.schedule_created")
-        deleted = await self._subject_counts(f"cronium.exec.{owner}.*.schedule_deleted")
-        return sum(
-            1
-            for subject, n in created.items()
-            if n > deleted.get(subject.removesuffix("created") + "deleted", 0)
+        """How many of ``owner``'s schedules exist (one look-up of the snapshot bucket)."""
+        return len({sid for _, sid in await self._schedule_ids(owner)})
+
+    async def _schedule_ids(self, owner: str | None) -> set[tuple[str, str]]:
+        """(owner, schedule id) of each schedule of ``owner`` (``None``: everyone's) that may
+        exist: those with a snapshot, and those whose ``schedule.created`` is in the stream
+        but not yet in a snapshot (made before snapshots were kept)."""
+        ids = set(await self.store.live(owner))
+        info = await self.bus.js.stream_info(
+            EXEC_STREAM, subjects_filter=f"cronium.exec.{owner or '*'}.*.schedule_created"
         )
+        deleted = await self._subject_counts(f"cronium.exec.{owner or '*'}.*.schedule_deleted")
+        for subject, n in (info.state.subjects or {}).items():
+            if n > deleted.get(subject.removesuffix("created") + "deleted", 0):
+                tokens = subject.split(".")
+                ids.add((tokens[2], tokens[3]))
+        return ids
 
     async def _subject_counts(self, subjects: str) -> dict[str, int]:
         info = await self.bus.js.stream_info(EXEC_STREAM, subjects_filter=subjects)
@@ -334,16 +343,9 @@ class Scheduler:
         return summary(await self._existing(owner, name), fires=True)
 
     async def _list(self, owner: str | None) -> list[dict[str, Any]]:
-        info = await self.bus.js.stream_info(
-            EXEC_STREAM, subjects_filter=f"cronium.exec.{owner or '*'}.*.schedule_created"
-        )
         out = []
-        for subject in list(info.state.subjects or {})[:MAX_SCHEDULES_LISTED]:
-            tokens = subject.split(".")
-            events = await execution_events(
-                self.bus.js, tokens[3], max_bytes=self._max, owner=tokens[2]
-            )
-            state = fold_schedule(events)
+        for who, sid in sorted(await self._schedule_ids(owner))[:MAX_SCHEDULES_LISTED]:
+            state = await self.store.state(who, sid)
             if state is not None and state.status != "deleted":
                 out.append(summary(state, fires=False))
         return sorted(out, key=lambda r: (r["owner"], r["name"]))
@@ -393,7 +395,7 @@ class Scheduler:
         spec = state.spec
         env = self._envelope(owner, state.schedule_id)
         key = int(fire_at.timestamp() * 1000)
-        if key in state.fires:
+        if state.decided(key):
             return  # this fire was handled (a redelivery)
 
         async def skip(reason: str) -> None:

@@ -110,6 +110,7 @@ def _service_only() -> list[str]:
         "$KV.cronium_secrets.>",
         "$KV.cronium_servers.>",
         "$KV.cronium_variables.>",
+        "$KV.cronium_schedules.>",
     ]
 
 
