@@ -235,6 +235,22 @@ def test_a_long_lived_schedule_keeps_its_counters_and_a_bounded_state() -> None:
     assert state.last_run() is not None and state.last_run().run_id == "r1999"  # type: ignore[union-attr]
 
 
+def test_two_fires_in_one_second_share_their_run_and_its_end() -> None:
+    """Run ids are by the fire's second: two fires in one second (a cron with seconds, a
+    catch-up) started one run, and its end settles both, as the whole fold always did."""
+    at = NOW + timedelta(milliseconds=200)
+    events: list[Any] = [
+        ScheduleCreated(**_env(), spec=spec(every_s=1, overlap="allow")),
+        ScheduleFired(**_env(), fire_at=at, run_id="r"),
+        ScheduleFired(**_env(), fire_at=at + timedelta(milliseconds=500), run_id="r"),
+        ScheduleRunEnded(**_env(), run_id="r", status="succeeded"),
+    ]
+    state = fold_schedule(events)
+    assert state is not None
+    assert [f.status for f in state.fires.values()] == ["succeeded", "succeeded"]
+    assert (state.runs, state.successes) == (2, 2)
+
+
 def test_queued_and_running_fires_are_kept_past_the_bound() -> None:
     """A run that goes on while 300 fires are skipped, with a queued fire waiting: neither the
     running fire nor the queued one is let go, so the run's end is counted and the queued fire

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import nats
 import pytest
 
+from cronium_bus.schedules.spec import schedule_id
 from tests.test_cli import Stack, running_stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
@@ -337,10 +338,27 @@ def test_a_user_past_the_schedule_cap_is_refused_and_others_are_not(
         assert sorted(r["name"] for r in listed) == ["c2", "c3", "c4"]
 
 
+async def _purge_events(stack: Stack, owner: str, *names: str) -> None:
+    """Every event these schedules had, gone from CRONIUM_EXEC (as if they aged out)."""
+    service = await nats.connect(
+        stack.url, user_credentials=str(stack.data / "auth" / "service.creds")
+    )
+    try:
+        js = service.jetstream()
+        for name in names:
+            subjects = f"cronium.exec.{owner}.{schedule_id(owner, name)}.>"
+            await js.purge_stream("CRONIUM_EXEC", subject=subjects)
+            left = await js.stream_info("CRONIUM_EXEC", subjects_filter=subjects)
+            assert not left.state.subjects  # nothing of it is left in the stream
+    finally:
+        await service.close()
+
+
 async def test_a_schedule_outlives_its_events_in_the_stream(stack: Stack) -> None:
-    """CRONIUM_EXEC ages events out (30 days): simulated by purging every event the schedule
-    had. It is still listed and shown with its counters (kept in its snapshot), it fires on,
-    a person admin's raw write to the snapshot bucket is refused, and once removed it is gone."""
+    """CRONIUM_EXEC ages events out (30 days): simulated by purging every event a schedule
+    had. A running one is still listed and shown with its counters (kept in its snapshot) and
+    fires on; one never read since it was added is still there; one removed stays removed; a
+    person admin can neither write nor purge the snapshot bucket."""
     add = stack.cli("schedule", "add", "aged", "--every", "2s", "--runtime", "bash", "-c", "true")
     assert add.returncode == 0, add.stderr
 
@@ -349,34 +367,35 @@ async def test_a_schedule_outlives_its_events_in_the_stream(stack: Stack) -> Non
         return shown if shown["successes"] >= 1 else None
 
     before = until(ran_once)
-    sid, owner = before["schedule_id"], before["owner"]
-    service = await nats.connect(
-        stack.url, user_credentials=str(stack.data / "auth" / "service.creds")
-    )
-    try:
-        js = service.jetstream()
-        await js.purge_stream("CRONIUM_EXEC", subject=f"cronium.exec.{owner}.{sid}.>")
-        gone = await js.stream_info("CRONIUM_EXEC", subjects_filter=f"cronium.exec.{owner}.{sid}.>")
-        assert not gone.state.subjects  # nothing of it is left in the stream
-    finally:
-        await service.close()
+    owner = before["owner"]
+    for name in ("quiet", "gone"):
+        done = stack.cli("schedule", "add", name, "--every", "1h", "--runtime", "bash", "-c", "x")
+        assert done.returncode == 0, done.stderr
+    assert stack.cli("schedule", "rm", "gone").returncode == 0
+    await _purge_events(stack, owner, "aged", "quiet", "gone")
     after = show(stack, "aged")
     assert after["state"] == "active" and after["runs"] >= before["runs"]
     assert after["successes"] >= before["successes"]
-    listed = json.loads(stack.cli("schedule", "list", "--json").stdout)
-    assert "aged" in {r["name"] for r in listed}
+    assert show(stack, "quiet")["state"] == "active"  # added, never read, its events gone
+    listed = {r["name"] for r in json.loads(stack.cli("schedule", "list", "--json").stdout)}
+    assert {"aged", "quiet"} <= listed and "gone" not in listed
     until(lambda: show(stack, "aged")["runs"] > after["runs"])  # it fires on
     made = stack.cli("user", "add", "boss", "--role", "admin")
     assert made.returncode == 0 or "exists" in made.stderr, made.stderr
     boss = stack.data / "auth" / "users" / "boss.creds"
     admin = await nats.connect(stack.url, user_credentials=str(boss), inbox_prefix=b"_INBOX_boss")
     try:
-        kv = await admin.jetstream().key_value("cronium_schedules")
+        js = admin.jetstream()
+        kv = await js.key_value("cronium_schedules")
         with pytest.raises(nats.errors.Error):
-            await kv.put(f"{owner}.{sid}", b'{"forged": true}')
+            await kv.put(f"{owner}.{after['schedule_id']}", b'{"forged": true}')
+        with pytest.raises(nats.errors.Error):
+            await js.purge_stream("KV_cronium_schedules")
     finally:
         await admin.close()
-    assert stack.cli("schedule", "rm", "aged").returncode == 0
-    listed = json.loads(stack.cli("schedule", "list", "--json").stdout)
-    assert "aged" not in {r["name"] for r in listed}
+    assert show(stack, "aged")["runs"] >= after["runs"]  # untouched
+    for name in ("aged", "quiet"):
+        assert stack.cli("schedule", "rm", name).returncode == 0
+    listed = {r["name"] for r in json.loads(stack.cli("schedule", "list", "--json").stdout)}
+    assert not {"aged", "quiet", "gone"} & listed
     assert stack.cli("schedule", "show", "aged").returncode == 2

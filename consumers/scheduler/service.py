@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -199,6 +199,21 @@ class Scheduler:
     def _lock(self, owner: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault(f"{owner}/{name}", asyncio.Lock())
 
+    @contextlib.asynccontextmanager
+    async def _changing(self, owner: str, name: str) -> AsyncIterator[None]:
+        """The schedule's lock; on leaving it, what was published meanwhile goes into the
+        schedule's snapshot at once (not at the next read, which may come after the events
+        aged out: a monthly cron, an ``--at`` far ahead, a removal)."""
+        async with self._lock(owner, name):
+            try:
+                yield
+            finally:
+                try:
+                    await self.state(owner, name)
+                except (nats.errors.Error, OSError) as exc:
+                    log.warning("schedule snapshot not brought up to date", owner=owner,
+                                name=name, error=str(exc))  # fmt: skip
+
     async def _add(self, owner: str, spec: ScheduleSpec, *, replace: bool) -> dict[str, Any]:
         now = utcnow()
         specs.check(spec, now)
@@ -207,7 +222,7 @@ class Scheduler:
             raise ScheduleError(f"the request is invalid: {request.message}", hint=request.hint)
         if spec.request.workflow is not None or spec.request.schedule is not None:
             raise ScheduleError("the request sets workflow or schedule (the service's)")
-        async with self._lock(owner, spec.name):
+        async with self._changing(owner, spec.name):
             current = await self.state(owner, spec.name)
             sid = specs.schedule_id(owner, spec.name)
             live = current is not None and current.status != "deleted"
@@ -298,7 +313,7 @@ class Scheduler:
         return state
 
     async def _pause(self, owner: str, name: str, reason: str = "paused on request") -> str:
-        async with self._lock(owner, name):
+        async with self._changing(owner, name):
             state = await self._existing(owner, name)
             if state.status == "paused":
                 return "already paused"
@@ -309,7 +324,7 @@ class Scheduler:
         return "paused"
 
     async def _resume(self, owner: str, name: str) -> str:
-        async with self._lock(owner, name):
+        async with self._changing(owner, name):
             state = await self._existing(owner, name)
             if state.status == "active":
                 return "already active"
@@ -331,7 +346,7 @@ class Scheduler:
         return "resumed"
 
     async def _rm(self, owner: str, name: str) -> str:
-        async with self._lock(owner, name):
+        async with self._changing(owner, name):
             state = await self._existing(owner, name)
             await self._disarm(owner, name)
             await self.bus.publish(
@@ -366,7 +381,7 @@ class Scheduler:
             return
         fire_at = _ms_time(msg.metadata.timestamp)
         next_at = _next_header(msg)
-        async with self._lock(owner, name):
+        async with self._changing(owner, name):
             state = await self.state(owner, name)
             if (
                 state is None
@@ -531,7 +546,7 @@ class Scheduler:
         if run is None or not run.final:
             await msg.ack()  # a retry follows
             return
-        async with self._lock(owner, ref.name):
+        async with self._changing(owner, ref.name):
             state = await self.state(owner, ref.name)
             started = state is not None and any(
                 f.run_id == execution_id for f in state.fires.values()

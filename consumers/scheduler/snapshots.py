@@ -9,8 +9,12 @@ reaches (key ``<owner>.<schedule id>``), and folds only the events after it
 
 A snapshot is a cache of a deterministic fold: any snapshot of any prefix of the events is
 correct, so two schedulers writing at once need no coordination beyond not writing over a
-newer one (``update`` with the revision read). A removed schedule's key is purged, so the
-bucket's subjects are the live schedules: counting them is one request. Only services write
+newer one (``update`` with the revision read). The scheduler brings the snapshot up to date
+after every change it publishes (not at the next read: a monthly cron's events would age out
+first). A removed schedule's key is purged, so the bucket's subjects are the live schedules:
+counting them is one request; a key created just after a removal purged it is found and
+purged again by the same read. A snapshot that cannot be read is folded from the events left;
+when nothing is left its key is purged (it could be neither shown nor removed). Only services write
 the bucket (users have no JetStream API; admins are denied ``$KV.cronium_schedules.>``).
 """
 
@@ -65,9 +69,34 @@ class ScheduleStore:
         entry = None
         with contextlib.suppress(nats.js.errors.KeyNotFoundError):
             entry = await kv.get(key)
-        snap = _decode(entry.value) if entry is not None and entry.value else None
+        snap = _decode(key, entry.value) if entry is not None and entry.value else None
+        revision = entry.revision if entry is not None else None
         state = snap.state if snap is not None else None
         seq = snap.seq if snap is not None else 0
+        for _ in range(3):  # bounded: a create may have raced a removal (see below)
+            events, last = await self._after(owner, sid, seq)
+            if last == seq:
+                break
+            state = fold_schedule(events, start=state)
+            if state is None:
+                break
+            if state.status == "deleted":
+                if revision is not None:  # a removed schedule keeps no key: keys are the live
+                    await self.js.purge_stream(_stream(), subject=_PREFIX + key)
+                break
+            created, revision = revision is None, await self._save(kv, key, revision, last, state)
+            seq = last
+            if not created or revision is None:
+                break
+            # a key created where there was none may have landed just after another scheduler
+            # removed the schedule (and purged its key): look once more past what it folded
+        if state is None and snap is None and revision is not None:
+            await self.js.purge_stream(_stream(), subject=_PREFIX + key)  # unreadable, unfoldable
+        return state
+
+    async def _after(self, owner: str, sid: str, seq: int) -> tuple[list[AnyEvent], int]:
+        """The schedule's decodable events after stream sequence ``seq``, and the last
+        sequence read (``seq`` when there are none)."""
         events: list[AnyEvent] = []
         last = seq
         subject = exec_events(sid, owner)
@@ -77,26 +106,20 @@ class ScheduleStore:
                 events.append(decode_on(msg.subject, msg.data, max_bytes=self.max_bytes))
             except EventDecodeError as exc:
                 log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
-        state = fold_schedule(events, start=state)
-        if state is not None and last > seq:
-            await self._save(kv, key, entry.revision if entry is not None else None, last, state)
-        return state
+        return events, last
 
     async def _save(
         self, kv: KeyValue, key: str, revision: int | None, seq: int, state: ScheduleState
-    ) -> None:
-        if state.status == "deleted":
-            if revision is not None:  # a removed schedule keeps no key: the keys are the live
-                await self.js.purge_stream(_stream(), subject=_PREFIX + key)
-            return
+    ) -> int | None:
+        """Write the snapshot over ``revision`` (``None``: where there is none); its new
+        revision, or ``None`` when another scheduler wrote first (its snapshot is as good)."""
         value = msgspec.json.encode(Snapshot(seq=seq, state=state))
         try:
             if revision is None:
-                await kv.create(key, value)
-            else:
-                await kv.update(key, value, last=revision)
+                return await kv.create(key, value)
+            return await kv.update(key, value, last=revision)
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
-            pass  # another scheduler saved meanwhile: its snapshot is as good
+            return None
 
     async def live(self, owner: str | None) -> list[tuple[str, str]]:
         """(owner, schedule id) of every schedule with a snapshot: ``owner``'s, or everyone's."""
@@ -112,10 +135,21 @@ def _stream() -> str:
     return f"KV_{SCHEDULES_BUCKET}"
 
 
-def _decode(value: bytes) -> Snapshot | None:
+def _decode(key: str, value: bytes) -> Snapshot | None:
+    """The snapshot in ``value``; ``None`` (fold from the events still in the stream) when it
+    cannot be read. A change of :class:`ScheduleState` that old snapshots do not decode into
+    must bump :data:`FORMAT` and read the old format here: a schedule whose events aged out
+    lives only in its snapshot."""
     try:
         snap = msgspec.json.decode(value, type=Snapshot)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        log.warning("unreadable schedule snapshot: folding from the events", reason=str(exc))
+        reason = str(exc)
+    else:
+        reason = ""
+    if reason:
+        log.error("unreadable schedule snapshot: folding from the events", key=key, reason=reason)
         return None
-    return snap if snap.format == FORMAT else None
+    if snap.format != FORMAT:
+        log.error("schedule snapshot of another format", key=key, format=snap.format)
+        return None
+    return snap

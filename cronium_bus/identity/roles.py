@@ -95,7 +95,9 @@ def _service_only() -> list[str]:
     # chunks: cronium.logs.>
     people = {"requested", "cancel_requested", "workflow_requested", "queued", "chunk"}
     kinds = sorted({short_type(t) for t in EVENT_TYPES} - people)
-    history = ("CRONIUM_EXEC", "CRONIUM_LOGS", "CRONIUM_SCHED")
+    # the event streams, and the buckets whose every write goes through a service
+    kept = ("secrets", "servers", "variables", "schedules")
+    history = ("CRONIUM_EXEC", "CRONIUM_LOGS", "CRONIUM_SCHED", *(f"KV_cronium_{b}" for b in kept))
     return [
         *(f"cronium.exec.*.*.{kind}" for kind in kinds),
         "cronium.logs.>",
@@ -107,10 +109,7 @@ def _service_only() -> list[str]:
         "$JS.API.STREAM.UPDATE.*",
         "$JS.API.STREAM.DELETE.*",
         "$JS.API.STREAM.CREATE.*",
-        "$KV.cronium_secrets.>",
-        "$KV.cronium_servers.>",
-        "$KV.cronium_variables.>",
-        "$KV.cronium_schedules.>",
+        *(f"$KV.cronium_{b}.>" for b in kept),
     ]
 
 

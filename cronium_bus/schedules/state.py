@@ -37,6 +37,8 @@ from cronium_bus.events import (
 ScheduleStatus = Literal["active", "paused", "deleted"]
 MAX_FIRES: Final = 200
 """Settled fires kept in a schedule's state (``schedule show`` lists the latest 100)."""
+MAX_KEPT: Final = 2000
+"""Fires kept at most, queued and running ones included (``overlap: allow`` runs at once)."""
 
 
 class Fire(msgspec.Struct, kw_only=True):
@@ -166,12 +168,11 @@ def _fire(
 
 
 def _ended(state: ScheduleState, run_id: str, status: str) -> None:
-    for fire in reversed(state.fires.values()):
-        if fire.run_id == run_id:
-            if fire.status is None:  # the first end of a run counts
-                _settle(state, fire, status)
-            return
-    if run_id not in state.ends:
+    started = [fire for fire in state.fires.values() if fire.run_id == run_id]
+    for fire in started:  # (two fires in one second share a run id)
+        if fire.status is None:  # the first end of a run counts
+            _settle(state, fire, status)
+    if not started and run_id not in state.ends:
         state.ends[run_id] = status
         while len(state.ends) > MAX_FIRES:
             del state.ends[next(iter(state.ends))]
@@ -186,7 +187,7 @@ def _settle(state: ScheduleState, fire: Fire, status: str) -> None:
 
 
 def _trim(state: ScheduleState) -> None:
-    """Let the oldest settled fires go past MAX_FIRES (and any past twice that)."""
+    """Let the oldest settled fires go past MAX_FIRES (and any past MAX_KEPT)."""
     if len(state.fires) <= MAX_FIRES:
         return
     excess = len(state.fires) - MAX_FIRES
@@ -195,7 +196,7 @@ def _trim(state: ScheduleState) -> None:
             break
         waiting = fire.run_id is None and fire.queued
         running = fire.run_id is not None and fire.status is None
-        if (waiting or running) and len(state.fires) <= 2 * MAX_FIRES:
+        if (waiting or running) and len(state.fires) <= MAX_KEPT:
             continue
         del state.fires[key]
         state.let_go = max(state.let_go, key)
