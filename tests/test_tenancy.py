@@ -397,7 +397,7 @@ async def test_an_admin_publishes_requests_but_never_what_runners_say(
 ) -> None:
     """An `--role admin` identity may request and cancel for anyone, but a terminal event, a
     `started` or a log chunk is refused by nats-server: only the service says what happened;
-    nor may it purge, delete from or delete the event streams, or write a bucket itself."""
+    nor may it purge, delete from or delete the event streams, or write or purge a bucket itself."""
     out = tmp_path / "carol.creds"
     added = await asyncio.to_thread(
         stack.cli, "user", "add", "carol", "--role", "admin", "--out", str(out)
@@ -416,6 +416,8 @@ async def test_an_admin_publishes_requests_but_never_what_runners_say(
             js.delete_msg("CRONIUM_EXEC", 1),
             js.delete_stream("CRONIUM_LOGS"),
             nc.request("$KV.cronium_servers.u.alice.web1", b"{}", timeout=2),
+            js.purge_stream("KV_cronium_secrets"),  # every secret, gone in one call
+            js.delete_msg("KV_cronium_variables", 1),
         ):
             with pytest.raises((nats.errors.Error, nats.js.errors.Error, TimeoutError)):
                 await rewrite
@@ -430,6 +432,8 @@ async def test_an_admin_publishes_requests_but_never_what_runners_say(
     assert "$js.api.stream.purge.cronium_exec" in refused
     assert "$js.api.stream.msg.delete.cronium_exec" in refused
     assert "$kv.cronium_servers.u.alice.web1" in refused
+    assert "$js.api.stream.purge.kv_cronium_secrets" in refused
+    assert "$js.api.stream.msg.delete.kv_cronium_variables" in refused
     assert "cancel_requested" not in refused
 
 
