@@ -5,8 +5,8 @@
     python -m bench --only containers,ssh
 
 Sections: containers (bench/containers.py), ssh (bench/ssh.py), logs (bench/logs.py),
-queries (bench/history_query.py), console (bench/console.py), archive
-(bench/archive_compression.py, full only).
+queries (bench/history_query.py), console (bench/console.py), schedules (bench/schedules.py),
+archive (bench/archive_compression.py, full only).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import archive_compression, console, containers, history_query, logs, ssh
+from bench import archive_compression, console, containers, history_query, logs, schedules, ssh
 
 
 def _queries(quick: bool) -> None:
@@ -31,6 +31,9 @@ SECTIONS: dict[str, Callable[[bool], None]] = {
     "queries": _queries,
     "console": lambda quick: console.main(
         ["--lines", "30", "--big", "100000"] if quick else ["--lines", "100"]
+    ),
+    "schedules": lambda quick: schedules.main(
+        ["--fires", "100,1000" if quick else "100,1000,10000"]
     ),
     "archive": lambda quick: None if quick else archive_compression.main([]),
 }
