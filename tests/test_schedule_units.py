@@ -351,3 +351,35 @@ async def test_every_management_request_gets_an_answer_and_the_scheduler_stays_u
             "show",
         )
     assert all(not t.done() for t in scheduler.tasks)
+
+
+async def test_concurrent_requests_are_served_at_once_and_one_name_is_added_once(
+    asker: nats.NATS, scheduler: Embedded
+) -> None:
+    """Requests are served concurrently: 12 adds of one new name at once make exactly one
+    schedule (the others are told it exists), 12 adds of distinct names all succeed, and a
+    list answers meanwhile."""
+    name = f"race{new_id('x')[-6:]}"
+
+    def add(n: str) -> bytes:
+        spec = {"name": n, "every_s": 3600, "request": {"runtime": "bash", "code": "true"}}
+        return msgspec.json.encode({"spec": spec})
+
+    async def ask(action: str, body: bytes) -> dict[str, Any]:
+        msg = await asker.request(f"cronium.ctl.schedules.user.tester.{action}", body, timeout=30)
+        return msgspec.json.decode(msg.data)  # type: ignore[no-any-return]
+
+    same = await asyncio.gather(*(ask("add", add(name)) for _ in range(12)))
+    assert sum(r["ok"] for r in same) == 1, same
+    assert all("exists" in r["error"] for r in same if not r["ok"])
+    names = [f"{name}-{i}" for i in range(12)]
+    distinct, listed = await asyncio.gather(
+        asyncio.gather(*(ask("add", add(n)) for n in names)), ask("list", b"{}")
+    )
+    assert all(r["ok"] for r in distinct), distinct
+    assert listed["ok"]
+    final = await ask("list", b"{}")
+    assert {name, *names} <= {r["name"] for r in final["result"]}
+    for n in (name, *names):
+        assert (await ask("rm", msgspec.json.encode({"name": n})))["ok"]
+    assert all(not t.done() for t in scheduler.tasks)

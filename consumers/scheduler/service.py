@@ -81,6 +81,9 @@ ENDINGS: Final = ("rejected", "succeeded", "failed", "timed_out", "cancelled", "
 MAX_QUEUED: Final = 10
 MAX_BODY: Final = 1024 * 1024
 MAX_SCHEDULES_LISTED: Final = 1000
+MAX_CTL_AT_ONCE: Final = 16
+"""Management requests served at once (one user's long list does not hold up the others;
+changes to one schedule are serialized by its lock)."""
 
 
 class _Add(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -125,6 +128,8 @@ class Scheduler:
         self._max = bus.settings.streams.max_msg_size
         self._locks: dict[str, asyncio.Lock] = {}
         self.store = ScheduleStore(bus.js, max_bytes=self._max)
+        self._ctl_slots = asyncio.Semaphore(MAX_CTL_AT_ONCE)
+        self._ctl_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ reading
 
@@ -222,7 +227,8 @@ class Scheduler:
             raise ScheduleError(f"the request is invalid: {request.message}", hint=request.hint)
         if spec.request.workflow is not None or spec.request.schedule is not None:
             raise ScheduleError("the request sets workflow or schedule (the service's)")
-        async with self._changing(owner, spec.name):
+        # one owner's adds one at a time (here): the cap is counted with the previous one in
+        async with self._lock(owner, "*"), self._changing(owner, spec.name):
             current = await self.state(owner, spec.name)
             sid = specs.schedule_id(owner, spec.name)
             live = current is not None and current.status != "deleted"
@@ -600,6 +606,8 @@ class Scheduler:
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await ctl.unsubscribe()
+            if self._ctl_tasks:  # the requests being served get their answers
+                await asyncio.wait(self._ctl_tasks, timeout=10)
 
     async def _loop(
         self,
@@ -644,6 +652,18 @@ class Scheduler:
         return await self.bus.js.pull_subscribe_bind(config.durable_name, stream=stream)
 
     async def _on_ctl(self, msg: Msg) -> None:
+        """Serve a management request in a task of its own, at most MAX_CTL_AT_ONCE at once
+        (past that, the subscription waits: nats-server holds what comes meanwhile)."""
+        await self._ctl_slots.acquire()
+        task = asyncio.create_task(self._serve_ctl(msg))
+        self._ctl_tasks.add(task)
+        task.add_done_callback(self._ctl_done)
+
+    def _ctl_done(self, task: asyncio.Task[None]) -> None:
+        self._ctl_tasks.discard(task)
+        self._ctl_slots.release()
+
+    async def _serve_ctl(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")
         # answer a user only in their own inbox (the server does not check reply subjects)
         mine = f"_INBOX_{tokens[4]}." if len(tokens) == 6 else ""
