@@ -99,6 +99,12 @@ def test_alice_follows_her_run_live_to_its_end(stack: Stack, browser: Browser) -
     # the charts: her runs per hour and run time per event, from her own stats query
     expect(page.locator("#runs-chart rect").first).to_be_visible(timeout=30_000)
     expect(page.locator("#durations")).to_contain_text("(ad hoc) [bash]")
+    # the list is live: a run started now appears at the top and turns to succeeded
+    newer = _detach(stack, "alice", "sleep 2; echo later")
+    row = page.locator(f'#runs tr[data-id="{newer}"]')
+    expect(row).to_be_visible(timeout=30_000)
+    expect(page.locator("#runs tr").first).to_have_attribute("data-id", newer)
+    expect(row).to_contain_text("succeeded", timeout=60_000)
     _shot(page, "list")
     page.close()
 

@@ -71,33 +71,84 @@ const breathe = () => new Promise((resolve) => requestAnimationFrame(() => setTi
 
 function leave() {
   if (!current) return;
-  current.view.dispose();
+  if (current.view) current.view.dispose();
   for (const sub of current.subs) sub.unsubscribe();
   current = null;
+}
+
+// lifecycle events that change what the list says of a run
+const STATUSES = new Set([
+  "requested", "queued", "started", "succeeded", "failed", "timed_out", "cancelled", "lost",
+  "partial", "rejected",
+]);
+const MAX_ROWS = 200;
+
+function listRow(r) {
+  const tr = document.createElement("tr");
+  tr.dataset.id = r.execution_id;
+  for (const v of [r.requested_at || "", r.execution_id, r.status, r.runtime, r.schedule || r.workflow_id || ""]) {
+    const td = document.createElement("td");
+    td.textContent = v || "";
+    tr.append(td);
+  }
+  tr.onclick = () => {
+    location.hash = `execution=${encodeURIComponent(r.execution_id)}`;
+  };
+  return tr;
 }
 
 async function showList() {
   leave();
   $("list-view").hidden = false;
   $("exec-view").hidden = true;
+  // live first, then the history: a run that starts or ends meanwhile is not missed
+  const live = nc.subscribe(`cronium.exec.${session.user}.*.*`);
+  const mine = { view: null, subs: [live] };
+  current = mine;
   const rows = await ask("history", { limit: 50 });
+  if (current !== mine) return;
   const body = $("runs");
+  const byId = new Map();
   body.replaceChildren();
   for (const r of rows) {
-    const tr = document.createElement("tr");
-    tr.dataset.id = r.execution_id;
-    for (const v of [r.requested_at || "", r.execution_id, r.status, r.runtime, r.schedule || r.workflow_id || ""]) {
-      const td = document.createElement("td");
-      td.textContent = v;
-      tr.append(td);
-    }
-    tr.onclick = () => {
-      location.hash = `execution=${r.execution_id}`;
-    };
+    const tr = listRow(r);
+    byId.set(r.execution_id, tr);
     body.append(tr);
   }
   $("empty").hidden = rows.length > 0;
   showStats().catch((err) => status(`charts: ${err.message || err}`, "error"));
+  for await (const m of live) {
+    if (current !== mine) break;
+    let event;
+    try {
+      event = JSON.parse(dec.decode(m.data));
+    } catch {
+      continue;
+    }
+    const kind = String(event.type || "").replace(/^execution\./, "");
+    if (!String(event.type).startsWith("execution.") || !STATUSES.has(kind)) continue;
+    const tr = byId.get(event.execution_id);
+    if (tr) {
+      tr.children[2].textContent = kind;
+    } else if (kind === "requested") {
+      const request = event.request || {};
+      const row = listRow({
+        requested_at: event.time,
+        execution_id: event.execution_id,
+        status: kind,
+        runtime: request.runtime,
+        schedule: request.schedule && request.schedule.name,
+        workflow_id: request.workflow && request.workflow.workflow_id,
+      });
+      byId.set(event.execution_id, row);
+      body.prepend(row);
+      $("empty").hidden = true;
+      while (body.children.length > MAX_ROWS) {
+        byId.delete(body.lastElementChild.dataset.id);
+        body.lastElementChild.remove();
+      }
+    }
+  }
 }
 
 // ------------------------------------------------------------------ charts
