@@ -71,10 +71,18 @@ async def read_subject(
     another type) is skipped like an undecodable one: see :mod:`cronium_bus.authentic`.
     """
     async for msg in read_messages(js, stream, subject):
-        try:
-            yield decode_on(msg.subject, msg.data, max_bytes=max_bytes)
-        except EventDecodeError as exc:
-            log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
+        event = event_of(msg, max_bytes=max_bytes)
+        if event is not None:
+            yield event
+
+
+def event_of(msg: Msg, *, max_bytes: int) -> AnyEvent | None:
+    """The authentic event a message holds, or ``None`` (logged) when it holds none."""
+    try:
+        return decode_on(msg.subject, msg.data, max_bytes=max_bytes)
+    except EventDecodeError as exc:
+        log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
+        return None
 
 
 async def execution_events(
@@ -134,10 +142,9 @@ async def decoded(sub: Subscription, max_bytes: int) -> AsyncIterator[AnyEvent]:
             msg = await sub.next_msg(timeout=3600)
         except nats.errors.TimeoutError:
             continue
-        try:
-            yield decode_on(msg.subject, msg.data, max_bytes=max_bytes)
-        except EventDecodeError as exc:
-            log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
+        event = event_of(msg, max_bytes=max_bytes)
+        if event is not None:
+            yield event
 
 
 async def unsubscribe_quietly(sub: Subscription | None) -> None:

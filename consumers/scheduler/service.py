@@ -274,18 +274,16 @@ class Scheduler:
 
     async def _live_count(self, owner: str) -> int:
         """How many of ``owner``'s schedules exist (one look-up of the snapshot bucket)."""
-        return len({sid for _, sid in await self._schedule_ids(owner)})
+        return len(await self._schedule_ids(owner))
 
     async def _schedule_ids(self, owner: str | None) -> set[tuple[str, str]]:
         """(owner, schedule id) of each schedule of ``owner`` (``None``: everyone's) that may
         exist: those with a snapshot, and those whose ``schedule.created`` is in the stream
         but not yet in a snapshot (made before snapshots were kept)."""
         ids = set(await self.store.live(owner))
-        info = await self.bus.js.stream_info(
-            EXEC_STREAM, subjects_filter=f"cronium.exec.{owner or '*'}.*.schedule_created"
-        )
+        created = await self._subject_counts(f"cronium.exec.{owner or '*'}.*.schedule_created")
         deleted = await self._subject_counts(f"cronium.exec.{owner or '*'}.*.schedule_deleted")
-        for subject, n in (info.state.subjects or {}).items():
+        for subject, n in created.items():
             if n > deleted.get(subject.removesuffix("created") + "deleted", 0):
                 tokens = subject.split(".")
                 ids.add((tokens[2], tokens[3]))

@@ -29,10 +29,8 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from cronium_bus.authentic import decode_on
-from cronium_bus.errors import EventDecodeError
 from cronium_bus.events import AnyEvent
-from cronium_bus.history import read_messages
+from cronium_bus.history import event_of, read_messages
 from cronium_bus.schedules.state import ScheduleState, fold_schedule
 from cronium_bus.subjects import EXEC_STREAM, SCHEDULES_BUCKET, exec_events
 
@@ -102,10 +100,9 @@ class ScheduleStore:
         subject = exec_events(sid, owner)
         async for msg in read_messages(self.js, EXEC_STREAM, subject, start_seq=seq + 1):
             last = msg.metadata.sequence.stream
-            try:
-                events.append(decode_on(msg.subject, msg.data, max_bytes=self.max_bytes))
-            except EventDecodeError as exc:
-                log.debug("skipping undecodable message", subject=msg.subject, reason=str(exc))
+            event = event_of(msg, max_bytes=self.max_bytes)
+            if event is not None:
+                events.append(event)
         return events, last
 
     async def _save(
